@@ -1,0 +1,48 @@
+//! `airlock agent`: registers a host once with an activation code, then keeps one outbound
+//! control channel to the server and runs each session it is given in a real PTY as an
+//! unprivileged run-as user. It listens on no port.
+
+pub mod control;
+pub mod register;
+pub mod runas;
+pub mod session;
+pub mod state;
+
+use std::time::Duration;
+
+/// The version the agent claims: above every gate the AWS plugin applies (protocol.md §6.3).
+pub const AGENT_VERSION: &str = airlock_proto::AGENT_VERSION;
+
+/// Settings of a running agent.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Run-as user for sessions when running as root (default `airlock-user`).
+    pub run_as: Option<String>,
+    /// Allow the run-as user to be root.
+    pub allow_root_sessions: bool,
+    /// First reconnect delay.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Largest payload offered to Airlock clients.
+    pub max_payload: u32,
+    /// Frames in flight offered to Airlock clients.
+    pub window: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            run_as: None,
+            allow_root_sessions: false,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            max_payload: 256 * 1024,
+            window: 64,
+        }
+    }
+}
+
+pub use control::run;
+pub use register::{register, Registration};
+pub use state::AgentState;

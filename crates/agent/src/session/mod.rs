@@ -1,0 +1,361 @@
+//! One session on the host: opens the session's data channel back to the server (outbound),
+//! runs the agent end of the handshake, starts the shell, and pumps bytes both ways through
+//! the [`ReliableChannel`] until the shell exits or the server closes the channel.
+
+pub mod shell;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use airlock_client::ws::WsStream;
+use airlock_proto::{
+    exit_code_payload, AgentSessionState, AgentTaskPayload, AirlockCapabilities, ChannelConfig,
+    Event, Flag, HandshakeComplete, HandshakeRequest, HandshakeResponse, MessageType,
+    OpenDataChannelInput, PayloadType, ReliableChannel, RequestedClientAction, Role,
+    SessionTypeRequest, SizeData,
+};
+
+use crate::runas::RunAs;
+use shell::Shell;
+
+/// How long the client has to answer the handshake (protocol.md §6.1).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the agent waits for its last output to be acknowledged before it closes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a session ended, reported on the control channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionResult {
+    /// The session.
+    pub session_id: String,
+    /// `Success` or `Failed`.
+    pub status: &'static str,
+    /// Shell exit status when it exited.
+    pub exit_code: Option<i32>,
+    /// Short description.
+    pub output: String,
+}
+
+/// What a session needs from the agent.
+#[derive(Clone, Debug)]
+pub struct SessionContext {
+    /// `ws://` or `wss://` base of the server.
+    pub ws_base: String,
+    /// This host.
+    pub instance_id: String,
+    /// TLS for `wss://`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Who shells run as.
+    pub run_as: RunAs,
+    /// Largest payload offered to Airlock clients.
+    pub max_payload: u32,
+    /// Window offered to Airlock clients.
+    pub window: u32,
+}
+
+/// Runs a shell session to its end.
+pub async fn run(ctx: SessionContext, task: AgentTaskPayload, cancel: CancellationToken) -> SessionResult {
+    let session_id = task.session_id.clone();
+    match run_inner(&ctx, &task, cancel).await {
+        Ok(code) => SessionResult {
+            session_id,
+            status: "Success",
+            exit_code: code,
+            output: code.map(|c| format!("shell exited with status {c}")).unwrap_or_else(|| "session closed".into()),
+        },
+        Err(e) => {
+            tracing::warn!(session_id, "session failed: {e:#}");
+            SessionResult { session_id, status: "Failed", exit_code: None, output: e.to_string() }
+        }
+    }
+}
+
+async fn send_all(ws: &mut WsStream, ch: &mut ReliableChannel) -> anyhow::Result<()> {
+    let now = Instant::now();
+    let mut wrote = false;
+    while let Some(frame) = ch.poll_transmit(now) {
+        ws.feed(Message::Binary(frame)).await?;
+        wrote = true;
+    }
+    if wrote {
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn state_frame(session_id: &str, state: &str, exit_code: Option<i32>) -> airlock_proto::Frame {
+    let mut frame = AgentSessionState {
+        schema_version: 1,
+        session_state: state.to_owned(),
+        session_id: session_id.to_owned(),
+    }
+    .to_frame();
+    if let Some(code) = exit_code {
+        // The gateway records the exit status from here; other readers ignore the extra key.
+        let mut v: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or_default();
+        v["ExitCode"] = serde_json::json!(code);
+        frame.payload = Bytes::from(v.to_string());
+    }
+    frame
+}
+
+/// Whether the session ended because the server closed it.
+enum Ended {
+    Closed,
+    Exited(i32),
+}
+
+async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: CancellationToken) -> anyhow::Result<Option<i32>> {
+    let token = task.data_channel_token.clone().ok_or_else(|| anyhow::anyhow!("the task carries no data-channel token"))?;
+    let path = task
+        .data_channel_url
+        .clone()
+        .unwrap_or_else(|| format!("/v1/data-channel/{}?role=publish_subscribe", task.session_id));
+    let url = format!("{}{}", ctx.ws_base, path);
+    let mut ws = airlock_client::ws::connect(&url, ctx.tls.clone()).await?;
+    let open = OpenDataChannelInput {
+        message_schema_version: "1.0".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        token_value: token,
+        client_id: Some(String::new()),
+        client_version: None,
+        client_instance_id: Some(ctx.instance_id.clone()),
+        agent_version: None,
+        platform_type: None,
+    };
+    ws.send(Message::Text(serde_json::to_string(&open)?.into())).await?;
+
+    let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Agent));
+    ch.send_control(state_frame(&task.session_id, "Connected", None));
+
+    // Handshake: the agent asks, the client answers; Airlock clients also answer our offer.
+    let offer = AirlockCapabilities {
+        version: AirlockCapabilities::VERSION,
+        max_payload: ctx.max_payload,
+        window: ctx.window,
+        digest: false,
+        exit_code: true,
+        no_pty: false,
+    };
+    let request = HandshakeRequest {
+        agent_version: airlock_proto::AGENT_VERSION.to_owned(),
+        requested_client_actions: vec![RequestedClientAction::session_type(&SessionTypeRequest {
+            session_type: "Standard_Stream".into(),
+            properties: serde_json::Value::Null,
+        })],
+        airlock: Some(offer),
+    };
+    let started = Instant::now();
+    ch.send(PayloadType::HANDSHAKE_REQUEST, Bytes::from(serde_json::to_vec(&request)?), started)?;
+    let agreed: Option<AirlockCapabilities>;
+    let mut size = (80u16, 24u16);
+    let deadline = started + HANDSHAKE_TIMEOUT;
+    'handshake: loop {
+        send_all(&mut ws, &mut ch).await?;
+        while let Some(ev) = ch.poll_event() {
+            match ev {
+                Event::Data { payload_type: PayloadType::HANDSHAKE_RESPONSE, payload } => {
+                    let resp: HandshakeResponse = serde_json::from_slice(&payload)
+                        .map_err(|e| anyhow::anyhow!("malformed HandshakeResponse: {e}"))?;
+                    tracing::debug!(client_version = resp.client_version, "handshake answered");
+                    agreed = resp.airlock.map(|theirs| offer.negotiate(&theirs));
+                    break 'handshake;
+                }
+                Event::Data { payload_type: PayloadType::SIZE, payload } => {
+                    if let Ok(s) = serde_json::from_slice::<SizeData>(&payload) {
+                        size = (clamp(s.cols), clamp(s.rows));
+                    }
+                }
+                // Stream data before the handshake completes is acked and dropped (§6.1).
+                Event::Data { .. } => {}
+                Event::Control(f) if f.message_type == MessageType::ChannelClosed => return Ok(None),
+                Event::Control(_) => {}
+                Event::ResendLimitReached => anyhow::bail!("the client stopped acknowledging"),
+            }
+        }
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => { let _ = ch.handle_bytes(b, Instant::now()); }
+                Some(Ok(Message::Close(_))) | None => anyhow::bail!("the data channel closed during the handshake"),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(_)) => {}
+            },
+            _ = sleep_until(ch.poll_timeout()) => ch.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(deadline.into()) => anyhow::bail!("no handshake response within 15 s"),
+            _ = cancel.cancelled() => return Ok(None),
+        }
+    }
+    let no_pty = agreed.is_some_and(|a| a.no_pty);
+    let send_exit = agreed.is_some_and(|a| a.exit_code);
+    let complete = HandshakeComplete {
+        handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
+        customer_message: String::new(),
+    };
+    ch.send(PayloadType::HANDSHAKE_COMPLETE, Bytes::from(serde_json::to_vec(&complete)?), Instant::now())?;
+    if let Some(caps) = &agreed {
+        ch.apply_capabilities(caps);
+    }
+
+    let mut sh = if no_pty {
+        shell::spawn_pipes(&ctx.run_as)?
+    } else {
+        shell::spawn_pty(&ctx.run_as, size.0, size.1)?
+    };
+    let ended = pump(&mut ws, &mut ch, &mut sh, cancel, send_exit).await?;
+    let code = match ended {
+        Ended::Closed => {
+            let _ = sh.child.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(2), sh.child.wait()).await;
+            let _ = ws.close(None).await;
+            return Ok(None);
+        }
+        Ended::Exited(code) => code,
+    };
+    if send_exit {
+        let _ = ch.send(PayloadType::EXIT_CODE, exit_code_payload(code), Instant::now());
+    }
+    // Wait (bounded) for the client to acknowledge everything, then tell the gateway we are done.
+    let drain_until = Instant::now() + DRAIN_TIMEOUT;
+    while ch.unacked() > 0 && Instant::now() < drain_until {
+        send_all(&mut ws, &mut ch).await?;
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => { let _ = ch.handle_bytes(b, Instant::now()); }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+            _ = sleep_until(ch.poll_timeout()) => ch.handle_timeout(Instant::now()),
+            _ = tokio::time::sleep_until(drain_until.into()) => break,
+        }
+        while ch.poll_event().is_some() {}
+    }
+    ch.send_control(state_frame(&task.session_id, "Terminating", Some(code)));
+    send_all(&mut ws, &mut ch).await?;
+    // The gateway answers with channel_closed; wait briefly for it so nothing is cut short.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(Some(code))
+}
+
+fn clamp(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX).max(1)
+}
+
+/// Moves bytes between the shell and the channel until one side ends.
+async fn pump(
+    ws: &mut WsStream,
+    ch: &mut ReliableChannel,
+    sh: &mut Shell,
+    cancel: CancellationToken,
+    stderr_apart: bool,
+) -> anyhow::Result<Ended> {
+    let max = ch.config().max_payload.max(1024);
+    let mut out_buf = BytesMut::with_capacity(max);
+    let mut err_buf = BytesMut::with_capacity(4096);
+    let mut out_open = true;
+    let mut err_open = sh.stderr.is_some();
+    let mut exit: Option<i32> = None;
+    let mut pending = Bytes::new();
+    let mut pending_type = PayloadType::OUTPUT;
+    loop {
+        let now = Instant::now();
+        if !pending.is_empty() {
+            ch.send_stream(pending_type, &mut pending, now);
+        }
+        send_all(ws, ch).await?;
+        while let Some(ev) = ch.poll_event() {
+            match ev {
+                Event::Data { payload_type: PayloadType::OUTPUT, payload } => {
+                    sh.write_input(&payload).await.ok();
+                }
+                Event::Data { payload_type: PayloadType::SIZE, payload } => {
+                    if let Ok(s) = serde_json::from_slice::<SizeData>(&payload) {
+                        sh.resize(clamp(s.cols), clamp(s.rows));
+                    }
+                }
+                Event::Data { payload_type: PayloadType::FLAG, payload } => {
+                    if let Ok(Flag::Other(v)) = Flag::decode(&payload) {
+                        if v == airlock_client::session::FLAG_INPUT_EOF {
+                            sh.close_input();
+                        }
+                    }
+                }
+                Event::Data { .. } => {}
+                Event::Control(f) if f.message_type == MessageType::ChannelClosed => return Ok(Ended::Closed),
+                Event::Control(_) => {}
+                Event::ResendLimitReached => anyhow::bail!("the client stopped acknowledging"),
+            }
+        }
+        if !out_open && !err_open && pending.is_empty() {
+            if let Some(code) = exit {
+                return Ok(Ended::Exited(code));
+            }
+        }
+        let can_read = pending.is_empty() && ch.can_send();
+        tokio::select! {
+            m = ws.next() => match m {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Err(e) = ch.handle_bytes(b, Instant::now()) {
+                        tracing::debug!("dropping an undecodable frame: {e}");
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None => return Ok(Ended::Closed),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(_)) => {}
+            },
+            r = read_chunk(&mut sh.output, &mut out_buf, max), if can_read && out_open => match r {
+                Some(data) => { pending = data; pending_type = PayloadType::OUTPUT; }
+                None => out_open = false,
+            },
+            r = read_chunk_opt(&mut sh.stderr, &mut err_buf, max), if can_read && err_open => match r {
+                Some(data) => { pending = data; pending_type = if stderr_apart { PayloadType::STDERR } else { PayloadType::OUTPUT }; }
+                None => err_open = false,
+            },
+            st = sh.child.wait(), if exit.is_none() => {
+                let code = st.map(shell::exit_code).unwrap_or(255);
+                exit = Some(code);
+            },
+            _ = tokio::time::sleep(Duration::from_millis(300)), if exit.is_some() && (out_open || err_open) => {
+                // The shell is gone; whatever still holds its terminal must not hold the session.
+                out_open = false;
+                err_open = false;
+            },
+            _ = sleep_until(ch.poll_timeout()) => ch.handle_timeout(Instant::now()),
+            _ = cancel.cancelled() => return Ok(Ended::Closed),
+        }
+    }
+}
+
+/// One read into a reused buffer; `None` at end of file (EIO on a PTY whose shell exited).
+async fn read_chunk<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R, buf: &mut BytesMut, max: usize) -> Option<Bytes> {
+    buf.reserve(max);
+    match r.read_buf(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(buf.split().freeze()),
+    }
+}
+
+async fn read_chunk_opt(r: &mut Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>, buf: &mut BytesMut, max: usize) -> Option<Bytes> {
+    match r {
+        Some(r) => read_chunk(r.as_mut(), buf, max).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,12 @@
+//! `airlock-client`, the SDK: a SigV4-signed API client, the client side of a session's data
+//! channel, outbound WebSockets (TLS, proxies) shared with the agent, and profile loading.
+
+pub mod api;
+pub mod config;
+pub mod session;
+pub mod tls;
+pub mod ws;
+
+pub use api::{ApiClient, ApiError, StreamGrant};
+pub use config::Profile;
+pub use session::{Input, Outcome, SessionError, SessionOptions};

@@ -1,0 +1,326 @@
+//! The client side of a session's data channel: opens the WebSocket with the token, runs the
+//! client end of the handshake (offering Airlock's larger limits), and drives the
+//! [`ReliableChannel`] between the caller's input/output queues and the socket. When the
+//! socket drops without `channel_closed`, it resumes the session (ResumeSession, then a fresh
+//! token on the original StreamUrl) with sequence state kept, as the AWS plugin does.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use airlock_proto::{
+    parse_exit_code, AirlockCapabilities, ChannelClosed, ChannelConfig, Event, Flag,
+    HandshakeComplete, HandshakeRequest, HandshakeResponse, MessageType, OpenDataChannelInput,
+    PayloadType, ProcessedClientAction, ReliableChannel, Role, SizeData,
+};
+
+use crate::api::{ApiClient, StreamGrant};
+use crate::ws::{connect, WsStream};
+
+/// Airlock-only flag value: the client's input ended (sent only when negotiated `no_pty`).
+pub const FLAG_INPUT_EOF: u32 = 0x4149_0001;
+
+/// What the caller feeds into a session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// Keystrokes or piped bytes.
+    Data(Bytes),
+    /// The terminal's size changed.
+    Size {
+        /// Columns.
+        cols: u32,
+        /// Rows.
+        rows: u32,
+    },
+    /// Input ended (a pipe reached EOF).
+    Eof,
+}
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The remote exit status, when the agent reported one.
+    pub exit_code: Option<i32>,
+    /// The server's closing text (`channel_closed` Output), often empty.
+    pub reason: String,
+}
+
+/// Errors that end a session abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The WebSocket could not be opened.
+    #[error(transparent)]
+    Connect(#[from] crate::ws::WsError),
+    /// The server closed the data channel with a reason (e.g. a refused token).
+    #[error("the server closed the data channel: {0}")]
+    Refused(String),
+    /// The connection was lost and could not be resumed.
+    #[error("connection to the session lost: {0}")]
+    Lost(String),
+    /// The peer broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The agent stopped acknowledging.
+    #[error("the agent stopped responding")]
+    Timeout,
+}
+
+/// Settings of the client end.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Ask the agent for a shell without a PTY (input is a pipe, not a terminal).
+    pub no_pty: bool,
+    /// Version reported in the handshake (`ClientVersion`); must be 4 numeric parts.
+    pub client_version: String,
+    /// TLS for `wss://` stream URLs.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Used to resume after a dropped connection; without it a drop ends the session.
+    pub api: Option<ApiClient>,
+    /// Largest payload offered to an Airlock agent.
+    pub max_payload: u32,
+    /// Frames in flight offered to an Airlock agent.
+    pub window: u32,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            no_pty: false,
+            client_version: "1.2.9999.0".to_owned(),
+            tls: None,
+            api: None,
+            max_payload: 256 * 1024,
+            window: 64,
+        }
+    }
+}
+
+async fn open(grant: &StreamGrant, token: &str, client_id: &str, opts: &SessionOptions) -> Result<WsStream, SessionError> {
+    let mut ws = connect(&grant.stream_url, opts.tls.clone()).await?;
+    let open = OpenDataChannelInput {
+        message_schema_version: "1.0".to_owned(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        token_value: token.to_owned(),
+        client_id: Some(client_id.to_owned()),
+        client_version: Some(opts.client_version.clone()),
+        client_instance_id: None,
+        agent_version: None,
+        platform_type: None,
+    };
+    let text = serde_json::to_string(&open).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    ws.send(Message::Text(text.into()))
+        .await
+        .map_err(|e| SessionError::Lost(e.to_string()))?;
+    Ok(ws)
+}
+
+/// Runs a session until it ends. `output` receives every byte the remote side prints.
+pub async fn run(
+    grant: StreamGrant,
+    opts: SessionOptions,
+    mut input: mpsc::Receiver<Input>,
+    output: mpsc::Sender<Bytes>,
+) -> Result<Outcome, SessionError> {
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let mut ws = open(&grant, &grant.token_value, &client_id, &opts).await?;
+    let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Client));
+    let mut ready = false;
+    let mut negotiated = false;
+    let mut exit_code = None;
+    let mut pending = Bytes::new();
+    let mut pending_ctl: std::collections::VecDeque<(PayloadType, Bytes)> = Default::default();
+    let mut input_open = true;
+    let mut last_size: Option<(u32, u32)> = None;
+    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let now = Instant::now();
+        // Queue what waits for room in the window: control payloads first, then stream bytes.
+        while let Some((pt, p)) = pending_ctl.front().cloned() {
+            if !ch.can_send() || ch.send(pt, p, now).is_err() {
+                break;
+            }
+            pending_ctl.pop_front();
+        }
+        if !pending.is_empty() && pending_ctl.is_empty() {
+            ch.send_stream(PayloadType::OUTPUT, &mut pending, now);
+        }
+        let mut wrote = false;
+        while let Some(frame) = ch.poll_transmit(now) {
+            wrote = true;
+            if let Err(e) = ws.feed(Message::Binary(frame)).await {
+                tracing::debug!("data channel write failed: {e}");
+                break;
+            }
+        }
+        if wrote {
+            let _ = ws.flush().await;
+        }
+
+        while let Some(ev) = ch.poll_event() {
+            match ev {
+                Event::Data { payload_type, payload } => match payload_type {
+                    PayloadType::HANDSHAKE_REQUEST => {
+                        let req: HandshakeRequest = serde_json::from_slice(&payload)
+                            .map_err(|e| SessionError::Protocol(format!("bad HandshakeRequest: {e}")))?;
+                        let ours = AirlockCapabilities {
+                            version: AirlockCapabilities::VERSION,
+                            max_payload: opts.max_payload,
+                            window: opts.window,
+                            digest: false,
+                            exit_code: true,
+                            no_pty: opts.no_pty,
+                        };
+                        let agreed = req.airlock.map(|theirs| ours.negotiate(&theirs));
+                        let actions = req
+                            .requested_client_actions
+                            .iter()
+                            .map(|a| ProcessedClientAction {
+                                action_type: a.action_type.clone(),
+                                action_status: if a.action_type == airlock_proto::SESSION_TYPE_ACTION { 1 } else { 3 },
+                                action_result: serde_json::Value::Null,
+                                error: String::new(),
+                            })
+                            .collect();
+                        let resp = HandshakeResponse {
+                            client_version: opts.client_version.clone(),
+                            processed_client_actions: actions,
+                            errors: None,
+                            airlock: agreed,
+                        };
+                        let body = serde_json::to_vec(&resp).map_err(|e| SessionError::Protocol(e.to_string()))?;
+                        pending_ctl.push_back((PayloadType::HANDSHAKE_RESPONSE, Bytes::from(body)));
+                        // Flush the response at AWS limits before switching to the agreed ones.
+                        while let Some((pt, p)) = pending_ctl.pop_front() {
+                            if ch.send(pt, p.clone(), Instant::now()).is_err() {
+                                pending_ctl.push_front((pt, p));
+                                break;
+                            }
+                        }
+                        if let Some(caps) = agreed {
+                            ch.apply_capabilities(&caps);
+                            negotiated = true;
+                        }
+                    }
+                    PayloadType::HANDSHAKE_COMPLETE => {
+                        if let Ok(done) = serde_json::from_slice::<HandshakeComplete>(&payload) {
+                            if !done.customer_message.is_empty() {
+                                let _ = output.send(Bytes::from(format!("{}\r\n", done.customer_message))).await;
+                            }
+                        }
+                        ready = true;
+                    }
+                    PayloadType::OUTPUT | PayloadType::STDERR => {
+                        ready = true;
+                        if output.send(payload).await.is_err() {
+                            return Ok(Outcome { exit_code, reason: "output closed".into() });
+                        }
+                    }
+                    PayloadType::EXIT_CODE => exit_code = parse_exit_code(&payload),
+                    PayloadType::FLAG => {
+                        if let Ok(Flag::ConnectToPortError) = Flag::decode(&payload) {
+                            tracing::warn!("the agent could not connect to the destination port");
+                        }
+                    }
+                    _ => {}
+                },
+                Event::Control(frame) => {
+                    if frame.message_type == MessageType::ChannelClosed {
+                        let reason = serde_json::from_slice::<ChannelClosed>(&frame.payload)
+                            .map(|c| c.output)
+                            .unwrap_or_default();
+                        let _ = ws.close(None).await;
+                        return Ok(Outcome { exit_code, reason });
+                    }
+                }
+                Event::ResendLimitReached => return Err(SessionError::Timeout),
+            }
+        }
+
+        let deadline = ch.poll_timeout();
+        let accepting = ready && input_open && pending.is_empty() && pending_ctl.is_empty() && ch.can_send();
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Err(e) = ch.handle_bytes(b, Instant::now()) {
+                        tracing::debug!("dropping an undecodable frame: {e}");
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    // The plugin parses text frames as messages too.
+                    let _ = ch.handle_bytes(Bytes::copy_from_slice(t.as_bytes()), Instant::now());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    if reason.is_empty() || reason == "Bye" {
+                        ws = resume(&grant, &client_id, &opts, &reason).await?;
+                    } else {
+                        return Err(SessionError::Refused(reason));
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => ws = resume(&grant, &client_id, &opts, &e.to_string()).await?,
+                None => ws = resume(&grant, &client_id, &opts, "connection closed").await?,
+            },
+            inp = input.recv(), if accepting => match inp {
+                Some(Input::Data(b)) => {
+                    pending = b;
+                    ch.send_stream(PayloadType::OUTPUT, &mut pending, Instant::now());
+                }
+                Some(Input::Size { cols, rows }) => {
+                    if last_size != Some((cols, rows)) {
+                        last_size = Some((cols, rows));
+                        let body = serde_json::to_vec(&SizeData { cols, rows }).unwrap_or_default();
+                        pending_ctl.push_back((PayloadType::SIZE, Bytes::from(body)));
+                    }
+                }
+                Some(Input::Eof) | None => {
+                    input_open = false;
+                    if negotiated && opts.no_pty {
+                        pending_ctl.push_back((PayloadType::FLAG, Bytes::copy_from_slice(&Flag::Other(FLAG_INPUT_EOF).encode())));
+                    } else if !opts.no_pty || !negotiated {
+                        // A terminal's end-of-file: the shell sees ^D at its prompt.
+                        pending_ctl.push_back((PayloadType::OUTPUT, Bytes::from_static(b"\x04")));
+                    }
+                }
+            },
+            _ = sleep_until(deadline) => ch.handle_timeout(Instant::now()),
+            _ = keepalive.tick() => { let _ = ws.send(Message::Ping(Bytes::from_static(b"keepalive"))).await; }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn resume(grant: &StreamGrant, client_id: &str, opts: &SessionOptions, why: &str) -> Result<WsStream, SessionError> {
+    let Some(api) = &opts.api else {
+        return Err(SessionError::Lost(why.to_owned()));
+    };
+    tracing::info!(session_id = grant.session_id, "data channel dropped ({why}); resuming");
+    let mut delay = Duration::from_millis(150);
+    let mut last = String::new();
+    for _ in 0..5 {
+        match api.resume_session(&grant.session_id).await {
+            Ok(g) if g.token_value.is_empty() => return Err(SessionError::Lost("the session timed out".into())),
+            // Re-dial the original StreamUrl with the new token, as the plugin does.
+            Ok(g) => return open(grant, &g.token_value, client_id, opts).await,
+            Err(crate::api::ApiError::Service { code, message, .. }) if code == "DoesNotExistException" => {
+                return Err(SessionError::Lost(message));
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+    Err(SessionError::Lost(format!("{why}; resume failed: {last}")))
+}

@@ -1,0 +1,21 @@
+//! `airlock-proto`: the AWS Session Manager data-channel protocol as Airlock
+//! speaks it, with no I/O.
+//!
+//! - [`frame`]: the 120-byte-header binary frame, its codec and validation (protocol.md §3–4).
+//! - [`message`]: the JSON and other payloads carried in frames and the opening text frame (§2, §5, §9).
+//! - [`channel`]: the sans-I/O reliable channel (sequence numbers, acks, resends; §7) that
+//!   Airlock's agent and client drive over their WebSockets.
+//! - [`error`]: the error enums.
+//!
+//! Everything is re-exported at the crate root.
+#![warn(clippy::indexing_slicing)]
+
+pub mod channel;
+pub mod error;
+pub mod frame;
+pub mod message;
+
+pub use channel::*;
+pub use error::*;
+pub use frame::*;
+pub use message::*;

@@ -1,0 +1,369 @@
+//! Managed instances and hybrid activations: DescribeInstanceInformation,
+//! GetConnectionStatus, CreateActivation, DescribeActivations, DeleteActivation,
+//! DeregisterManagedInstance.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize, decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller};
+use crate::state::AppState;
+use crate::store::{now_ms, Activation, Instance};
+
+fn any_arn(state: &AppState) -> String {
+    format!("arn:aws:ssm:{}:{}:*", state.config.region, state.config.account_id)
+}
+
+/// DescribeInstanceInformation input (both filter forms).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeInstancesInput {
+    #[serde(default)]
+    instance_information_filter_list: Vec<OldFilter>,
+    #[serde(default)]
+    filters: Vec<NewFilter>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+}
+
+/// The older filter form: `{key, valueSet}`.
+#[derive(Debug, Deserialize)]
+pub struct OldFilter {
+    key: String,
+    #[serde(rename = "valueSet")]
+    value_set: Vec<String>,
+}
+
+/// The newer filter form: `{Key, Values}`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NewFilter {
+    key: String,
+    values: Vec<String>,
+}
+
+fn instance_json(i: &Instance, online: bool) -> Value {
+    let mut v = json!({
+        "InstanceId": i.instance_id,
+        "PingStatus": if online { "Online" } else { "ConnectionLost" },
+        "AgentVersion": i.agent_version,
+        "IsLatestVersion": true,
+        "PlatformType": i.platform_type,
+        "PlatformName": i.platform_name,
+        "PlatformVersion": i.platform_version,
+        "ActivationId": i.activation_id,
+        "IamRole": i.iam_role,
+        "RegistrationDate": timestamp(i.registered_at),
+        "ResourceType": "ManagedInstance",
+        "Name": i.name,
+        "IPAddress": i.ip_address,
+        "ComputerName": i.computer_name,
+        "SourceId": i.instance_id,
+        "SourceType": "AWS::SSM::ManagedInstance",
+    });
+    if let Some(p) = i.last_ping_at {
+        v["LastPingDateTime"] = timestamp(p);
+    }
+    v
+}
+
+/// DescribeInstanceInformation: registered instances with their live ping status.
+pub async fn describe(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: DescribeInstancesInput,
+) -> Result<Value, ApiError> {
+    let limit = input.max_results.unwrap_or(50);
+    if !(5..=50).contains(&limit) {
+        return Err(invalid(&limit.to_string(), "maxResults", "Member must have value between 5 and 50"));
+    }
+    authorize(state, caller, "ssm:DescribeInstanceInformation", &any_arn(state))?;
+    let filters: Vec<(String, Vec<String>)> = input
+        .instance_information_filter_list
+        .into_iter()
+        .map(|f| (f.key, f.value_set))
+        .chain(input.filters.into_iter().map(|f| (f.key, f.values)))
+        .collect();
+    for (key, values) in &filters {
+        if values.is_empty() || values.len() > 100 {
+            return Err(ApiError::client(
+                "InvalidInstanceInformationFilterValue",
+                format!("The filter {key} needs between 1 and 100 values."),
+            ));
+        }
+        if !["InstanceIds", "PingStatus", "PlatformTypes", "ActivationIds", "AgentVersion", "ResourceType", "IamRole"]
+            .contains(&key.as_str())
+        {
+            return Err(ApiError::client("InvalidFilterKey", format!("The filter key {key} isn't valid.")));
+        }
+    }
+    let offset = decode_next_token(input.next_token.as_deref())?;
+    let all = state.store.list_instances().await?;
+    let matching: Vec<Value> = all
+        .iter()
+        .filter_map(|i| {
+            let online = state.hub.agent(&i.instance_id).is_some();
+            let ping = if online { "Online" } else { "ConnectionLost" };
+            let ok = filters.iter().all(|(key, values)| {
+                let field = match key.as_str() {
+                    "InstanceIds" => i.instance_id.as_str(),
+                    "PingStatus" => ping,
+                    "PlatformTypes" => i.platform_type.as_str(),
+                    "ActivationIds" => i.activation_id.as_str(),
+                    "AgentVersion" => i.agent_version.as_str(),
+                    "IamRole" => i.iam_role.as_str(),
+                    _ => "ManagedInstance",
+                };
+                values.iter().any(|v| v == field)
+            });
+            ok.then(|| instance_json(i, online))
+        })
+        .collect();
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(matching.len());
+    let end = start.saturating_add(usize::try_from(limit).unwrap_or(50)).min(matching.len());
+    let mut out = json!({ "InstanceInformationList": matching[start..end].to_vec() });
+    if end < matching.len() {
+        out["NextToken"] = json!(encode_next_token(i64::try_from(end).unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+/// GetConnectionStatus input.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TargetInput {
+    target: Option<String>,
+}
+
+/// GetConnectionStatus: `connected` when the agent holds its control channel.
+pub async fn connection_status(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: TargetInput,
+) -> Result<Value, ApiError> {
+    let target = input.target.unwrap_or_default();
+    authorize(state, caller, "ssm:GetConnectionStatus", &any_arn(state))?;
+    let status = if state.hub.agent(&target).is_some() {
+        "connected"
+    } else {
+        "notconnected"
+    };
+    Ok(json!({ "Target": target, "Status": status }))
+}
+
+/// CreateActivation input.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CreateActivationInput {
+    iam_role: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    default_instance_name: String,
+    registration_limit: Option<i64>,
+    expiration_date: Option<f64>,
+    #[serde(default)]
+    tags: Vec<Value>,
+}
+
+/// Hex SHA-256 of an activation code (codes are stored only this way).
+pub fn hash_code(code: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(code.as_bytes()))
+}
+
+/// CreateActivation: returns the id and a code shown once.
+pub async fn create_activation(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: CreateActivationInput,
+) -> Result<Value, ApiError> {
+    let role = input.iam_role.unwrap_or_default();
+    if role.is_empty() || role.len() > 64 {
+        return Err(invalid(&role, "iamRole", "Member must have length between 1 and 64"));
+    }
+    let limit = input.registration_limit.unwrap_or(1);
+    if !(1..=1000).contains(&limit) {
+        return Err(invalid(&limit.to_string(), "registrationLimit", "Member must have value between 1 and 1000"));
+    }
+    if input.description.len() > 256 || input.default_instance_name.len() > 256 {
+        return Err(ApiError::validation("Description and DefaultInstanceName are at most 256 characters."));
+    }
+    let now = now_ms();
+    let expires = match input.expiration_date {
+        None => now + 24 * 3600 * 1000,
+        Some(secs) => {
+            let ms = (secs * 1000.0) as i64;
+            if ms <= now || ms > now + 30 * 24 * 3600 * 1000 {
+                return Err(ApiError::client(
+                    "InvalidParameters",
+                    "ExpirationDate must be in the future and at most 30 days ahead.",
+                ));
+            }
+            ms
+        }
+    };
+    authorize(state, caller, "ssm:CreateActivation", &any_arn(state))?;
+    let code = crate::store::random_secret(20).replace(['+', '/'], "x");
+    let activation = Activation {
+        activation_id: uuid::Uuid::new_v4().to_string(),
+        code_hash: hash_code(&code),
+        iam_role: role,
+        description: input.description,
+        default_instance_name: input.default_instance_name,
+        registration_limit: limit,
+        registrations_count: 0,
+        expiration_date: expires,
+        created_at: now,
+        tags: serde_json::to_string(&input.tags).unwrap_or_else(|_| "[]".into()),
+    };
+    state.store.create_activation(&activation).await?;
+    Ok(json!({ "ActivationId": activation.activation_id, "ActivationCode": code }))
+}
+
+/// DescribeActivations input.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeActivationsInput {
+    #[serde(default)]
+    filters: Vec<ActivationFilter>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+}
+
+/// One DescribeActivations filter.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ActivationFilter {
+    filter_key: String,
+    filter_values: Vec<String>,
+}
+
+/// DescribeActivations: activations with their counts and expiry.
+pub async fn describe_activations(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: DescribeActivationsInput,
+) -> Result<Value, ApiError> {
+    let limit = input.max_results.unwrap_or(50);
+    if !(1..=50).contains(&limit) {
+        return Err(invalid(&limit.to_string(), "maxResults", "Member must have value between 1 and 50"));
+    }
+    authorize(state, caller, "ssm:DescribeActivations", &any_arn(state))?;
+    for f in &input.filters {
+        if !["ActivationIds", "DefaultInstanceName", "IamRole"].contains(&f.filter_key.as_str()) {
+            return Err(ApiError::client("InvalidFilter", format!("The filter key {} isn't valid.", f.filter_key)));
+        }
+    }
+    let offset = decode_next_token(input.next_token.as_deref())?;
+    let now = now_ms();
+    let list: Vec<Value> = state
+        .store
+        .list_activations()
+        .await?
+        .into_iter()
+        .filter(|a| {
+            input.filters.iter().all(|f| {
+                let field = match f.filter_key.as_str() {
+                    "ActivationIds" => &a.activation_id,
+                    "DefaultInstanceName" => &a.default_instance_name,
+                    _ => &a.iam_role,
+                };
+                f.filter_values.iter().any(|v| v == field)
+            })
+        })
+        .map(|a| {
+            json!({
+                "ActivationId": a.activation_id,
+                "Description": a.description,
+                "DefaultInstanceName": a.default_instance_name,
+                "IamRole": a.iam_role,
+                "RegistrationLimit": a.registration_limit,
+                "RegistrationsCount": a.registrations_count,
+                "ExpirationDate": timestamp(a.expiration_date),
+                "Expired": a.expiration_date <= now,
+                "CreatedDate": timestamp(a.created_at),
+                "Tags": serde_json::from_str::<Value>(&a.tags).unwrap_or(json!([])),
+            })
+        })
+        .collect();
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(list.len());
+    let end = start.saturating_add(usize::try_from(limit).unwrap_or(50)).min(list.len());
+    let mut out = json!({ "ActivationList": list[start..end].to_vec() });
+    if end < list.len() {
+        out["NextToken"] = json!(encode_next_token(i64::try_from(end).unwrap_or(0)));
+    }
+    Ok(out)
+}
+
+/// DeleteActivation input.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ActivationIdInput {
+    activation_id: Option<String>,
+}
+
+/// DeleteActivation: registered instances stay registered.
+pub async fn delete_activation(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: ActivationIdInput,
+) -> Result<Value, ApiError> {
+    let id = input.activation_id.unwrap_or_default();
+    authorize(state, caller, "ssm:DeleteActivation", &any_arn(state))?;
+    if !state.store.delete_activation(&id).await? {
+        return Err(ApiError::client(
+            "InvalidActivationId",
+            format!("The activation ID {id} isn't valid."),
+        ));
+    }
+    Ok(json!({}))
+}
+
+/// DeregisterManagedInstance input.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InstanceIdInput {
+    instance_id: Option<String>,
+}
+
+/// DeregisterManagedInstance: the agent is cut off at once and can never connect again.
+pub async fn deregister(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: InstanceIdInput,
+) -> Result<Value, ApiError> {
+    let id = input.instance_id.unwrap_or_default();
+    authorize(
+        state,
+        caller,
+        "ssm:DeregisterManagedInstance",
+        &format!("arn:aws:ssm:{}:{}:managed-instance/{id}", state.config.region, state.config.account_id),
+    )?;
+    if !state.store.deregister_instance(&id).await? {
+        return Err(ApiError::client(
+            "InvalidInstanceId",
+            format!("Instance {id} is not a registered managed instance."),
+        ));
+    }
+    state.hub.disconnect_agent(&id);
+    let filter = crate::store::SessionFilter {
+        target: Some(id.clone()),
+        ..Default::default()
+    };
+    for s in state.store.list_sessions(false, &filter, 0, 10_000).await? {
+        crate::sessions::end(
+            state,
+            &s.session_id,
+            crate::sessions::End {
+                status: "Terminated",
+                exit_code: None,
+                reason: "the instance was deregistered",
+                notify_agent: false,
+            },
+        )
+        .await;
+    }
+    Ok(json!({}))
+}

@@ -1,0 +1,375 @@
+//! Session operations: StartSession, ResumeSession, TerminateSession, DescribeSessions.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use airlock_proto::AgentTaskPayload;
+
+use super::{authorize, decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller};
+use crate::gateway::control::send_task;
+use crate::gateway::hub::Side;
+use crate::state::AppState;
+use crate::store::{now_ms, Session, SessionFilter};
+
+/// The default shell document, used when StartSession names none.
+pub const DEFAULT_SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
+
+/// StartSession input.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StartSessionInput {
+    target: Option<String>,
+    document_name: Option<String>,
+    reason: Option<String>,
+    #[serde(default)]
+    parameters: BTreeMap<String, Vec<String>>,
+}
+
+/// Input of the operations that take only a session id.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SessionIdInput {
+    session_id: Option<String>,
+}
+
+/// DescribeSessions input.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DescribeSessionsInput {
+    state: Option<String>,
+    max_results: Option<i64>,
+    next_token: Option<String>,
+    #[serde(default)]
+    filters: Vec<SessionFilterInput>,
+}
+
+/// One DescribeSessions filter (lower-case member names, as in the SSM model).
+#[derive(Debug, Deserialize)]
+pub struct SessionFilterInput {
+    key: String,
+    value: String,
+}
+
+fn session_arn(state: &AppState, session_id: &str) -> String {
+    format!(
+        "arn:aws:ssm:{}:{}:session/{session_id}",
+        state.config.region, state.config.account_id
+    )
+}
+
+fn instance_arn(state: &AppState, id: &str) -> String {
+    format!(
+        "arn:aws:ssm:{}:{}:managed-instance/{id}",
+        state.config.region, state.config.account_id
+    )
+}
+
+fn new_session_id(user: &str) -> String {
+    use rand::Rng;
+    let suffix: String = (0..17)
+        .map(|_| char::from(b"0123456789abcdef"[rand::thread_rng().gen_range(0..16)]))
+        .collect();
+    // SessionId is at most 96 characters: keep the suffix whole.
+    let max_user = 96 - 1 - suffix.len();
+    let user: String = user.chars().take(max_user).collect();
+    format!("{user}-{suffix}")
+}
+
+fn stream_url(state: &AppState, session_id: &str) -> String {
+    format!(
+        "{}/v1/data-channel/{session_id}?role=publish_subscribe",
+        state.config.websocket_base()
+    )
+}
+
+fn required<'a>(v: &'a Option<String>, member: &str) -> Result<&'a str, ApiError> {
+    v.as_deref().ok_or_else(|| {
+        ApiError::validation(format!(
+            "1 validation error detected: Value null at '{member}' failed to satisfy constraint: Member must not be null"
+        ))
+    })
+}
+
+/// StartSession: checks the target, records the session, asks the agent to open its side and
+/// hands the client its single-use token.
+pub async fn start(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: StartSessionInput,
+) -> Result<Value, ApiError> {
+    let target = required(&input.target, "target")?;
+    if target.is_empty() || target.len() > 400 {
+        return Err(invalid(target, "target", "Member must have length between 1 and 400"));
+    }
+    let document = input
+        .document_name
+        .as_deref()
+        .unwrap_or(DEFAULT_SHELL_DOCUMENT);
+    let doc_ok = (3..=128).contains(&document.len())
+        && document
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c));
+    if !doc_ok {
+        return Err(invalid(
+            document,
+            "documentName",
+            "Member must satisfy regular expression pattern: ^[a-zA-Z0-9_\\-.:/]{3,128}$",
+        ));
+    }
+    if let Some(r) = &input.reason {
+        if r.is_empty() || r.chars().count() > 256 {
+            return Err(invalid(r, "reason", "Member must have length between 1 and 256"));
+        }
+    }
+    authorize(state, caller, "ssm:StartSession", &instance_arn(state, target))?;
+    // A document may be named by ARN; only its name matters here.
+    let doc_name = document.rsplit('/').next().unwrap_or(document);
+    if doc_name != DEFAULT_SHELL_DOCUMENT {
+        return Err(ApiError::client(
+            "InvalidDocument",
+            format!("Document {document} does not exist or is not a Session document this server runs."),
+        ));
+    }
+    let instance = state.store.instance(target).await?;
+    let registered = instance.as_ref().is_some_and(|i| i.deregistered_at.is_none());
+    let conn = state.hub.agent(target).filter(|_| registered);
+    let Some(conn) = conn else {
+        return Err(ApiError::client(
+            "TargetNotConnected",
+            format!("{target} is not connected."),
+        ));
+    };
+
+    let session_id = new_session_id(&caller.user.name);
+    let session = Session {
+        session_id: session_id.clone(),
+        target: target.to_owned(),
+        document_name: doc_name.to_owned(),
+        owner: caller.arn.clone(),
+        reason: input.reason.clone().unwrap_or_default(),
+        status: "Connecting".to_owned(),
+        parameters: serde_json::to_string(&input.parameters).unwrap_or_else(|_| "{}".into()),
+        start_date: now_ms(),
+        end_date: None,
+        exit_code: None,
+        end_reason: String::new(),
+    };
+    state.store.create_session(&session).await?;
+
+    let ttl = state.config.token_ttl;
+    let agent_token = state.hub.issue_token(&session_id, Side::Agent, ttl);
+    let task = AgentTaskPayload {
+        session_id: session_id.clone(),
+        document_name: doc_name.to_owned(),
+        run_as_user: String::new(),
+        session_owner: caller.arn.clone(),
+        parameters: json!(input.parameters),
+        document_content: json!({
+            "schemaVersion": "1.0",
+            "description": "Shell session",
+            "sessionType": "Standard_Stream",
+            "inputs": {"runAsEnabled": false, "runAsDefaultUser": "", "shellProfile": {"linux": "", "windows": ""}},
+            "properties": null,
+        }),
+        data_channel_token: Some(agent_token),
+        data_channel_url: Some(format!("/v1/data-channel/{session_id}?role=publish_subscribe")),
+    };
+    if !send_task(&conn, &task, "interactive_shell") {
+        crate::sessions::end(
+            state,
+            &session_id,
+            crate::sessions::End {
+                status: "Failed",
+                exit_code: None,
+                reason: "the agent could not be reached",
+                notify_agent: false,
+            },
+        )
+        .await;
+        return Err(ApiError::client(
+            "TargetNotConnected",
+            format!("{target} is not connected."),
+        ));
+    }
+    let client_token = state.hub.issue_token(&session_id, Side::Client, ttl);
+    Ok(json!({
+        "SessionId": session_id,
+        "TokenValue": client_token,
+        "StreamUrl": stream_url(state, &session_id),
+    }))
+}
+
+async fn owned_session(
+    state: &AppState,
+    caller: &Caller,
+    input: &SessionIdInput,
+    action: &str,
+) -> Result<(String, Option<Session>), ApiError> {
+    let id = required(&input.session_id, "sessionId")?;
+    if id.is_empty() || id.len() > 96 {
+        return Err(invalid(id, "sessionId", "Member must have length between 1 and 96"));
+    }
+    authorize(state, caller, action, &session_arn(state, id))?;
+    Ok((id.to_owned(), state.store.session(id).await?))
+}
+
+/// ResumeSession: a new client token for a session that has not ended.
+pub async fn resume(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: SessionIdInput,
+) -> Result<Value, ApiError> {
+    let (id, session) = owned_session(state, caller, &input, "ssm:ResumeSession").await?;
+    let live = session
+        .as_ref()
+        .is_some_and(|s| s.status != "Terminated" && s.status != "Failed");
+    if !live || state.hub.existing_relay(&id).is_none() {
+        return Err(ApiError::client(
+            "DoesNotExistException",
+            format!("Session {id} does not exist or has ended."),
+        ));
+    }
+    let token = state.hub.issue_token(&id, Side::Client, state.config.token_ttl);
+    Ok(json!({
+        "SessionId": id,
+        "TokenValue": token,
+        "StreamUrl": stream_url(state, &id),
+    }))
+}
+
+/// TerminateSession: ends the session and closes both ends. Ending an ended or unknown
+/// session succeeds, as AWS's does.
+pub async fn terminate(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: SessionIdInput,
+) -> Result<Value, ApiError> {
+    let (id, session) = owned_session(state, caller, &input, "ssm:TerminateSession").await?;
+    if session.is_some() {
+        let reason = format!("Session terminated by {}.", caller.user.name);
+        crate::sessions::end(
+            state,
+            &id,
+            crate::sessions::End {
+                status: "Terminated",
+                exit_code: None,
+                reason: &reason,
+                notify_agent: true,
+            },
+        )
+        .await;
+    }
+    Ok(json!({ "SessionId": id }))
+}
+
+fn parse_iso(value: &str) -> Result<i64, ApiError> {
+    let t = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| {
+            ApiError::client(
+                "InvalidFilterKey",
+                format!("Invalid date '{value}': expected ISO 8601 such as 2024-08-29T00:00:00Z."),
+            )
+        })?;
+    Ok(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+}
+
+/// DescribeSessions: Active or History, with filters and paging.
+pub async fn describe(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: DescribeSessionsInput,
+) -> Result<Value, ApiError> {
+    let which = required(&input.state, "state")?;
+    let history = match which {
+        "Active" => false,
+        "History" => true,
+        other => {
+            return Err(invalid(
+                other,
+                "state",
+                "Member must satisfy enum value set: [Active, History]",
+            ))
+        }
+    };
+    let limit = input.max_results.unwrap_or(20);
+    if !(1..=200).contains(&limit) {
+        return Err(invalid(
+            &limit.to_string(),
+            "maxResults",
+            "Member must have value between 1 and 200",
+        ));
+    }
+    if input.filters.len() > 6 {
+        return Err(invalid("filters", "filters", "Member must have length less than or equal to 6"));
+    }
+    authorize(
+        state,
+        caller,
+        "ssm:DescribeSessions",
+        &format!("arn:aws:ssm:{}:{}:*", state.config.region, state.config.account_id),
+    )?;
+    let mut filter = SessionFilter::default();
+    for f in &input.filters {
+        if f.value.is_empty() || f.value.len() > 400 {
+            return Err(invalid(&f.value, "filters.member.value", "Member must have length between 1 and 400"));
+        }
+        let v = Some(f.value.clone());
+        match f.key.as_str() {
+            "Target" => filter.target = v,
+            "Owner" => filter.owner = v,
+            "Status" => filter.status = v,
+            "SessionId" => filter.session_id = v,
+            "InvokedAfter" => filter.invoked_after = Some(parse_iso(&f.value)?),
+            "InvokedBefore" => filter.invoked_before = Some(parse_iso(&f.value)?),
+            "AccessType" => {}
+            other => {
+                return Err(ApiError::client(
+                    "InvalidFilterKey",
+                    format!("The filter key {other} isn't valid."),
+                ))
+            }
+        }
+    }
+    let offset = decode_next_token(input.next_token.as_deref())?;
+    let mut rows = state
+        .store
+        .list_sessions(history, &filter, offset, limit + 1)
+        .await?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    let sessions: Vec<Value> = rows.iter().map(session_json).collect();
+    let mut out = json!({ "Sessions": sessions });
+    if more {
+        out["NextToken"] = json!(encode_next_token(offset + limit));
+    }
+    Ok(out)
+}
+
+/// A session in the SSM `Session` shape (plus `ExitCode`/`Details` that SDKs ignore).
+pub fn session_json(s: &Session) -> Value {
+    let mut v = json!({
+        "SessionId": s.session_id,
+        "Target": s.target,
+        "Status": s.status,
+        "StartDate": timestamp(s.start_date),
+        "DocumentName": s.document_name,
+        "Owner": s.owner,
+        "AccessType": "Standard",
+    });
+    if !s.reason.is_empty() {
+        v["Reason"] = json!(s.reason);
+    }
+    if let Some(end) = s.end_date {
+        v["EndDate"] = timestamp(end);
+    }
+    if !s.end_reason.is_empty() {
+        v["Details"] = json!(s.end_reason);
+    }
+    if let Some(code) = s.exit_code {
+        v["ExitCode"] = json!(code);
+    }
+    v
+}

@@ -1,0 +1,267 @@
+//! Data channels: the WebSocket both the client and the agent open for a session
+//! (`/v1/data-channel/<SessionId>`). The first text frame carries the token; after that every
+//! binary frame is relayed to the other side untouched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use airlock_proto::{peek_message_type, MessageType, OpenDataChannelInput};
+
+use super::hub::Side;
+use super::relay::{Relay, SideConn, SIDE_QUEUE};
+use crate::sessions;
+use crate::state::AppState;
+
+/// How long a new WebSocket may take to send its token.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest WebSocket message accepted on a data channel (a frame of the largest payload we negotiate).
+pub const MAX_DATA_MESSAGE: usize = 1024 * 1024 + 4096;
+
+/// Upgrades `/v1/data-channel/{session_id}`.
+pub async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    Path(session_id): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(MAX_DATA_MESSAGE)
+        .max_frame_size(MAX_DATA_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let tracker = state.tasks.clone();
+            tracker
+                .track_future(serve(state, session_id, peer, socket))
+                .await
+        })
+}
+
+/// Closes a socket with a policy-violation reason that the peer can read.
+pub async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+/// Reads the opening text frame (OpenDataChannelInput), bounded by a timeout.
+pub async fn read_open(socket: &mut WebSocket) -> Result<OpenDataChannelInput, String> {
+    let first = tokio::time::timeout(OPEN_TIMEOUT, socket.recv())
+        .await
+        .map_err(|_| "no open message within 10 s".to_owned())?;
+    match first {
+        Some(Ok(Message::Text(t))) => serde_json::from_str::<OpenDataChannelInput>(t.as_str())
+            .map_err(|e| format!("malformed open message: {e}")),
+        Some(Ok(_)) => Err("the first message must be a text frame with the token".to_owned()),
+        Some(Err(e)) => Err(format!("websocket error: {e}")),
+        None => Err("closed before the open message".to_owned()),
+    }
+}
+
+async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut socket: WebSocket) {
+    let open = match read_open(&mut socket).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(%peer, session_id, "data channel refused: {e}");
+            return close_with(socket, 1008, &e).await;
+        }
+    };
+    let side = match state.hub.take_token(&open.token_value, &session_id) {
+        Ok(side) => side,
+        Err(e) => {
+            tracing::warn!(%peer, session_id, "data channel refused: {e}");
+            return close_with(socket, 1008, &e.to_string()).await;
+        }
+    };
+    let relay = state.hub.relay(&session_id);
+    if relay.ended().is_cancelled() {
+        return close_with(socket, 1008, "session has ended").await;
+    }
+    tracing::info!(%peer, session_id, ?side, "data channel open");
+
+    let conn_id = state.hub.next_conn_id();
+    let cancel = relay.ended().child_token();
+    let (tx, rx) = mpsc::channel(SIDE_QUEUE);
+    let paired = relay.attach(
+        side,
+        SideConn {
+            tx,
+            cancel: cancel.clone(),
+            conn_id,
+        },
+    );
+    if paired {
+        sessions::mark_status(&state, &session_id, "Connected").await;
+    }
+
+    let (sink, stream) = socket.split();
+    let writer = tokio::spawn(write_loop(sink, rx, cancel.clone()));
+    read_loop(&state, &relay, side, stream, cancel.clone()).await;
+    cancel.cancel();
+    let _ = writer.await;
+
+    if relay.detach(side, conn_id) && !relay.ended().is_cancelled() {
+        match side {
+            Side::Client => {
+                // The client may come back with ResumeSession; the agent side waits.
+                sessions::mark_status(&state, &session_id, "Disconnected").await;
+            }
+            Side::Agent => {
+                sessions::end(
+                    &state,
+                    &session_id,
+                    sessions::End {
+                        status: "Failed",
+                        exit_code: None,
+                        reason: "the agent's data channel closed",
+                        notify_agent: false,
+                    },
+                )
+                .await;
+            }
+        }
+    }
+    tracing::info!(%peer, session_id, ?side, "data channel closed");
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Message>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            msg = rx.recv() => match msg {
+                Some(m) => if sink.send(m).await.is_err() { return },
+                None => break,
+            },
+            _ = cancel.cancelled() => {
+                // Flush what was queued before the end (e.g. channel_closed), then close.
+                while let Ok(m) = rx.try_recv() {
+                    if sink.send(m).await.is_err() { return; }
+                }
+                break;
+            }
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.close().await;
+}
+
+async fn read_loop(
+    state: &Arc<AppState>,
+    relay: &Relay,
+    side: Side,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    cancel: CancellationToken,
+) {
+    let mut peer_watch = relay.watch(side.peer());
+    let mut peer: Option<SideConn> = None;
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            _ = cancel.cancelled() => return,
+        };
+        let data = match msg {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Text(_))) | Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => {
+                continue
+            }
+            Some(Ok(Message::Close(_))) | None => return,
+            Some(Err(e)) => {
+                tracing::debug!(session_id = relay.session_id(), ?side, "data channel read error: {e}");
+                return;
+            }
+        };
+        match peek_message_type(&data) {
+            None => {
+                tracing::warn!(session_id = relay.session_id(), ?side, "dropping a malformed frame of {} bytes", data.len());
+                continue;
+            }
+            Some(MessageType::AgentSessionState) if side == Side::Agent => {
+                handle_agent_state(state, relay, &data).await;
+                continue;
+            }
+            // Only the gateway may close channels or steer publication.
+            Some(MessageType::ChannelClosed)
+            | Some(MessageType::StartPublication)
+            | Some(MessageType::PausePublication) => continue,
+            Some(_) => {}
+        }
+        let mut msg = Message::Binary(data);
+        loop {
+            if peer.as_ref().is_none_or(|p| p.tx.is_closed()) {
+                peer = tokio::select! {
+                    p = wait_for_peer(&mut peer_watch) => p,
+                    _ = cancel.cancelled() => return,
+                };
+                if peer.is_none() {
+                    return;
+                }
+            }
+            let Some(p) = peer.as_ref() else { return };
+            let sent = tokio::select! {
+                r = p.tx.send(msg) => r,
+                _ = cancel.cancelled() => return,
+            };
+            match sent {
+                Ok(()) => break,
+                Err(mpsc::error::SendError(m)) => {
+                    msg = m;
+                    peer = None;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the peer side is attached with a live queue; `None` when the relay is gone.
+async fn wait_for_peer(w: &mut tokio::sync::watch::Receiver<Option<SideConn>>) -> Option<SideConn> {
+    loop {
+        {
+            let cur = w.borrow_and_update();
+            if let Some(c) = cur.as_ref() {
+                if !c.tx.is_closed() {
+                    return Some(c.clone());
+                }
+            }
+        }
+        if w.changed().await.is_err() {
+            return None;
+        }
+    }
+}
+
+async fn handle_agent_state(state: &Arc<AppState>, relay: &Relay, data: &[u8]) {
+    let payload = data.get(airlock_proto::FRAME_HEADER_LEN..).unwrap_or_default();
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        tracing::warn!(session_id = relay.session_id(), "malformed agent_session_state");
+        return;
+    };
+    if v.get("SessionState").and_then(|s| s.as_str()) == Some("Terminating") {
+        let exit_code = v
+            .get("ExitCode")
+            .and_then(|c| c.as_i64())
+            .and_then(|c| i32::try_from(c).ok());
+        sessions::end(
+            state,
+            relay.session_id(),
+            sessions::End {
+                status: "Terminated",
+                exit_code,
+                reason: "the session ended on the host",
+                notify_agent: false,
+            },
+        )
+        .await;
+    }
+}

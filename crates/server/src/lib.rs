@@ -1,0 +1,256 @@
+//! `airlock server`: the AWS JSON 1.1 API (SigV4-signed), the WebSocket gateway that relays
+//! session data between clients and agents, and the store behind them.
+//!
+//! [`start`] binds, migrates, bootstraps a first admin when the store is empty, and serves
+//! until [`RunningServer::shutdown`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod register;
+pub mod sessions;
+pub mod state;
+pub mod store;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{ServerConfig, TlsMode};
+pub use state::AppState;
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Binding or file-system trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Credentials of the admin created on first start.
+#[derive(Clone)]
+pub struct BootstrapAdmin {
+    /// User name.
+    pub user_name: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret (also written, mode 0600, to `admin-credentials.json` in the data directory).
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("user_name", &self.user_name)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server that is serving.
+pub struct RunningServer {
+    /// The bound address.
+    pub local_addr: SocketAddr,
+    /// Base URL clients use (`http://…` or `https://…`).
+    pub url: String,
+    /// SHA-256 fingerprint of the TLS certificate, when TLS is on.
+    pub tls_fingerprint: Option<String>,
+    /// The certificate file clients can trust, when TLS is on.
+    pub tls_cert_path: Option<PathBuf>,
+    /// Set when this start created the first admin.
+    pub bootstrap: Option<BootstrapAdmin>,
+    /// Shared state (tests inspect the hub).
+    pub state: Arc<AppState>,
+    serve: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, closes every channel, and waits (bounded) for connection tasks.
+    pub async fn shutdown(self) {
+        self.state.shutdown.cancel();
+        self.state.hub.shutdown();
+        self.state.tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.state.tasks.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.serve).await;
+    }
+
+    /// Resolves when the server stops by itself (it does not, unless it fails).
+    pub async fn wait(&mut self) {
+        let _ = (&mut self.serve).await;
+    }
+}
+
+/// The router: API, registration, and the gateway's WebSockets.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", post(api::handle))
+        .route("/v1/agent/register", post(register::register))
+        .route("/v1/control-channel/{instance_id}", get(gateway::control::upgrade))
+        .route("/v1/data-channel/{session_id}", get(gateway::data::upgrade))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+async fn bootstrap_admin(
+    store: &store::Store,
+    data_dir: &std::path::Path,
+) -> Result<Option<BootstrapAdmin>, ServerError> {
+    if store.count_users().await? > 0 {
+        return Ok(None);
+    }
+    let user = store.create_user("admin", true).await?;
+    let key = store.create_access_key(&user.user_id).await?;
+    let admin = BootstrapAdmin {
+        user_name: user.name,
+        access_key_id: key.access_key_id,
+        secret_access_key: key.secret_access_key,
+    };
+    let path = data_dir.join("admin-credentials.json");
+    let body = serde_json::json!({
+        "UserName": admin.user_name,
+        "AccessKeyId": admin.access_key_id,
+        "SecretAccessKey": admin.secret_access_key,
+    });
+    write_private(&path, body.to_string().as_bytes()).map_err(|source| ServerError::Io {
+        context: format!("writing {}", path.display()),
+        source,
+    })?;
+    Ok(Some(admin))
+}
+
+/// Writes a file only its owner can read.
+pub fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// Starts the server.
+pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+        context: format!("creating {}", config.data_dir.display()),
+        source,
+    })?;
+    let store = match &config.database_url {
+        Some(url) => store::Store::open(url).await?,
+        None => store::Store::open_in_dir(&config.data_dir).await?,
+    };
+    let orphaned = store.fail_orphaned_sessions().await?;
+    if orphaned > 0 {
+        tracing::warn!("{orphaned} sessions from a previous run were marked Failed");
+    }
+    let bootstrap = bootstrap_admin(&store, &config.data_dir).await?;
+
+    let loopback = config.listen.ip().is_loopback();
+    let tls = match &config.tls {
+        TlsMode::Auto if loopback => None,
+        TlsMode::Auto | TlsMode::SelfSigned => Some(tls::self_signed(&config.data_dir)?),
+        TlsMode::Files { cert, key } => Some(tls::load(cert, key)?),
+        TlsMode::InsecurePlainHttp => {
+            if !loopback {
+                tracing::warn!(
+                    "serving plain HTTP on {} as configured: credentials and sessions cross the network unencrypted",
+                    config.listen
+                );
+            }
+            None
+        }
+    };
+    let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Io {
+        context: format!("binding {}", config.listen),
+        source,
+    })?;
+    listener.set_nonblocking(true).map_err(|source| ServerError::Io {
+        context: "configuring the listener".into(),
+        source,
+    })?;
+    let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
+        context: "reading the bound address".into(),
+        source,
+    })?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{local_addr}");
+    if config.public_url.is_none() {
+        config.public_url = Some(url.clone());
+    }
+
+    let state = Arc::new(AppState {
+        store,
+        hub: gateway::hub::Hub::default(),
+        config,
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = state.shutdown.clone();
+    let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+    let tls_cert_path = tls.as_ref().map(|t| t.cert_path.clone());
+    let serve = match tls {
+        Some(loaded) => {
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                h2.graceful_shutdown(Some(Duration::from_secs(2)));
+            });
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config);
+            let server = axum_server::from_tcp_rustls(listener, rustls).handle(handle);
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(app).await {
+                    tracing::error!("server stopped: {e}");
+                }
+            })
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| {
+                ServerError::Io {
+                    context: "adopting the listener".into(),
+                    source,
+                }
+            })?;
+            tokio::spawn(async move {
+                let res = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                    .await;
+                if let Err(e) = res {
+                    tracing::error!("server stopped: {e}");
+                }
+            })
+        }
+    };
+    tracing::info!(%url, "airlock server listening");
+    Ok(RunningServer {
+        local_addr,
+        url,
+        tls_fingerprint,
+        tls_cert_path,
+        bootstrap,
+        state,
+        serve,
+    })
+}

@@ -1,0 +1,108 @@
+//! Session lifecycle shared by the API and the gateway: status changes, and the one place a
+//! session ends (store, relay, tokens, both ends told with `channel_closed`).
+
+use std::sync::Arc;
+
+use axum::extract::ws::Message;
+use bytes::Bytes;
+
+use airlock_proto::{ChannelClosed, Frame, MessageType, PayloadType};
+
+use crate::gateway::hub::Side;
+use crate::state::AppState;
+
+/// How a session ends.
+#[derive(Clone, Copy, Debug)]
+pub struct End<'a> {
+    /// `Terminated` or `Failed`.
+    pub status: &'a str,
+    /// Exit status of the shell when known.
+    pub exit_code: Option<i32>,
+    /// Recorded in the store and shown to the client.
+    pub reason: &'a str,
+    /// Whether to tell the agent over its control channel too (it may not have a data channel yet).
+    pub notify_agent: bool,
+}
+
+/// Updates a live session's status, logging (not failing) on store errors: the data plane
+/// must not stop because bookkeeping hiccups.
+pub async fn mark_status(state: &Arc<AppState>, session_id: &str, status: &str) {
+    if let Err(e) = state.store.set_session_status(session_id, status).await {
+        tracing::error!(session_id, "could not record status {status}: {e}");
+    }
+}
+
+/// Builds the `channel_closed` frame the plugin understands (`Output` empty prints the plain
+/// "Exiting session" line).
+pub fn channel_closed_frame(session_id: &str, destination: &str, output: &str) -> Bytes {
+    let created = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let body = ChannelClosed {
+        message_id: uuid::Uuid::new_v4().to_string(),
+        created_date: created,
+        destination_id: destination.to_owned(),
+        session_id: session_id.to_owned(),
+        message_type: "channel_closed".to_owned(),
+        schema_version: 1,
+        output: output.to_owned(),
+    };
+    let payload = serde_json::to_vec(&body).unwrap_or_default();
+    Frame::new(
+        MessageType::ChannelClosed,
+        0,
+        0,
+        PayloadType::NONE,
+        Bytes::from(payload),
+    )
+    .encode(true)
+}
+
+/// Ends a session exactly once: records it, revokes its tokens, sends `channel_closed` to
+/// both data channels (after what they already have queued) and, if asked, to the agent's
+/// control channel, then drops the relay.
+pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool {
+    let ended = match state
+        .store
+        .end_session(session_id, how.status, how.exit_code, how.reason)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(session_id, "could not record the end of the session: {e}");
+            true
+        }
+    };
+    state.hub.revoke_tokens(session_id);
+    let output = if how.status == "Terminated" && how.notify_agent {
+        how.reason.to_owned()
+    } else if how.status == "Failed" {
+        how.reason.to_owned()
+    } else {
+        String::new()
+    };
+    if let Some(relay) = state.hub.existing_relay(session_id) {
+        relay
+            .finish(|side| {
+                let dest = match side {
+                    Side::Client => "client",
+                    Side::Agent => "agent",
+                };
+                Message::Binary(channel_closed_frame(session_id, dest, &output))
+            })
+            .await;
+        state.hub.remove_relay(session_id);
+    }
+    if how.notify_agent {
+        if let Ok(Some(s)) = state.store.session(session_id).await {
+            if let Some(agent) = state.hub.agent(&s.target) {
+                let frame = channel_closed_frame(session_id, &s.target, &output);
+                let _ = agent.tx.try_send(Message::Binary(frame));
+            }
+        }
+    }
+    if ended {
+        tracing::info!(session_id, status = how.status, exit_code = ?how.exit_code, "session ended: {}", how.reason);
+    }
+    ended
+}

@@ -1,0 +1,23 @@
+//! State shared by every handler.
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServerConfig;
+use crate::gateway::hub::Hub;
+use crate::store::Store;
+
+/// What handlers share: the store, the gateway hub, settings, and shutdown plumbing.
+#[derive(Debug)]
+pub struct AppState {
+    /// Persistent state.
+    pub store: Store,
+    /// Live connections and tokens.
+    pub hub: Hub,
+    /// Settings (with `public_url` filled in once the listener is bound).
+    pub config: ServerConfig,
+    /// Cancelled when the server stops.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}

@@ -1,0 +1,510 @@
+//! The store: everything the server must remember across restarts (users, access keys,
+//! activations, managed instances, sessions), kept in SQLite through sqlx with WAL.
+//!
+//! Every function here is one statement or one transaction; callers never see SQL.
+
+mod rows;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+pub use rows::*;
+
+/// Errors of the store, in the caller's terms.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that must be unique already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+}
+
+/// Handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// Milliseconds since the Unix epoch, the unit of every timestamp column.
+pub fn now_ms() -> i64 {
+    i64::try_from(airlock_proto::unix_millis()).unwrap_or(i64::MAX)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    /// Opens (creating if needed) `airlock.db` in `data_dir`, in WAL mode, and applies migrations.
+    pub async fn open_in_dir(data_dir: &Path) -> Result<Store, StoreError> {
+        let path = data_dir.join("airlock.db");
+        let url = format!("sqlite://{}", path.display());
+        Self::open(&url).await
+    }
+
+    /// Opens a database by URL (`sqlite://path` or `sqlite::memory:`) and applies migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    // ---- users and keys -------------------------------------------------------------------
+
+    /// Creates a user; fails with `AlreadyExists` when the name is taken.
+    pub async fn create_user(&self, name: &str, is_admin: bool) -> Result<User, StoreError> {
+        let user = User {
+            user_id: format!("AIDA{}", random_upper(17)),
+            name: name.to_owned(),
+            is_admin,
+            created_at: now_ms(),
+        };
+        let res = sqlx::query(
+            "INSERT INTO users (user_id, name, is_admin, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&user.user_id)
+        .bind(&user.name)
+        .bind(user.is_admin)
+        .bind(user.created_at)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(user),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists(format!("user {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Looks a user up by name.
+    pub async fn user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query("SELECT * FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| User::from_row(&r)))
+    }
+
+    /// All users, by name.
+    pub async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(User::from_row).collect())
+    }
+
+    /// Deletes a user and (by cascade) their keys; returns whether one existed.
+    pub async fn delete_user(&self, name: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM users WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Number of users; the server bootstraps an admin when it is zero.
+    pub async fn count_users(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Issues a new access key for a user.
+    pub async fn create_access_key(&self, user_id: &str) -> Result<AccessKey, StoreError> {
+        let key = AccessKey {
+            access_key_id: format!("AKIA{}", random_upper(16)),
+            user_id: user_id.to_owned(),
+            secret_access_key: random_secret(40),
+            status: "Active".to_owned(),
+            created_at: now_ms(),
+            last_used_at: None,
+        };
+        sqlx::query(
+            "INSERT INTO access_keys (access_key_id, user_id, secret_access_key, status, created_at) \
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&key.access_key_id)
+        .bind(&key.user_id)
+        .bind(&key.secret_access_key)
+        .bind(&key.status)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(key)
+    }
+
+    /// An access key with its user, for SigV4 verification.
+    pub async fn access_key(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<(AccessKey, User)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.*, u.name, u.is_admin, u.created_at AS user_created_at FROM access_keys k \
+             JOIN users u ON u.user_id = k.user_id WHERE k.access_key_id = ?",
+        )
+        .bind(access_key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let key = AccessKey::from_row(&r);
+            let user = User {
+                user_id: r.get("user_id"),
+                name: r.get("name"),
+                is_admin: r.get("is_admin"),
+                created_at: r.get("user_created_at"),
+            };
+            (key, user)
+        }))
+    }
+
+    /// Records that a key was just used (best effort; callers may ignore the error).
+    pub async fn touch_access_key(&self, access_key_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE access_keys SET last_used_at = ? WHERE access_key_id = ?")
+            .bind(now_ms())
+            .bind(access_key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Keys of one user.
+    pub async fn list_access_keys(&self, user_id: &str) -> Result<Vec<AccessKey>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM access_keys WHERE user_id = ? ORDER BY created_at")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(AccessKey::from_row).collect())
+    }
+
+    /// Deletes a key; returns whether one existed.
+    pub async fn delete_access_key(&self, access_key_id: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM access_keys WHERE access_key_id = ?")
+            .bind(access_key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    // ---- activations and instances ------------------------------------------------------
+
+    /// Stores a new activation (the code itself is kept only as a hash).
+    pub async fn create_activation(&self, a: &Activation) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO activations (activation_id, code_hash, iam_role, description, \
+             default_instance_name, registration_limit, registrations_count, expiration_date, \
+             created_at, tags) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+        )
+        .bind(&a.activation_id)
+        .bind(&a.code_hash)
+        .bind(&a.iam_role)
+        .bind(&a.description)
+        .bind(&a.default_instance_name)
+        .bind(a.registration_limit)
+        .bind(a.expiration_date)
+        .bind(a.created_at)
+        .bind(&a.tags)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One activation by id.
+    pub async fn activation(&self, id: &str) -> Result<Option<Activation>, StoreError> {
+        let row = sqlx::query("SELECT * FROM activations WHERE activation_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Activation::from_row(&r)))
+    }
+
+    /// All activations, newest first.
+    pub async fn list_activations(&self) -> Result<Vec<Activation>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM activations ORDER BY created_at DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(Activation::from_row).collect())
+    }
+
+    /// Deletes an activation (registered instances stay); returns whether one existed.
+    pub async fn delete_activation(&self, id: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query("DELETE FROM activations WHERE activation_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Atomically uses one registration of an activation and records the new instance.
+    /// Returns `Ok(false)` when the activation is exhausted (raced by another registration).
+    pub async fn register_instance(
+        &self,
+        activation_id: &str,
+        inst: &Instance,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let res = sqlx::query(
+            "UPDATE activations SET registrations_count = registrations_count + 1 \
+             WHERE activation_id = ? AND registrations_count < registration_limit \
+             AND expiration_date > ?",
+        )
+        .bind(activation_id)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if res.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO instances (instance_id, public_key, activation_id, name, computer_name, \
+             platform_type, platform_name, platform_version, agent_version, ip_address, iam_role, \
+             registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&inst.instance_id)
+        .bind(&inst.public_key)
+        .bind(&inst.activation_id)
+        .bind(&inst.name)
+        .bind(&inst.computer_name)
+        .bind(&inst.platform_type)
+        .bind(&inst.platform_name)
+        .bind(&inst.platform_version)
+        .bind(&inst.agent_version)
+        .bind(&inst.ip_address)
+        .bind(&inst.iam_role)
+        .bind(inst.registered_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// One instance by id (deregistered ones included; check `deregistered_at`).
+    pub async fn instance(&self, id: &str) -> Result<Option<Instance>, StoreError> {
+        let row = sqlx::query("SELECT * FROM instances WHERE instance_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Instance::from_row(&r)))
+    }
+
+    /// Registered (not deregistered) instances, by id.
+    pub async fn list_instances(&self) -> Result<Vec<Instance>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM instances WHERE deregistered_at IS NULL ORDER BY instance_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(Instance::from_row).collect())
+    }
+
+    /// Marks an instance deregistered; returns whether a registered one existed.
+    pub async fn deregister_instance(&self, id: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "UPDATE instances SET deregistered_at = ? WHERE instance_id = ? AND deregistered_at IS NULL",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Updates what the agent reported on connect, and the ping time.
+    pub async fn instance_connected(
+        &self,
+        id: &str,
+        agent_version: &str,
+        ip_address: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instances SET agent_version = ?, ip_address = ?, last_ping_at = ? WHERE instance_id = ?",
+        )
+        .bind(agent_version)
+        .bind(ip_address)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a ping from a connected agent.
+    pub async fn instance_ping(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET last_ping_at = ? WHERE instance_id = ?")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // ---- sessions -------------------------------------------------------------------------
+
+    /// Records a new session.
+    pub async fn create_session(&self, s: &Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (session_id, target, document_name, owner, reason, status, \
+             parameters, start_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.session_id)
+        .bind(&s.target)
+        .bind(&s.document_name)
+        .bind(&s.owner)
+        .bind(&s.reason)
+        .bind(&s.status)
+        .bind(&s.parameters)
+        .bind(s.start_date)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// One session by id.
+    pub async fn session(&self, id: &str) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query("SELECT * FROM sessions WHERE session_id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Session::from_row(&r)))
+    }
+
+    /// Sets the status of a session that has not ended; returns whether it changed.
+    pub async fn set_session_status(&self, id: &str, status: &str) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "UPDATE sessions SET status = ? WHERE session_id = ? AND status NOT IN ('Terminated', 'Failed')",
+        )
+        .bind(status)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Ends a session once (the first caller wins); returns whether this call ended it.
+    pub async fn end_session(
+        &self,
+        id: &str,
+        status: &str,
+        exit_code: Option<i32>,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let res = sqlx::query(
+            "UPDATE sessions SET status = ?, end_date = ?, exit_code = COALESCE(?, exit_code), \
+             end_reason = ? WHERE session_id = ? AND status NOT IN ('Terminated', 'Failed')",
+        )
+        .bind(status)
+        .bind(now_ms())
+        .bind(exit_code)
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected() > 0)
+    }
+
+    /// Sessions in a state class, newest first, with simple filters; `offset`/`limit` page.
+    pub async fn list_sessions(
+        &self,
+        history: bool,
+        filter: &SessionFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        let mut sql = String::from("SELECT * FROM sessions WHERE ");
+        sql.push_str(if history {
+            "status IN ('Terminated', 'Failed')"
+        } else {
+            "status NOT IN ('Terminated', 'Failed')"
+        });
+        if filter.target.is_some() {
+            sql.push_str(" AND target = ?");
+        }
+        if filter.owner.is_some() {
+            sql.push_str(" AND owner = ?");
+        }
+        if filter.status.is_some() {
+            sql.push_str(" AND status = ?");
+        }
+        if filter.session_id.is_some() {
+            sql.push_str(" AND session_id = ?");
+        }
+        if filter.invoked_after.is_some() {
+            sql.push_str(" AND start_date >= ?");
+        }
+        if filter.invoked_before.is_some() {
+            sql.push_str(" AND start_date <= ?");
+        }
+        sql.push_str(" ORDER BY start_date DESC, session_id LIMIT ? OFFSET ?");
+        let mut q = sqlx::query(&sql);
+        for v in [
+            &filter.target,
+            &filter.owner,
+            &filter.status,
+            &filter.session_id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            q = q.bind(v);
+        }
+        for v in [filter.invoked_after, filter.invoked_before]
+            .into_iter()
+            .flatten()
+        {
+            q = q.bind(v);
+        }
+        let rows = q.bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(Session::from_row).collect())
+    }
+
+    /// Marks sessions left open by a previous run of the server as failed: their channels are gone.
+    pub async fn fail_orphaned_sessions(&self) -> Result<u64, StoreError> {
+        let res = sqlx::query(
+            "UPDATE sessions SET status = 'Failed', end_date = ?, end_reason = 'server restarted' \
+             WHERE status NOT IN ('Terminated', 'Failed')",
+        )
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(res.rows_affected())
+    }
+}
+
+/// Random upper-case letters and digits, for ids AWS writes that way.
+pub fn random_upper(n: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| char::from(CHARS[rng.gen_range(0..CHARS.len())]))
+        .collect()
+}
+
+/// A random secret of `n` characters from the base64 alphabet (as AWS secret keys look).
+pub fn random_secret(n: usize) -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut rng = rand::thread_rng();
+    (0..n)
+        .map(|_| char::from(CHARS[rng.gen_range(0..CHARS.len())]))
+        .collect()
+}
