@@ -1,1 +1,311 @@
-fn main() {}
+//! The single `airlock` binary: clap subcommands that wire the crates together, nothing more.
+//! Exit codes: the remote status for sessions, 0 success, 1 failure, 2 usage.
+
+mod admin;
+mod dev;
+mod output;
+mod plugin;
+mod session;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Output format for commands that print results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Tables and sentences for people.
+    #[default]
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "airlock", version, about = "Self-hosted shell and port access to hosts, compatible with AWS Session Manager")]
+struct Cli {
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a server and a local agent on loopback, with an admin profile: the quickest start.
+    Dev(DevArgs),
+    /// Run the server.
+    Server(ServerArgs),
+    /// Register or run the agent on a host.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Open a shell on a host.
+    StartSession(StartSessionArgs),
+    /// List or end sessions.
+    #[command(subcommand)]
+    Sessions(admin::SessionsCommand),
+    /// List managed instances.
+    #[command(subcommand)]
+    Instances(admin::InstancesCommand),
+    /// Users, access keys, activations and instances.
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
+}
+
+/// `airlock dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where the server keeps its state (default ~/.airlock/dev).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Loopback address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7220")]
+    pub listen: SocketAddr,
+}
+
+/// `airlock server`.
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on. Non-loopback addresses get TLS unless --insecure-http.
+    #[arg(long, default_value = "127.0.0.1:8443", env = "AIRLOCK_LISTEN")]
+    pub listen: SocketAddr,
+    /// State directory (database, generated certificate, bootstrap credentials).
+    #[arg(long, default_value = "/var/lib/airlock", env = "AIRLOCK_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Database URL (default: SQLite in the data directory).
+    #[arg(long, env = "AIRLOCK_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Use a generated self-signed certificate even on loopback.
+    #[arg(long, conflicts_with_all = ["tls_cert", "insecure_http"])]
+    pub self_signed: bool,
+    /// Serve plain HTTP on a non-loopback address (only behind a TLS-terminating proxy).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub insecure_http: bool,
+    /// URL clients use to reach this server (for StreamUrl), if not the listen address.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Region in ARNs and SigV4 scopes.
+    #[arg(long, default_value = "us-east-1")]
+    pub region: String,
+    /// Account id in ARNs.
+    #[arg(long, default_value = "000000000000")]
+    pub account_id: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum AgentCommand {
+    /// Register this host with an activation (once).
+    Register(AgentRegisterArgs),
+    /// Run the agent (keeps an outbound connection to the server).
+    Run(AgentRunArgs),
+}
+
+#[derive(Args, Debug)]
+struct AgentRegisterArgs {
+    /// Server URL, e.g. https://airlock.example.com:8443.
+    #[arg(long)]
+    server: String,
+    /// Activation id.
+    #[arg(long)]
+    activation_id: String,
+    /// Activation code.
+    #[arg(long, env = "AIRLOCK_ACTIVATION_CODE")]
+    activation_code: String,
+    /// PEM certificate(s) to trust for the server (e.g. its self-signed certificate).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// State file (default /var/lib/airlock-agent/state.json as root, else ~/.airlock/agent.json).
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Replace an existing registration.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Debug)]
+struct AgentRunArgs {
+    /// State file written by `agent register`.
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// User that sessions run as when the agent runs as root (default: airlock-user, created if missing).
+    #[arg(long)]
+    run_as: Option<String>,
+    /// Allow --run-as root.
+    #[arg(long)]
+    allow_root_sessions: bool,
+}
+
+/// `airlock start-session`.
+#[derive(Args, Debug)]
+pub struct StartSessionArgs {
+    /// Instance id (mi-…).
+    #[arg(long)]
+    pub target: String,
+    /// Session document.
+    #[arg(long)]
+    pub document_name: Option<String>,
+    /// Document parameters as JSON, e.g. '{"portNumber":["80"]}'.
+    #[arg(long)]
+    pub parameters: Option<String>,
+    /// Why you are connecting (recorded).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AIRLOCK_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if plugin::is_plugin_invocation(&args) {
+        init_tracing("warn");
+        return run_async(plugin::main(args));
+    }
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let quiet = matches!(cli.command, Command::StartSession(_));
+    init_tracing(if quiet { "warn" } else { "info" });
+    let format = cli.output;
+    run_async(async move {
+        match cli.command {
+            Command::Dev(a) => dev::run(a, format).await,
+            Command::Server(a) => run_server(a).await,
+            Command::Agent(AgentCommand::Register(a)) => agent_register(a, format).await,
+            Command::Agent(AgentCommand::Run(a)) => agent_run(a).await,
+            Command::StartSession(a) => session::start(a).await,
+            Command::Sessions(c) => admin::sessions(c, format).await,
+            Command::Instances(c) => admin::instances(c, format).await,
+            Command::Admin(c) => admin::admin(c, format).await,
+        }
+    })
+}
+
+fn run_async<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(f);
+    // A blocking stdin read may still be parked in the runtime; do not wait for a key press.
+    rt.shutdown_background();
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code & 0xff).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("airlock: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+/// Server settings from the command line.
+pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => airlock_server::TlsMode::Files { cert: cert.clone(), key: key.clone() },
+        _ if a.self_signed => airlock_server::TlsMode::SelfSigned,
+        _ if a.insecure_http => airlock_server::TlsMode::InsecurePlainHttp,
+        _ => airlock_server::TlsMode::Auto,
+    };
+    airlock_server::ServerConfig {
+        listen: a.listen,
+        data_dir: a.data_dir.clone(),
+        database_url: a.database_url.clone(),
+        tls,
+        region: a.region.clone(),
+        account_id: a.account_id.clone(),
+        public_url: a.public_url.clone(),
+        ..Default::default()
+    }
+}
+
+async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
+    let server = airlock_server::start(server_config(&a)).await?;
+    println!("Airlock server listening on {}", server.url);
+    if let (Some(fp), Some(path)) = (&server.tls_fingerprint, &server.tls_cert_path) {
+        println!("TLS certificate {} (SHA-256 fingerprint {fp})", path.display());
+    }
+    if let Some(b) = &server.bootstrap {
+        println!(
+            "Created the first admin user '{}'; its access key is in {} (readable by you only).",
+            b.user_name,
+            a.data_dir.join("admin-credentials.json").display()
+        );
+    }
+    shutdown_signal().await;
+    println!("Stopping…");
+    server.shutdown().await;
+    Ok(0)
+}
+
+async fn agent_register(a: AgentRegisterArgs, format: Format) -> anyhow::Result<i32> {
+    let path = a.state.unwrap_or_else(airlock_agent::state::default_state_path);
+    if path.exists() && !a.force {
+        anyhow::bail!("{} already holds a registration; pass --force to replace it", path.display());
+    }
+    let state = airlock_agent::register(&airlock_agent::Registration {
+        server: a.server,
+        activation_id: a.activation_id,
+        activation_code: a.activation_code,
+        ca_file: a.ca_file,
+    })
+    .await?;
+    state.save(&path)?;
+    match format {
+        Format::Json => println!("{}", serde_json::json!({ "InstanceId": state.instance_id, "StateFile": path })),
+        Format::Text => println!("Registered as {} (state in {}). Start it with: airlock agent run", state.instance_id, path.display()),
+    }
+    Ok(0)
+}
+
+async fn agent_run(a: AgentRunArgs) -> anyhow::Result<i32> {
+    let path = a.state.unwrap_or_else(airlock_agent::state::default_state_path);
+    let state = airlock_agent::AgentState::load(&path)?;
+    let config = airlock_agent::AgentConfig {
+        run_as: a.run_as,
+        allow_root_sessions: a.allow_root_sessions,
+        ..Default::default()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c2 = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        c2.cancel();
+    });
+    airlock_agent::run(state, config, cancel).await?;
+    Ok(0)
+}

@@ -9,4 +9,4 @@ pub mod ws;
 
 pub use api::{ApiClient, ApiError, StreamGrant};
 pub use config::Profile;
-pub use session::{Input, Outcome, SessionError, SessionOptions};
+pub use session::{Input, Outcome, Output, SessionError, SessionOptions};

@@ -40,6 +40,15 @@ pub enum Input {
     Eof,
 }
 
+/// Bytes the remote side printed, kept apart by stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Terminal output or standard output.
+    Stdout(Bytes),
+    /// Standard error (sessions without a PTY).
+    Stderr(Bytes),
+}
+
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -123,7 +132,7 @@ pub async fn run(
     grant: StreamGrant,
     opts: SessionOptions,
     mut input: mpsc::Receiver<Input>,
-    output: mpsc::Sender<Bytes>,
+    output: mpsc::Sender<Output>,
 ) -> Result<Outcome, SessionError> {
     let client_id = uuid::Uuid::new_v4().to_string();
     let mut ws = open(&grant, &grant.token_value, &client_id, &opts).await?;
@@ -139,29 +148,6 @@ pub async fn run(
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
-        let now = Instant::now();
-        // Queue what waits for room in the window: control payloads first, then stream bytes.
-        while let Some((pt, p)) = pending_ctl.front().cloned() {
-            if !ch.can_send() || ch.send(pt, p, now).is_err() {
-                break;
-            }
-            pending_ctl.pop_front();
-        }
-        if !pending.is_empty() && pending_ctl.is_empty() {
-            ch.send_stream(PayloadType::OUTPUT, &mut pending, now);
-        }
-        let mut wrote = false;
-        while let Some(frame) = ch.poll_transmit(now) {
-            wrote = true;
-            if let Err(e) = ws.feed(Message::Binary(frame)).await {
-                tracing::debug!("data channel write failed: {e}");
-                break;
-            }
-        }
-        if wrote {
-            let _ = ws.flush().await;
-        }
-
         while let Some(ev) = ch.poll_event() {
             match ev {
                 Event::Data { payload_type, payload } => match payload_type {
@@ -210,14 +196,15 @@ pub async fn run(
                     PayloadType::HANDSHAKE_COMPLETE => {
                         if let Ok(done) = serde_json::from_slice::<HandshakeComplete>(&payload) {
                             if !done.customer_message.is_empty() {
-                                let _ = output.send(Bytes::from(format!("{}\r\n", done.customer_message))).await;
+                                let _ = output.send(Output::Stderr(Bytes::from(format!("{}\n", done.customer_message)))).await;
                             }
                         }
                         ready = true;
                     }
                     PayloadType::OUTPUT | PayloadType::STDERR => {
                         ready = true;
-                        if output.send(payload).await.is_err() {
+                        let chunk = if payload_type == PayloadType::STDERR { Output::Stderr(payload) } else { Output::Stdout(payload) };
+                        if output.send(chunk).await.is_err() {
                             return Ok(Outcome { exit_code, reason: "output closed".into() });
                         }
                     }
@@ -242,11 +229,36 @@ pub async fn run(
             }
         }
 
+        // Events may have queued frames (a HandshakeResponse): queue and send before waiting.
+        let now = Instant::now();
+        // Queue what waits for room in the window: control payloads first, then stream bytes.
+        while let Some((pt, p)) = pending_ctl.front().cloned() {
+            if !ch.can_send() || ch.send(pt, p, now).is_err() {
+                break;
+            }
+            pending_ctl.pop_front();
+        }
+        if !pending.is_empty() && pending_ctl.is_empty() {
+            ch.send_stream(PayloadType::OUTPUT, &mut pending, now);
+        }
+        let mut wrote = false;
+        while let Some(frame) = ch.poll_transmit(Instant::now()) {
+            wrote = true;
+            if let Err(e) = ws.feed(Message::Binary(frame)).await {
+                tracing::debug!("data channel write failed: {e}");
+                break;
+            }
+        }
+        if wrote {
+            let _ = ws.flush().await;
+        }
+
         let deadline = ch.poll_timeout();
         let accepting = ready && input_open && pending.is_empty() && pending_ctl.is_empty() && ch.can_send();
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
+                    tracing::trace!(len = b.len(), "frame received");
                     if let Err(e) = ch.handle_bytes(b, Instant::now()) {
                         tracing::debug!("dropping an undecodable frame: {e}");
                     }
@@ -283,7 +295,7 @@ pub async fn run(
                     input_open = false;
                     if negotiated && opts.no_pty {
                         pending_ctl.push_back((PayloadType::FLAG, Bytes::copy_from_slice(&Flag::Other(FLAG_INPUT_EOF).encode())));
-                    } else if !opts.no_pty || !negotiated {
+                    } else {
                         // A terminal's end-of-file: the shell sees ^D at its prompt.
                         pending_ctl.push_back((PayloadType::OUTPUT, Bytes::from_static(b"\x04")));
                     }

@@ -20,8 +20,8 @@ use bytes::Bytes;
 
 use crate::error::{ChannelError, FrameError};
 use crate::frame::{
-    decode, DecodeOptions, Frame, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN,
-    FRAME_HEADER_LEN, FLAG_SYN,
+    decode, DecodeOptions, Frame, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
+    FRAME_HEADER_LEN,
 };
 use crate::message::{AcknowledgeContent, AirlockCapabilities, JsonPayload};
 
@@ -36,6 +36,9 @@ pub const PLUGIN_MAX_RESENDS: u32 = 3000;
 const CONTROL_EVENT_SLACK: usize = 1024;
 /// Bound of the queue of control frames waiting to be transmitted.
 const CONTROL_TX_CAPACITY: usize = 1024;
+/// Bound on the payload bytes held in the out-of-order buffer, whatever the
+/// frame count, so a peer sending large frames out of order cannot exhaust memory.
+const MAX_INCOMING_BYTES: usize = 64 * 1024 * 1024;
 
 /// Which end of the data channel this is; decides the message types used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +191,8 @@ pub struct ReliableChannel {
     expected: i64,
     /// Out-of-order (or not yet deliverable) inbound frames, already acked.
     incoming: BTreeMap<i64, Frame>,
+    /// Payload bytes in `incoming`.
+    incoming_bytes: usize,
     /// Events not yet taken by the caller.
     events: VecDeque<Event>,
     /// Number of `Event::Data` in `events`.
@@ -220,6 +225,7 @@ impl ReliableChannel {
             control_queue: VecDeque::new(),
             expected: 0,
             incoming: BTreeMap::new(),
+            incoming_bytes: 0,
             events: VecDeque::new(),
             data_events: 0,
             receiver_ready: true,
@@ -298,7 +304,12 @@ impl ReliableChannel {
     /// queues as many as fit, advancing `data` past what was accepted. Returns
     /// the number of bytes accepted, which is less than the input when the
     /// window fills.
-    pub fn send_stream(&mut self, payload_type: PayloadType, data: &mut Bytes, now: Instant) -> usize {
+    pub fn send_stream(
+        &mut self,
+        payload_type: PayloadType,
+        data: &mut Bytes,
+        now: Instant,
+    ) -> usize {
         let mut accepted = 0;
         while !data.is_empty() && self.can_send() {
             let n = data.len().min(self.config.max_payload.max(1));
@@ -397,8 +408,11 @@ impl ReliableChannel {
             // Otherwise not ready: no ack, `expected` unchanged, the peer resends.
         } else if self.incoming.contains_key(&seq) {
             self.queue_ack(&frame);
-        } else if self.incoming.len() < self.config.incoming_capacity {
+        } else if self.incoming.len() < self.config.incoming_capacity
+            && self.incoming_bytes.saturating_add(frame.payload.len()) <= MAX_INCOMING_BYTES
+        {
             self.queue_ack(&frame);
+            self.incoming_bytes += frame.payload.len();
             self.incoming.insert(seq, frame);
         }
         // Otherwise the buffer is full: drop without an ack, the peer resends.
@@ -423,16 +437,16 @@ impl ReliableChannel {
             let Some(entry) = self.incoming.first_entry() else {
                 break;
             };
-            if *entry.key() < self.expected {
-                // Stale (cannot normally happen); discard.
-                entry.remove();
-                continue;
-            }
-            if *entry.key() != self.expected {
+            if *entry.key() > self.expected {
                 break;
             }
+            let stale = *entry.key() < self.expected;
             let frame = entry.remove();
-            self.deliver(frame);
+            self.incoming_bytes = self.incoming_bytes.saturating_sub(frame.payload.len());
+            if !stale {
+                self.deliver(frame);
+            }
+            // A stale entry was delivered from a resend while it sat here; drop it.
         }
     }
 

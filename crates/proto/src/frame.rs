@@ -435,7 +435,10 @@ fn parse_message_type(raw: &[u8; MESSAGE_TYPE_LEN]) -> Option<MessageType> {
     }
     let is_pad = |b: &u8| matches!(b, 0 | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
     let start = raw.iter().position(|b| !is_pad(b)).unwrap_or(raw.len());
-    let end = raw.iter().rposition(|b| !is_pad(b)).map_or(start, |e| e + 1);
+    let end = raw
+        .iter()
+        .rposition(|b| !is_pad(b))
+        .map_or(start, |e| e + 1);
     let trimmed = raw.get(start..end).unwrap_or_default();
     let s = std::str::from_utf8(trimmed).ok()?;
     Some(MessageType::parse(s))

@@ -34,7 +34,9 @@ pub trait JsonPayload: Serialize + DeserializeOwned {
     /// Compact JSON, as Go emits it. Serializing these types cannot fail; an
     /// empty buffer is returned if it ever did.
     fn to_payload(&self) -> Bytes {
-        serde_json::to_vec(self).map(Bytes::from).unwrap_or_default()
+        serde_json::to_vec(self)
+            .map(Bytes::from)
+            .unwrap_or_default()
     }
 
     /// Parses a payload.
@@ -458,9 +460,10 @@ pub struct AgentTaskAcknowledge {
 
 /// What two Airlock peers negotiate in the handshake. The real plugin never
 /// sends it, so the AWS limits (1024-byte payloads, digests, no window) apply
-/// whenever it is absent.
+/// whenever it is absent. Keys missing from a peer's JSON take the AWS values
+/// of [`AirlockCapabilities::default`], so an older peer still parses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct AirlockCapabilities {
     /// Version of the Airlock extensions; currently 1.
     #[serde(alias = "version")]
@@ -481,6 +484,21 @@ pub struct AirlockCapabilities {
     /// the shell without a PTY, so there is no prompt and no echo, as `ssh` without `-t` does.
     #[serde(alias = "noPty", default)]
     pub no_pty: bool,
+}
+
+impl Default for AirlockCapabilities {
+    /// Exactly the AWS behaviour: version 1, 1024-byte payloads, no window,
+    /// digests on, no exit-code frames, a PTY.
+    fn default() -> Self {
+        AirlockCapabilities {
+            version: Self::VERSION,
+            max_payload: 1024,
+            window: 0,
+            digest: true,
+            exit_code: false,
+            no_pty: false,
+        }
+    }
 }
 
 impl AirlockCapabilities {
@@ -642,6 +660,27 @@ mod tests {
         assert!(!String::from_utf8(r.to_payload().to_vec())
             .unwrap()
             .contains("Airlock"));
+    }
+
+    #[test]
+    fn capabilities_missing_keys_take_aws_values() {
+        let c = AirlockCapabilities::from_payload(br#"{"MaxPayload":65536}"#).unwrap();
+        assert_eq!(
+            c,
+            AirlockCapabilities {
+                max_payload: 65536,
+                ..AirlockCapabilities::default()
+            }
+        );
+        let r = HandshakeResponse::from_payload(
+            br#"{"ClientVersion":"x","AirlockCapabilities":{"version":1,"window":8,"digest":false}}"#,
+        )
+        .unwrap();
+        let caps = r.airlock.unwrap();
+        assert_eq!(
+            (caps.max_payload, caps.window, caps.digest),
+            (1024, 8, false)
+        );
     }
 
     #[test]

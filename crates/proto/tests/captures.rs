@@ -2,7 +2,12 @@
 //! binary frame decodes to the recorded fields and re-encodes to the same
 //! bytes; JSON payloads re-serialize byte for byte; and a client-role channel
 //! fed the server's frames produces the same ack payloads as the plugin.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,8 +40,12 @@ fn unhex(s: &str) -> Vec<u8> {
 
 fn load(file: &str) -> Vec<Record> {
     let path = captures_dir().join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {} (set AIRLOCK_CAPTURES_DIR): {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} (set AIRLOCK_CAPTURES_DIR): {e}",
+            path.display()
+        )
+    });
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
@@ -59,7 +68,10 @@ fn all_files() -> Vec<String> {
         .filter(|n| n.ends_with(".jsonl"))
         .collect();
     files.sort();
-    assert!(files.len() >= 7, "expected the plugin captures, found {files:?}");
+    assert!(
+        files.len() >= 7,
+        "expected the plugin captures, found {files:?}"
+    );
     files
 }
 
@@ -77,28 +89,78 @@ fn every_captured_frame_decodes_and_reencodes_identically() {
     assert!(records.len() >= 300, "only {} binary frames", records.len());
     for r in &records {
         let d = &r.decoded;
-        let ctx = format!("{} {} seq {}", r.file, d["MessageType"], d["SequenceNumber"]);
+        let ctx = format!(
+            "{} {} seq {}",
+            r.file, d["MessageType"], d["SequenceNumber"]
+        );
         let frame = decode(Bytes::from(r.raw.clone()), &DecodeOptions::default())
             .unwrap_or_else(|e| panic!("{ctx}: {e}"));
         assert_eq!(d["digest_ok"], true, "{ctx}");
-        assert_eq!(frame.message_type.as_str(), d["MessageType"].as_str().unwrap(), "{ctx}");
-        assert!(!matches!(frame.message_type, MessageType::Other(_)), "{ctx}");
-        assert_eq!(Some(frame.message_type.clone()), peek_message_type(&r.raw), "{ctx}");
-        assert_eq!(u64::from(frame.schema_version), d["SchemaVersion"].as_u64().unwrap(), "{ctx}");
-        assert_eq!(frame.created_date, d["CreatedDate"].as_u64().unwrap(), "{ctx}");
-        assert_eq!(frame.sequence_number, d["SequenceNumber"].as_i64().unwrap(), "{ctx}");
+        assert_eq!(
+            frame.message_type.as_str(),
+            d["MessageType"].as_str().unwrap(),
+            "{ctx}"
+        );
+        assert!(
+            !matches!(frame.message_type, MessageType::Other(_)),
+            "{ctx}"
+        );
+        assert_eq!(
+            Some(frame.message_type.clone()),
+            peek_message_type(&r.raw),
+            "{ctx}"
+        );
+        assert_eq!(
+            u64::from(frame.schema_version),
+            d["SchemaVersion"].as_u64().unwrap(),
+            "{ctx}"
+        );
+        assert_eq!(
+            frame.created_date,
+            d["CreatedDate"].as_u64().unwrap(),
+            "{ctx}"
+        );
+        assert_eq!(
+            frame.sequence_number,
+            d["SequenceNumber"].as_i64().unwrap(),
+            "{ctx}"
+        );
         assert_eq!(frame.flags, d["Flags"].as_u64().unwrap(), "{ctx}");
-        assert_eq!(frame.message_id.to_string(), d["MessageId"].as_str().unwrap(), "{ctx}");
-        assert_eq!(u64::from(frame.payload_type.0), d["PayloadType"].as_u64().unwrap(), "{ctx}");
-        assert_eq!(frame.payload_type.name(), d["PayloadTypeName"].as_str(), "{ctx}");
-        assert_eq!(frame.payload.len() as u64, d["payload_len_actual"].as_u64().unwrap(), "{ctx}");
+        assert_eq!(
+            frame.message_id.to_string(),
+            d["MessageId"].as_str().unwrap(),
+            "{ctx}"
+        );
+        assert_eq!(
+            u64::from(frame.payload_type.0),
+            d["PayloadType"].as_u64().unwrap(),
+            "{ctx}"
+        );
+        assert_eq!(
+            frame.payload_type.name(),
+            d["PayloadTypeName"].as_str(),
+            "{ctx}"
+        );
+        assert_eq!(
+            frame.payload.len() as u64,
+            d["payload_len_actual"].as_u64().unwrap(),
+            "{ctx}"
+        );
         if let Some(text) = d["payload_text"].as_str() {
             assert_eq!(&frame.payload[..], text.as_bytes(), "{ctx}");
         }
         if let Some(flag) = d["payload_flag"].as_u64() {
-            assert_eq!(u64::from(Flag::decode(&frame.payload).unwrap().value()), flag, "{ctx}");
+            assert_eq!(
+                u64::from(Flag::decode(&frame.payload).unwrap().value()),
+                flag,
+                "{ctx}"
+            );
         }
-        assert_eq!(&frame.encode(true)[..], &r.raw[..], "{ctx}: re-encode differs");
+        assert_eq!(
+            &frame.encode(true)[..],
+            &r.raw[..],
+            "{ctx}: re-encode differs"
+        );
     }
 }
 
@@ -119,7 +181,10 @@ fn captured_json_payloads_reserialize_byte_for_byte() {
     let mut seen = std::collections::BTreeMap::<&str, usize>::new();
     for r in &binaries() {
         let frame = decode(Bytes::from(r.raw.clone()), &DecodeOptions::default()).unwrap();
-        let ctx = format!("{} {} seq {}", r.file, frame.message_type, frame.sequence_number);
+        let ctx = format!(
+            "{} {} seq {}",
+            r.file, frame.message_type, frame.sequence_number
+        );
         let p = &frame.payload[..];
         let kind = match (&frame.message_type, frame.payload_type) {
             (MessageType::Acknowledge, _) => {
@@ -135,7 +200,10 @@ fn captured_json_payloads_reserialize_byte_for_byte() {
             (_, PayloadType::HANDSHAKE_RESPONSE) => {
                 let h: HandshakeResponse = assert_json_round_trip(p, &ctx);
                 assert_eq!(h.client_version, "1.2.677.0");
-                assert_eq!(h.processed_client_actions[0].action_type, SESSION_TYPE_ACTION);
+                assert_eq!(
+                    h.processed_client_actions[0].action_type,
+                    SESSION_TYPE_ACTION
+                );
                 assert_eq!(h.airlock, None);
                 "handshake_response"
             }
@@ -171,7 +239,10 @@ fn captured_json_payloads_reserialize_byte_for_byte() {
         "size",
         "handshake_request",
     ] {
-        assert!(seen.get(kind).copied().unwrap_or(0) > 0, "no {kind} in captures: {seen:?}");
+        assert!(
+            seen.get(kind).copied().unwrap_or(0) > 0,
+            "no {kind} in captures: {seen:?}"
+        );
     }
 }
 
@@ -179,7 +250,10 @@ fn captured_json_payloads_reserialize_byte_for_byte() {
 fn captured_open_data_channel_reserializes_byte_for_byte() {
     let mut n = 0;
     for f in all_files() {
-        for r in load(&f).into_iter().filter(|r| r.kind == "text" && r.dir == "plugin->server") {
+        for r in load(&f)
+            .into_iter()
+            .filter(|r| r.kind == "text" && r.dir == "plugin->server")
+        {
             let o: OpenDataChannelInput = assert_json_round_trip(&r.raw, &r.file);
             assert_eq!(o.message_schema_version, "1.0");
             assert!(o.client_id.is_some() && o.client_version.is_some());
@@ -199,12 +273,18 @@ fn client_channel_acks_like_the_plugin() {
         let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Client));
         let mut ours = std::collections::HashSet::new();
         let mut delivered = Vec::new();
-        for r in records.iter().filter(|r| r.kind == "binary" && r.dir == "server->plugin") {
+        for r in records
+            .iter()
+            .filter(|r| r.kind == "binary" && r.dir == "server->plugin")
+        {
             ch.handle_bytes(Bytes::from(r.raw.clone()), now).unwrap();
             while let Some(out) = ch.poll_transmit(now) {
                 let ack = decode(out, &DecodeOptions::default()).unwrap();
                 assert_eq!(ack.message_type, MessageType::Acknowledge);
-                assert_eq!((ack.sequence_number, ack.flags, ack.payload_type), (0, 3, PayloadType::NONE));
+                assert_eq!(
+                    (ack.sequence_number, ack.flags, ack.payload_type),
+                    (0, 3, PayloadType::NONE)
+                );
                 ours.insert(ack.payload);
             }
             while let Some(ev) = ch.poll_event() {
@@ -214,7 +294,10 @@ fn client_channel_acks_like_the_plugin() {
             }
         }
         let mut checked = 0;
-        for r in records.iter().filter(|r| r.kind == "binary" && r.dir == "plugin->server") {
+        for r in records
+            .iter()
+            .filter(|r| r.kind == "binary" && r.dir == "plugin->server")
+        {
             let frame = decode(Bytes::from(r.raw.clone()), &DecodeOptions::default()).unwrap();
             if frame.message_type == MessageType::Acknowledge {
                 assert!(
@@ -242,7 +325,10 @@ fn agent_channel_consumes_plugin_input() {
         let mut inputs = std::collections::BTreeMap::new();
         let mut acks = 0;
         let mut stream_frames = 0;
-        for r in records.iter().filter(|r| r.kind == "binary" && r.dir == "plugin->server") {
+        for r in records
+            .iter()
+            .filter(|r| r.kind == "binary" && r.dir == "plugin->server")
+        {
             let frame = decode(Bytes::from(r.raw.clone()), &DecodeOptions::default()).unwrap();
             if frame.message_type == MessageType::InputStreamData {
                 inputs.insert(frame.sequence_number, frame.payload.clone());
@@ -255,7 +341,10 @@ fn agent_channel_consumes_plugin_input() {
                 acks += 1;
             }
         }
-        assert_eq!(acks, stream_frames, "{f}: every input frame (and resend) acked");
+        assert_eq!(
+            acks, stream_frames,
+            "{f}: every input frame (and resend) acked"
+        );
         let mut delivered = Vec::new();
         while let Some(ev) = ch.poll_event() {
             if let Event::Data { payload, .. } = ev {

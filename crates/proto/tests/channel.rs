@@ -1,7 +1,12 @@
 //! Behaviour of `ReliableChannel` rule by rule (protocol.md §7): ack format,
 //! sequence numbers and flags, receiver rules, handler-not-ready, resends and
 //! RTO, pause/start publication, bounds, and robustness against garbage.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 
@@ -67,7 +72,10 @@ fn ack_frame_matches_the_captures() {
     assert_eq!(out.len(), 1);
     let ack = &out[0];
     assert_eq!(ack.message_type, MessageType::Acknowledge);
-    assert_eq!((ack.schema_version, ack.sequence_number, ack.flags), (1, 0, 3));
+    assert_eq!(
+        (ack.schema_version, ack.sequence_number, ack.flags),
+        (1, 0, 3)
+    );
     assert_eq!(ack.payload_type, PayloadType::NONE);
     assert_ne!(ack.message_id, f.message_id);
     let expected = format!(
@@ -83,16 +91,31 @@ fn sequence_numbers_types_and_flags_per_role() {
     let mut agent = ReliableChannel::new(ChannelConfig::new(Role::Agent));
     let mut client = ReliableChannel::new(ChannelConfig::new(Role::Client));
     for _ in 0..3 {
-        agent.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), now).unwrap();
-        client.send(PayloadType::SIZE, Bytes::from_static(b"c"), now).unwrap();
+        agent
+            .send(PayloadType::OUTPUT, Bytes::from_static(b"a"), now)
+            .unwrap();
+        client
+            .send(PayloadType::SIZE, Bytes::from_static(b"c"), now)
+            .unwrap();
     }
     let a = drain(&mut agent, now);
     let c = drain(&mut client, now);
-    assert_eq!(a.iter().map(|f| f.sequence_number).collect::<Vec<_>>(), [0, 1, 2]);
-    assert_eq!(a.iter().map(|f| f.flags).collect::<Vec<_>>(), [FLAG_SYN, 0, 0]);
-    assert!(a.iter().all(|f| f.message_type == MessageType::OutputStreamData));
+    assert_eq!(
+        a.iter().map(|f| f.sequence_number).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(
+        a.iter().map(|f| f.flags).collect::<Vec<_>>(),
+        [FLAG_SYN, 0, 0]
+    );
+    assert!(a
+        .iter()
+        .all(|f| f.message_type == MessageType::OutputStreamData));
     assert_eq!(c.iter().map(|f| f.flags).collect::<Vec<_>>(), [0, 0, 0]);
-    assert!(c.iter().all(|f| f.message_type == MessageType::InputStreamData && f.payload_type == PayloadType::SIZE));
+    assert!(c
+        .iter()
+        .all(|f| f.message_type == MessageType::InputStreamData
+            && f.payload_type == PayloadType::SIZE));
     assert_eq!((agent.next_send_sequence(), agent.unacked()), (3, 3));
 }
 
@@ -102,15 +125,26 @@ fn send_refuses_empty_oversized_and_full() {
     let mut cfg = ChannelConfig::new(Role::Client);
     cfg.window = Some(2);
     let mut ch = ReliableChannel::new(cfg);
-    assert_eq!(ch.send(PayloadType::OUTPUT, Bytes::new(), now), Err(ChannelError::EmptyPayload));
+    assert_eq!(
+        ch.send(PayloadType::OUTPUT, Bytes::new(), now),
+        Err(ChannelError::EmptyPayload)
+    );
     assert_eq!(
         ch.send(PayloadType::OUTPUT, Bytes::from(vec![0u8; 1025]), now),
-        Err(ChannelError::PayloadTooLarge { len: 1025, max: 1024 })
+        Err(ChannelError::PayloadTooLarge {
+            len: 1025,
+            max: 1024
+        })
     );
-    ch.send(PayloadType::OUTPUT, Bytes::from(vec![0u8; 1024]), now).unwrap();
-    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"b"), now).unwrap();
+    ch.send(PayloadType::OUTPUT, Bytes::from(vec![0u8; 1024]), now)
+        .unwrap();
+    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"b"), now)
+        .unwrap();
     assert!(!ch.can_send());
-    assert_eq!(ch.send(PayloadType::OUTPUT, Bytes::from_static(b"c"), now), Err(ChannelError::Full));
+    assert_eq!(
+        ch.send(PayloadType::OUTPUT, Bytes::from_static(b"c"), now),
+        Err(ChannelError::Full)
+    );
     assert_eq!(ch.next_send_sequence(), 2);
 
     let sent = drain(&mut ch, now);
@@ -128,7 +162,10 @@ fn outgoing_capacity_bounds_queue_without_window() {
     cfg.outgoing_capacity = 5;
     let mut ch = ReliableChannel::new(cfg);
     let mut data = Bytes::from(vec![1u8; 10 * 1024]);
-    assert_eq!(ch.send_stream(PayloadType::OUTPUT, &mut data, now), 5 * 1024);
+    assert_eq!(
+        ch.send_stream(PayloadType::OUTPUT, &mut data, now),
+        5 * 1024
+    );
     assert_eq!(ch.outstanding(), 5);
 }
 
@@ -137,9 +174,17 @@ fn window_limits_frames_in_flight_after_shrinking() {
     let now = Instant::now();
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Client));
     for _ in 0..6 {
-        ch.send(PayloadType::OUTPUT, Bytes::from_static(b"z"), now).unwrap();
+        ch.send(PayloadType::OUTPUT, Bytes::from_static(b"z"), now)
+            .unwrap();
     }
-    ch.apply_capabilities(&AirlockCapabilities { version: 1, max_payload: 4096, window: 2, digest: true, exit_code: false, no_pty: false });
+    ch.apply_capabilities(&AirlockCapabilities {
+        version: 1,
+        max_payload: 4096,
+        window: 2,
+        digest: true,
+        exit_code: false,
+        no_pty: false,
+    });
     assert_eq!(ch.config().max_payload, 4096);
     let sent = drain(&mut ch, now);
     assert_eq!(sent.len(), 2);
@@ -157,11 +202,19 @@ fn in_order_out_of_order_and_duplicates() {
     let f2 = input(2, b"c");
     agent.handle_frame(f2.clone(), now);
     agent.handle_frame(f1.clone(), now);
-    assert_eq!(acked_seqs(&drain(&mut agent, now)), [2, 1], "out-of-order frames are acked at once");
+    assert_eq!(
+        acked_seqs(&drain(&mut agent, now)),
+        [2, 1],
+        "out-of-order frames are acked at once"
+    );
     assert!(data(&mut agent).is_empty());
     assert_eq!(agent.expected_sequence(), 0);
     agent.handle_frame(f0.clone(), now);
-    assert_eq!(acked_seqs(&drain(&mut agent, now)), [0], "drained frames are not acked again");
+    assert_eq!(
+        acked_seqs(&drain(&mut agent, now)),
+        [0],
+        "drained frames are not acked again"
+    );
     assert_eq!(data(&mut agent), [&b"a"[..], b"b", b"c"]);
     assert_eq!(agent.expected_sequence(), 3);
 
@@ -225,7 +278,11 @@ fn not_ready_with_buffered_head_delivers_on_ready() {
     // The event queue is full: seq 2 (arriving after 3) stays buffered.
     agent.handle_frame(input(3, b"d"), now);
     agent.handle_frame(input(2, b"c"), now);
-    assert_eq!(acked_seqs(&drain(&mut agent, now)), [0, 1, 3], "seq 2 not deliverable yet, not acked");
+    assert_eq!(
+        acked_seqs(&drain(&mut agent, now)),
+        [0, 1, 3],
+        "seq 2 not deliverable yet, not acked"
+    );
     assert_eq!(data(&mut agent), [&b"a"[..], b"b"]);
     agent.handle_frame(input(2, b"c"), now);
     assert_eq!(acked_seqs(&drain(&mut agent, now)), [2]);
@@ -237,7 +294,8 @@ fn resends_every_overdue_frame_with_identical_bytes() {
     let t0 = Instant::now();
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Agent));
     for p in [&b"1"[..], b"2", b"3"] {
-        ch.send(PayloadType::OUTPUT, Bytes::from_static(p), t0).unwrap();
+        ch.send(PayloadType::OUTPUT, Bytes::from_static(p), t0)
+            .unwrap();
     }
     let mut first = Vec::new();
     while let Some(b) = ch.poll_transmit(t0) {
@@ -257,7 +315,11 @@ fn resends_every_overdue_frame_with_identical_bytes() {
     let r1 = ch.poll_transmit(t1).unwrap();
     let r2 = ch.poll_transmit(t1).unwrap();
     assert!(ch.poll_transmit(t1).is_none());
-    assert_eq!((r1, r2), (first[0].clone(), first[2].clone()), "same bytes: same MessageId and CreatedDate");
+    assert_eq!(
+        (r1, r2),
+        (first[0].clone(), first[2].clone()),
+        "same bytes: same MessageId and CreatedDate"
+    );
     // At most one resend per RTO: nothing more on the next tick.
     ch.handle_timeout(t1 + ms(100));
     assert!(ch.poll_transmit(t1 + ms(100)).is_none());
@@ -269,15 +331,21 @@ fn rto_follows_jacobson_karels_and_karns_rule() {
     let t0 = Instant::now();
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Client));
     assert_eq!(ch.rto(), ms(200));
-    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t0).unwrap();
+    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t0)
+        .unwrap();
     let f = decode(ch.poll_transmit(t0).unwrap(), &DecodeOptions::default()).unwrap();
     ch.handle_frame(ack_for(&f), t0 + ms(50));
     // RTTVAR = 0.25*|100-50| = 12.5; SRTT = 87.5+6.25 = 93.75; RTO = 93.75 + 50.
     assert_eq!(ch.rto(), Duration::from_micros(143_750));
 
     // A resent frame gives no RTT sample.
-    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"b"), t0).unwrap();
-    let g = decode(ch.poll_transmit(t0 + ms(100)).unwrap(), &DecodeOptions::default()).unwrap();
+    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"b"), t0)
+        .unwrap();
+    let g = decode(
+        ch.poll_transmit(t0 + ms(100)).unwrap(),
+        &DecodeOptions::default(),
+    )
+    .unwrap();
     ch.handle_timeout(t0 + ms(300));
     assert!(ch.poll_transmit(t0 + ms(300)).is_some());
     ch.handle_frame(ack_for(&g), t0 + ms(900));
@@ -286,8 +354,13 @@ fn rto_follows_jacobson_karels_and_karns_rule() {
     assert_eq!(ch.poll_timeout(), None);
 
     // Capped at max_rto.
-    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"c"), t0).unwrap();
-    let h = decode(ch.poll_transmit(t0 + ms(1000)).unwrap(), &DecodeOptions::default()).unwrap();
+    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"c"), t0)
+        .unwrap();
+    let h = decode(
+        ch.poll_transmit(t0 + ms(1000)).unwrap(),
+        &DecodeOptions::default(),
+    )
+    .unwrap();
     ch.handle_frame(ack_for(&h), t0 + ms(20_000));
     assert_eq!(ch.rto(), Duration::from_secs(1));
 }
@@ -296,17 +369,35 @@ fn rto_follows_jacobson_karels_and_karns_rule() {
 fn agent_honours_pause_publication() {
     let t0 = Instant::now();
     let mut agent = ReliableChannel::new(ChannelConfig::new(Role::Agent));
-    agent.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t0).unwrap();
+    agent
+        .send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t0)
+        .unwrap();
     assert!(agent.poll_transmit(t0).is_some());
-    let pause = Frame::new(MessageType::PausePublication, 0, 0, PayloadType::NONE, Bytes::new());
+    let pause = Frame::new(
+        MessageType::PausePublication,
+        0,
+        0,
+        PayloadType::NONE,
+        Bytes::new(),
+    );
     agent.handle_frame(pause.clone(), t0);
     assert!(agent.paused());
-    assert!(matches!(agent.poll_event(), Some(Event::Control(f)) if f.message_type == MessageType::PausePublication));
-    agent.send(PayloadType::OUTPUT, Bytes::from_static(b"b"), t0).unwrap();
-    assert!(agent.poll_transmit(t0).is_none(), "no new data while paused");
+    assert!(
+        matches!(agent.poll_event(), Some(Event::Control(f)) if f.message_type == MessageType::PausePublication)
+    );
+    agent
+        .send(PayloadType::OUTPUT, Bytes::from_static(b"b"), t0)
+        .unwrap();
+    assert!(
+        agent.poll_transmit(t0).is_none(),
+        "no new data while paused"
+    );
     assert_eq!(agent.poll_timeout(), None);
     agent.handle_timeout(t0 + ms(5000));
-    assert!(agent.poll_transmit(t0 + ms(5000)).is_none(), "no resends while paused");
+    assert!(
+        agent.poll_transmit(t0 + ms(5000)).is_none(),
+        "no resends while paused"
+    );
     // Acks still flow while paused; inbound input clears the pause.
     agent.handle_frame(input(0, b"x"), t0 + ms(5000));
     assert!(!agent.paused());
@@ -314,15 +405,32 @@ fn agent_honours_pause_publication() {
     assert_eq!(out.len(), 2, "ack, then the queued frame");
     // start_publication also clears it.
     agent.handle_frame(pause, t0);
-    let start = Frame::new(MessageType::StartPublication, 0, 0, PayloadType::NONE, Bytes::new());
+    let start = Frame::new(
+        MessageType::StartPublication,
+        0,
+        0,
+        PayloadType::NONE,
+        Bytes::new(),
+    );
     agent.handle_frame(start, t0);
     assert!(!agent.paused());
 
     // The client ignores pause.
     let mut client = ReliableChannel::new(ChannelConfig::new(Role::Client));
-    client.handle_frame(Frame::new(MessageType::PausePublication, 0, 0, PayloadType::NONE, Bytes::new()), t0);
+    client.handle_frame(
+        Frame::new(
+            MessageType::PausePublication,
+            0,
+            0,
+            PayloadType::NONE,
+            Bytes::new(),
+        ),
+        t0,
+    );
     assert!(!client.paused());
-    client.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t0).unwrap();
+    client
+        .send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t0)
+        .unwrap();
     assert!(client.poll_transmit(t0).is_some());
 }
 
@@ -332,7 +440,8 @@ fn resend_limit_is_reported_once() {
     let mut cfg = ChannelConfig::new(Role::Client);
     cfg.max_resends = Some(3);
     let mut ch = ReliableChannel::new(cfg);
-    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t).unwrap();
+    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), t)
+        .unwrap();
     ch.poll_transmit(t).unwrap();
     let mut limit_events = 0;
     for _ in 0..10 {
@@ -351,25 +460,44 @@ fn resend_limit_is_reported_once() {
 fn transmit_order_acks_control_data_resends() {
     let t0 = Instant::now();
     let mut agent = ReliableChannel::new(ChannelConfig::new(Role::Agent));
-    agent.send(PayloadType::OUTPUT, Bytes::from_static(b"old"), t0).unwrap();
+    agent
+        .send(PayloadType::OUTPUT, Bytes::from_static(b"old"), t0)
+        .unwrap();
     agent.poll_transmit(t0).unwrap();
     let t1 = t0 + ms(300);
     agent.handle_timeout(t1);
-    agent.send(PayloadType::OUTPUT, Bytes::from_static(b"new"), t1).unwrap();
-    let state = AgentSessionState { schema_version: 1, session_state: "Connected".into(), session_id: "s".into() };
+    agent
+        .send(PayloadType::OUTPUT, Bytes::from_static(b"new"), t1)
+        .unwrap();
+    let state = AgentSessionState {
+        schema_version: 1,
+        session_state: "Connected".into(),
+        session_id: "s".into(),
+    };
     agent.send_control(state.to_frame());
     agent.handle_frame(input(0, b"x"), t1);
     let out = drain(&mut agent, t1);
-    let kinds: Vec<_> = out.iter().map(|f| (f.message_type.clone(), f.payload.clone())).collect();
+    let kinds: Vec<_> = out
+        .iter()
+        .map(|f| (f.message_type.clone(), f.payload.clone()))
+        .collect();
     assert_eq!(kinds[0].0, MessageType::Acknowledge);
     assert_eq!(kinds[1].0, MessageType::AgentSessionState);
     assert_eq!(out[1].flags, 3);
-    assert_eq!(kinds[2], (MessageType::OutputStreamData, Bytes::from_static(b"new")));
-    assert_eq!(kinds[3], (MessageType::OutputStreamData, Bytes::from_static(b"old")));
+    assert_eq!(
+        kinds[2],
+        (MessageType::OutputStreamData, Bytes::from_static(b"new"))
+    );
+    assert_eq!(
+        kinds[3],
+        (MessageType::OutputStreamData, Bytes::from_static(b"old"))
+    );
     assert_eq!(out.len(), 4);
     // Control frames are never resent.
     agent.handle_timeout(t1 + ms(5000));
-    assert!(drain(&mut agent, t1 + ms(5000)).iter().all(|f| f.message_type == MessageType::OutputStreamData));
+    assert!(drain(&mut agent, t1 + ms(5000))
+        .iter()
+        .all(|f| f.message_type == MessageType::OutputStreamData));
 }
 
 #[test]
@@ -389,14 +517,25 @@ fn control_frames_become_events() {
 #[test]
 fn digest_negotiation_changes_encoding_and_verification() {
     let now = Instant::now();
-    let caps = AirlockCapabilities { version: 1, max_payload: 65536, window: 0, digest: false, exit_code: true, no_pty: false };
+    let caps = AirlockCapabilities {
+        version: 1,
+        max_payload: 65536,
+        window: 0,
+        digest: false,
+        exit_code: true,
+        no_pty: false,
+    };
     let mut a = ReliableChannel::new(ChannelConfig::new(Role::Agent).with_capabilities(&caps));
     assert_eq!(a.config().window, None);
-    a.send(PayloadType::OUTPUT, Bytes::from(vec![9u8; 65536]), now).unwrap();
+    a.send(PayloadType::OUTPUT, Bytes::from(vec![9u8; 65536]), now)
+        .unwrap();
     let raw = a.poll_transmit(now).unwrap();
     assert_eq!(&raw[80..112], &[0u8; 32]);
     let mut strict = ReliableChannel::new(ChannelConfig::new(Role::Client));
-    assert!(matches!(strict.handle_bytes(raw.clone(), now), Err(FrameError::DigestMismatch { .. })));
+    assert!(matches!(
+        strict.handle_bytes(raw.clone(), now),
+        Err(FrameError::DigestMismatch { .. })
+    ));
     let mut lax = ReliableChannel::new(ChannelConfig::new(Role::Client).with_capabilities(&caps));
     lax.handle_bytes(raw, now).unwrap();
     assert_eq!(data(&mut lax)[0].len(), 65536);
@@ -406,13 +545,40 @@ fn digest_negotiation_changes_encoding_and_verification() {
 fn bad_ack_payloads_are_ignored() {
     let now = Instant::now();
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Client));
-    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), now).unwrap();
+    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"a"), now)
+        .unwrap();
     ch.poll_transmit(now).unwrap();
-    for p in [&b"not json"[..], b"{}", b"{\"AcknowledgedMessageSequenceNumber\":99}"] {
-        ch.handle_frame(Frame::new(MessageType::Acknowledge, 0, 3, PayloadType::NONE, Bytes::from_static(p)), now);
+    for p in [
+        &b"not json"[..],
+        b"{}",
+        b"{\"AcknowledgedMessageSequenceNumber\":99}",
+    ] {
+        ch.handle_frame(
+            Frame::new(
+                MessageType::Acknowledge,
+                0,
+                3,
+                PayloadType::NONE,
+                Bytes::from_static(p),
+            ),
+            now,
+        );
     }
-    assert_eq!(ch.unacked(), 1, "an ack without a sequence number matches nothing");
-    ch.handle_frame(Frame::new(MessageType::Acknowledge, 0, 3, PayloadType::NONE, Bytes::from_static(b"{\"acknowledgedMessageSequenceNumber\":0}")), now);
+    assert_eq!(
+        ch.unacked(),
+        1,
+        "an ack without a sequence number matches nothing"
+    );
+    ch.handle_frame(
+        Frame::new(
+            MessageType::Acknowledge,
+            0,
+            3,
+            PayloadType::NONE,
+            Bytes::from_static(b"{\"acknowledgedMessageSequenceNumber\":0}"),
+        ),
+        now,
+    );
     assert_eq!(ch.unacked(), 0);
 }
 

@@ -3,7 +3,12 @@
 //! is delivered exactly once and in order in both directions, with and without
 //! a window, with handshake-negotiated capabilities (from the start or switched
 //! mid-stream), and with receivers that are intermittently not ready.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::{Duration, Instant};
 
@@ -115,11 +120,19 @@ fn run(sc: &Scenario) -> Result<(), TestCaseError> {
     // The handshake frames take the first sequence numbers, like a real session.
     agent
         .ch
-        .send(PayloadType::HANDSHAKE_REQUEST, Bytes::from_static(b"{\"AgentVersion\":\"3.3.9999.0\"}"), now)
+        .send(
+            PayloadType::HANDSHAKE_REQUEST,
+            Bytes::from_static(b"{\"AgentVersion\":\"3.3.9999.0\"}"),
+            now,
+        )
         .unwrap();
     client
         .ch
-        .send(PayloadType::HANDSHAKE_RESPONSE, Bytes::from_static(b"{\"ClientVersion\":\"1\"}"), now)
+        .send(
+            PayloadType::HANDSHAKE_RESPONSE,
+            Bytes::from_static(b"{\"ClientVersion\":\"1\"}"),
+            now,
+        )
         .unwrap();
 
     let mut net: Vec<Packet> = Vec::new();
@@ -135,7 +148,9 @@ fn run(sc: &Scenario) -> Result<(), TestCaseError> {
                 side.ch.set_receiver_ready(rng.chance(0.6));
             }
             let before = side.to_send.clone();
-            let n = side.ch.send_stream(PayloadType::OUTPUT, &mut side.to_send, now);
+            let n = side
+                .ch
+                .send_stream(PayloadType::OUTPUT, &mut side.to_send, now);
             side.sent.extend_from_slice(&before[..n]);
             prop_assert_eq!(side.to_send.len(), before.len() - n);
         }
@@ -163,7 +178,10 @@ fn run(sc: &Scenario) -> Result<(), TestCaseError> {
         for side in [&mut client, &mut agent] {
             while let Some(ev) = side.ch.poll_event() {
                 match ev {
-                    Event::Data { payload_type, payload } => {
+                    Event::Data {
+                        payload_type,
+                        payload,
+                    } => {
                         prop_assert!(!payload.is_empty());
                         side.data_events += 1;
                         if side.first_pt.is_none() {
@@ -187,7 +205,11 @@ fn run(sc: &Scenario) -> Result<(), TestCaseError> {
         if done {
             break;
         }
-        prop_assert!(now < deadline, "no progress after an hour of simulated time: {:?}", sc);
+        prop_assert!(
+            now < deadline,
+            "no progress after an hour of simulated time: {:?}",
+            sc
+        );
 
         // Advance simulated time to the next thing that happens.
         let mut next = now + Duration::from_millis(20);
@@ -217,8 +239,14 @@ fn run(sc: &Scenario) -> Result<(), TestCaseError> {
 
     prop_assert_eq!(client.first_pt, Some(PayloadType::HANDSHAKE_REQUEST));
     prop_assert_eq!(agent.first_pt, Some(PayloadType::HANDSHAKE_RESPONSE));
-    prop_assert!(client.received == agent.sent, "agent->client stream corrupted");
-    prop_assert!(agent.received == client.sent, "client->agent stream corrupted");
+    prop_assert!(
+        client.received == agent.sent,
+        "agent->client stream corrupted"
+    );
+    prop_assert!(
+        agent.received == client.sent,
+        "client->agent stream corrupted"
+    );
     prop_assert_eq!(client.sent.len(), sc.client_bytes);
     prop_assert_eq!(agent.sent.len(), sc.agent_bytes);
     // Exactly once: one event per sequence number.
@@ -254,12 +282,27 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
         0usize..40_000,
         0usize..40_000,
         prop_oneof![Just(None), (1usize..8).prop_map(Some)],
-        prop_oneof![Just(CapsMode::Aws), Just(CapsMode::FromStart), Just(CapsMode::MidStream)],
+        prop_oneof![
+            Just(CapsMode::Aws),
+            Just(CapsMode::FromStart),
+            Just(CapsMode::MidStream)
+        ],
         arb_caps(),
         any::<bool>(),
     )
         .prop_map(
-            |(seed, loss, dup, max_jitter_ms, client_bytes, agent_bytes, window, caps_mode, caps, flaky_receiver)| {
+            |(
+                seed,
+                loss,
+                dup,
+                max_jitter_ms,
+                client_bytes,
+                agent_bytes,
+                window,
+                caps_mode,
+                caps,
+                flaky_receiver,
+            )| {
                 Scenario {
                     seed,
                     loss,
@@ -277,7 +320,10 @@ fn arb_scenario() -> impl Strategy<Value = Scenario> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    // 96 cases by default; PROPTEST_CASES overrides it for longer soaks.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(96)
+    ))]
 
     #[test]
     fn lossy_network_delivers_exactly_once_in_order(sc in arb_scenario()) {

@@ -1,6 +1,11 @@
 //! Frame codec: the protocol.md §3 test vector, exact decode errors, and a
 //! property test of encode/decode round-trips.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use airlock_proto::*;
 use bytes::{Bytes, BytesMut};

@@ -228,7 +228,7 @@ async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: Cancel
     }
     // Wait (bounded) for the client to acknowledge everything, then tell the gateway we are done.
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
-    while ch.unacked() > 0 && Instant::now() < drain_until {
+    while ch.outstanding() > 0 && Instant::now() < drain_until {
         send_all(&mut ws, &mut ch).await?;
         tokio::select! {
             m = ws.next() => match m {

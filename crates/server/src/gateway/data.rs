@@ -197,6 +197,7 @@ async fn read_loop(
             | Some(MessageType::PausePublication) => continue,
             Some(_) => {}
         }
+        tracing::trace!(session_id = relay.session_id(), ?side, len = data.len(), "relaying a frame");
         let mut msg = Message::Binary(data);
         loop {
             if peer.as_ref().is_none_or(|p| p.tx.is_closed()) {

@@ -1,0 +1,270 @@
+//! `airlock sessions|instances|admin`: thin wrappers over API calls, printed as tables or JSON.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use airlock_client::{ApiClient, Profile};
+
+use crate::output::{print, s, ts};
+use crate::Format;
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// List sessions.
+    List {
+        /// Active or History.
+        #[arg(long, default_value = "Active")]
+        state: String,
+        /// Only sessions to this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// End a session (both ends are closed).
+    Terminate {
+        /// Session id.
+        session_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstancesCommand {
+    /// List registered instances and whether they are online.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Access keys.
+    #[command(subcommand)]
+    AccessKey(KeyCommand),
+    /// Activations (registration codes for agents).
+    #[command(subcommand)]
+    Activation(ActivationCommand),
+    /// Managed instances.
+    #[command(subcommand)]
+    Instance(InstanceCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Create a user.
+    Create {
+        /// User name.
+        name: String,
+        /// Let the user do everything (until policies land, others can do nothing).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List,
+    /// Delete a user and their keys.
+    Delete {
+        /// User name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Create an access key (at most two active per user); the secret is shown once.
+    Create(UserOpt),
+    /// List access keys.
+    List(UserOpt),
+    /// Delete an access key.
+    Delete {
+        /// Access key id.
+        access_key_id: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UserOpt {
+    /// User (default: yourself).
+    #[arg(long)]
+    user: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ActivationCommand {
+    /// Create an activation; the code is shown once.
+    Create {
+        /// How many hosts may register with it.
+        #[arg(long, default_value_t = 1)]
+        limit: u32,
+        /// Hours until it expires (at most 720).
+        #[arg(long, default_value_t = 24)]
+        expires_in_hours: u32,
+        /// Name given to the instances.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Role name recorded on the instances (AWS compatibility).
+        #[arg(long, default_value = "AirlockManagedInstance")]
+        role: String,
+    },
+    /// List activations.
+    List,
+    /// Delete an activation (registered hosts stay).
+    Delete {
+        /// Activation id.
+        activation_id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// Deregister an instance: it is cut off at once and can never reconnect.
+    Deregister {
+        /// Instance id (mi-…).
+        instance_id: String,
+    },
+}
+
+fn client() -> anyhow::Result<ApiClient> {
+    Ok(ApiClient::new(Profile::load()?)?)
+}
+
+/// `airlock sessions …`.
+pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32> {
+    let api = client()?;
+    match c {
+        SessionsCommand::List { state, target } => {
+            let mut all = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let mut input = json!({ "State": state, "MaxResults": 200 });
+                if let Some(t) = &target {
+                    input["Filters"] = json!([{ "key": "Target", "value": t }]);
+                }
+                if let Some(t) = &token {
+                    input["NextToken"] = json!(t);
+                }
+                let out = api.call("AmazonSSM.DescribeSessions", &input).await?;
+                all.extend(out.get("Sessions").and_then(Value::as_array).cloned().unwrap_or_default());
+                token = out.get("NextToken").and_then(Value::as_str).map(str::to_owned);
+                if token.is_none() {
+                    break;
+                }
+            }
+            let rows = all
+                .iter()
+                .map(|x| vec![s(x, "SessionId"), s(x, "Target"), s(x, "Status"), ts(x, "StartDate"), ts(x, "EndDate"), s(x, "ExitCode"), s(x, "Owner")])
+                .collect();
+            print(format, &json!({ "Sessions": all }), &["SESSION", "TARGET", "STATUS", "STARTED", "ENDED", "EXIT", "OWNER"], rows);
+        }
+        SessionsCommand::Terminate { session_id } => {
+            let out = api.call("AmazonSSM.TerminateSession", &json!({ "SessionId": session_id })).await?;
+            print(format, &out, &["TERMINATED"], vec![vec![s(&out, "SessionId")]]);
+        }
+    }
+    Ok(0)
+}
+
+/// `airlock instances …`.
+pub async fn instances(c: InstancesCommand, format: Format) -> anyhow::Result<i32> {
+    let api = client()?;
+    let InstancesCommand::List = c;
+    let mut all = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut input = json!({ "MaxResults": 50 });
+        if let Some(t) = &token {
+            input["NextToken"] = json!(t);
+        }
+        let out = api.call("AmazonSSM.DescribeInstanceInformation", &input).await?;
+        all.extend(out.get("InstanceInformationList").and_then(Value::as_array).cloned().unwrap_or_default());
+        token = out.get("NextToken").and_then(Value::as_str).map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    let rows = all
+        .iter()
+        .map(|x| vec![s(x, "InstanceId"), s(x, "PingStatus"), s(x, "ComputerName"), s(x, "IPAddress"), s(x, "PlatformName"), ts(x, "LastPingDateTime")])
+        .collect();
+    print(format, &json!({ "InstanceInformationList": all }), &["INSTANCE", "PING", "HOST", "IP", "PLATFORM", "LAST PING"], rows);
+    Ok(0)
+}
+
+/// `airlock admin …`.
+pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
+    let api = client()?;
+    match c {
+        AdminCommand::User(UserCommand::Create { name, admin }) => {
+            let out = api.call("Airlock.CreateUser", &json!({ "UserName": name, "Admin": admin })).await?;
+            let u = &out["User"];
+            print(format, &out, &["USER", "ID", "ARN", "ADMIN"], vec![vec![s(u, "UserName"), s(u, "UserId"), s(u, "Arn"), s(u, "Admin")]]);
+        }
+        AdminCommand::User(UserCommand::List) => {
+            let out = api.call("Airlock.ListUsers", &json!({})).await?;
+            let rows = out["Users"].as_array().cloned().unwrap_or_default().iter().map(|u| vec![s(u, "UserName"), s(u, "UserId"), s(u, "Admin"), ts(u, "CreateDate")]).collect();
+            print(format, &out, &["USER", "ID", "ADMIN", "CREATED"], rows);
+        }
+        AdminCommand::User(UserCommand::Delete { name }) => {
+            let out = api.call("Airlock.DeleteUser", &json!({ "UserName": name })).await?;
+            print(format, &out, &["DELETED"], vec![vec![name]]);
+        }
+        AdminCommand::AccessKey(KeyCommand::Create(u)) => {
+            let mut input = json!({});
+            if let Some(n) = u.user {
+                input["UserName"] = json!(n);
+            }
+            let out = api.call("Airlock.CreateAccessKey", &input).await?;
+            let k = &out["AccessKey"];
+            print(format, &out, &["USER", "ACCESS KEY ID", "SECRET ACCESS KEY"], vec![vec![s(k, "UserName"), s(k, "AccessKeyId"), s(k, "SecretAccessKey")]]);
+        }
+        AdminCommand::AccessKey(KeyCommand::List(u)) => {
+            let mut input = json!({});
+            if let Some(n) = u.user {
+                input["UserName"] = json!(n);
+            }
+            let out = api.call("Airlock.ListAccessKeys", &input).await?;
+            let rows = out["AccessKeyMetadata"].as_array().cloned().unwrap_or_default().iter().map(|k| vec![s(k, "UserName"), s(k, "AccessKeyId"), s(k, "Status"), ts(k, "CreateDate"), ts(k, "LastUsedDate")]).collect();
+            print(format, &out, &["USER", "ACCESS KEY ID", "STATUS", "CREATED", "LAST USED"], rows);
+        }
+        AdminCommand::AccessKey(KeyCommand::Delete { access_key_id }) => {
+            let out = api.call("Airlock.DeleteAccessKey", &json!({ "AccessKeyId": access_key_id })).await?;
+            print(format, &out, &["DELETED"], vec![vec![access_key_id]]);
+        }
+        AdminCommand::Activation(ActivationCommand::Create { limit, expires_in_hours, name, description, role }) => {
+            let expires = time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(expires_in_hours) * 3600;
+            let out = api
+                .call(
+                    "AmazonSSM.CreateActivation",
+                    &json!({ "IamRole": role, "RegistrationLimit": limit, "ExpirationDate": expires, "DefaultInstanceName": name, "Description": description }),
+                )
+                .await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+                Format::Text => {
+                    println!("Activation id:   {}\nActivation code: {} (shown once)", s(&out, "ActivationId"), s(&out, "ActivationCode"));
+                    println!(
+                        "On the host: airlock agent register --server {} --activation-id {} --activation-code {}",
+                        api.profile().endpoint,
+                        s(&out, "ActivationId"),
+                        s(&out, "ActivationCode")
+                    );
+                }
+            }
+        }
+        AdminCommand::Activation(ActivationCommand::List) => {
+            let out = api.call("AmazonSSM.DescribeActivations", &json!({})).await?;
+            let rows = out["ActivationList"].as_array().cloned().unwrap_or_default().iter().map(|a| vec![s(a, "ActivationId"), format!("{}/{}", s(a, "RegistrationsCount"), s(a, "RegistrationLimit")), ts(a, "ExpirationDate"), s(a, "Expired"), s(a, "DefaultInstanceName")]).collect();
+            print(format, &out, &["ACTIVATION", "USED", "EXPIRES", "EXPIRED", "NAME"], rows);
+        }
+        AdminCommand::Activation(ActivationCommand::Delete { activation_id }) => {
+            let out = api.call("AmazonSSM.DeleteActivation", &json!({ "ActivationId": activation_id })).await?;
+            print(format, &out, &["DELETED"], vec![vec![activation_id]]);
+        }
+        AdminCommand::Instance(InstanceCommand::Deregister { instance_id }) => {
+            let out = api.call("AmazonSSM.DeregisterManagedInstance", &json!({ "InstanceId": instance_id })).await?;
+            print(format, &out, &["DEREGISTERED"], vec![vec![instance_id]]);
+        }
+    }
+    Ok(0)
+}
