@@ -60,16 +60,29 @@ pub fn ws_base(server: &str) -> String {
 }
 
 /// Runs the agent until `cancel`: keeps the control channel up and serves sessions.
-pub async fn run(state: AgentState, config: AgentConfig, cancel: CancellationToken) -> Result<(), ControlError> {
-    let key = state.signing_key().map_err(|e| ControlError::Setup(e.to_string()))?;
+pub async fn run(
+    state: AgentState,
+    config: AgentConfig,
+    cancel: CancellationToken,
+) -> Result<(), ControlError> {
+    let key = state
+        .signing_key()
+        .map_err(|e| ControlError::Setup(e.to_string()))?;
     let tls = if state.server.starts_with("https://") {
-        Some(airlock_client::tls::client_config(state.ca_file.as_deref()).map_err(|e| ControlError::Setup(e.to_string()))?)
+        Some(
+            airlock_client::tls::client_config(state.ca_file.as_deref())
+                .map_err(|e| ControlError::Setup(e.to_string()))?,
+        )
     } else {
         None
     };
     let run_as = crate::runas::resolve(None, config.run_as.as_deref(), config.allow_root_sessions)
         .map_err(|e| ControlError::Setup(e.to_string()))?;
-    tracing::info!(instance_id = state.instance_id, run_as = run_as.name, "agent starting");
+    tracing::info!(
+        instance_id = state.instance_id,
+        run_as = run_as.name,
+        "agent starting"
+    );
     let ctx = SessionContext {
         ws_base: ws_base(&state.server),
         instance_id: state.instance_id.clone(),
@@ -92,7 +105,10 @@ pub async fn run(state: AgentState, config: AgentConfig, cancel: CancellationTok
                 }
                 let jitter = rand::thread_rng().gen_range(0.5..1.0);
                 let wait = backoff.mul_f64(jitter);
-                tracing::warn!("control channel down ({why}); reconnecting in {:.1} s", wait.as_secs_f64());
+                tracing::warn!(
+                    "control channel down ({why}); reconnecting in {:.1} s",
+                    wait.as_secs_f64()
+                );
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = cancel.cancelled() => break Ok(()),
@@ -110,7 +126,14 @@ pub async fn run(state: AgentState, config: AgentConfig, cancel: CancellationTok
 }
 
 fn is_fatal(reason: &str) -> bool {
-    ["deregistered", "unknown instance", "bad signature", "malformed"].iter().any(|s| reason.contains(s))
+    [
+        "deregistered",
+        "unknown instance",
+        "bad signature",
+        "malformed",
+    ]
+    .iter()
+    .any(|s| reason.contains(s))
 }
 
 async fn connect_and_serve(
@@ -121,7 +144,10 @@ async fn connect_and_serve(
     sessions: &Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>,
     cancel: &CancellationToken,
 ) -> Disconnect {
-    let url = format!("{}/v1/control-channel/{}?role=subscribe&stream=input", ctx.ws_base, state.instance_id);
+    let url = format!(
+        "{}/v1/control-channel/{}?role=subscribe&stream=input",
+        ctx.ws_base, state.instance_id
+    );
     let mut ws = tokio::select! {
         r = airlock_client::ws::connect(&url, ctx.tls.clone()) => match r {
             Ok(ws) => ws,
@@ -133,7 +159,11 @@ async fn connect_and_serve(
     let challenge = match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<serde_json::Value>(t.as_str())
             .ok()
-            .and_then(|v| v.get("Challenge").and_then(|c| c.as_str()).map(str::to_owned)),
+            .and_then(|v| {
+                v.get("Challenge")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned)
+            }),
         Ok(Some(Ok(Message::Close(Some(f))))) => return Disconnect::Retry(f.reason.to_string()),
         _ => None,
     };
@@ -141,7 +171,8 @@ async fn connect_and_serve(
         return Disconnect::Retry("no challenge from the server".into());
     };
     let message = format!("airlock-control-v1\n{}\n{challenge}", state.instance_id);
-    let signature = base64::engine::general_purpose::STANDARD.encode(key.sign(message.as_bytes()).to_bytes());
+    let signature =
+        base64::engine::general_purpose::STANDARD.encode(key.sign(message.as_bytes()).to_bytes());
     let open = OpenDataChannelInput {
         message_schema_version: "1.0".into(),
         request_id: uuid::Uuid::new_v4().to_string(),
@@ -231,7 +262,9 @@ fn handle_frame(
         MessageType::InteractiveShell => {
             let task = serde_json::from_slice::<MgsPayload>(&frame.payload)
                 .map_err(|e| e.to_string())
-                .and_then(|m| serde_json::from_str::<AgentTaskPayload>(&m.content).map_err(|e| e.to_string()));
+                .and_then(|m| {
+                    serde_json::from_str::<AgentTaskPayload>(&m.content).map_err(|e| e.to_string())
+                });
             let task = match task {
                 Ok(t) => t,
                 Err(e) => {
@@ -240,8 +273,15 @@ fn handle_frame(
                 }
             };
             let token = cancel.child_token();
-            sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(task.session_id.clone(), token.clone());
-            tracing::info!(session_id = task.session_id, owner = task.session_owner, "session starting");
+            sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(task.session_id.clone(), token.clone());
+            tracing::info!(
+                session_id = task.session_id,
+                owner = task.session_owner,
+                "session starting"
+            );
             let ctx = ctx.clone();
             let done = done_tx.clone();
             tracker.spawn(async move {
@@ -252,7 +292,11 @@ fn handle_frame(
         }
         MessageType::ChannelClosed => {
             if let Ok(c) = serde_json::from_slice::<ChannelClosed>(&frame.payload) {
-                if let Some(t) = sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.session_id) {
+                if let Some(t) = sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&c.session_id)
+                {
                     tracing::info!(session_id = c.session_id, "session cancelled by the server");
                     t.cancel();
                 }

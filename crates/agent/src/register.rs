@@ -56,7 +56,9 @@ pub async fn register(reg: &Registration) -> Result<AgentState, RegisterError> {
     let key = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
     let public = base64::engine::general_purpose::STANDARD.encode(key.verifying_key().as_bytes());
     let (platform_name, platform_version) = os_release();
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
     let body = json!({
         "ActivationId": reg.activation_id,
         "ActivationCode": reg.activation_code,
@@ -71,15 +73,33 @@ pub async fn register(reg: &Registration) -> Result<AgentState, RegisterError> {
         let cfg = airlock_client::tls::client_config(reg.ca_file.as_deref())?;
         builder = builder.use_preconfigured_tls((*cfg).clone());
     }
-    let http = builder.build().map_err(|e| RegisterError::Transport(e.to_string()))?;
+    let http = builder
+        .build()
+        .map_err(|e| RegisterError::Transport(e.to_string()))?;
     let url = format!("{}/v1/agent/register", reg.server.trim_end_matches('/'));
-    let resp = http.post(&url).json(&body).send().await.map_err(|e| RegisterError::Transport(format!("{url}: {e}")))?;
+    let resp = http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| RegisterError::Transport(format!("{url}: {e}")))?;
     let status = resp.status();
-    let v: serde_json::Value = resp.json().await.map_err(|e| RegisterError::Transport(format!("{url}: {e}")))?;
+    let v: serde_json::Value = resp
+        .json()
+        .await
+        .map_err(|e| RegisterError::Transport(format!("{url}: {e}")))?;
     if !status.is_success() {
         return Err(RegisterError::Refused {
-            code: v.get("__type").and_then(|c| c.as_str()).unwrap_or("Unknown").to_owned(),
-            message: v.get("message").and_then(|c| c.as_str()).unwrap_or("").to_owned(),
+            code: v
+                .get("__type")
+                .and_then(|c| c.as_str())
+                .unwrap_or("Unknown")
+                .to_owned(),
+            message: v
+                .get("message")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_owned(),
         });
     }
     let instance_id = v

@@ -44,17 +44,31 @@ pub struct RunAs {
 }
 
 fn from_user(u: nix::unistd::User, switch: bool) -> RunAs {
-    let shell = if u.shell.as_os_str().is_empty() || u.shell.ends_with("nologin") || u.shell.ends_with("false") {
+    let shell = if u.shell.as_os_str().is_empty()
+        || u.shell.ends_with("nologin")
+        || u.shell.ends_with("false")
+    {
         PathBuf::from("/bin/sh")
     } else {
         u.shell
     };
-    RunAs { name: u.name, uid: u.uid.as_raw(), gid: u.gid.as_raw(), home: u.dir, shell, switch }
+    RunAs {
+        name: u.name,
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
+        home: u.dir,
+        shell,
+        switch,
+    }
 }
 
 /// Resolves the account for a session. `requested` comes from the session (policy); `configured`
 /// from the agent's settings.
-pub fn resolve(requested: Option<&str>, configured: Option<&str>, allow_root: bool) -> Result<RunAs, RunAsError> {
+pub fn resolve(
+    requested: Option<&str>,
+    configured: Option<&str>,
+    allow_root: bool,
+) -> Result<RunAs, RunAsError> {
     let me = nix::unistd::geteuid();
     if !me.is_root() {
         let user = nix::unistd::User::from_uid(me)
@@ -63,7 +77,10 @@ pub fn resolve(requested: Option<&str>, configured: Option<&str>, allow_root: bo
             .ok_or_else(|| RunAsError::NoSuchUser(me.to_string()))?;
         return Ok(from_user(user, false));
     }
-    let wanted = requested.filter(|r| !r.is_empty()).or(configured).unwrap_or(DEFAULT_RUN_AS);
+    let wanted = requested
+        .filter(|r| !r.is_empty())
+        .or(configured)
+        .unwrap_or(DEFAULT_RUN_AS);
     let lookup = |name: &str| nix::unistd::User::from_name(name).ok().flatten();
     let user = match lookup(wanted) {
         Some(u) => u,
@@ -80,10 +97,24 @@ pub fn resolve(requested: Option<&str>, configured: Option<&str>, allow_root: bo
 }
 
 fn create_default_user() -> Result<(), RunAsError> {
-    let err = |message: String| RunAsError::Create { user: DEFAULT_RUN_AS.to_owned(), message };
-    let shell = if std::path::Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
+    let err = |message: String| RunAsError::Create {
+        user: DEFAULT_RUN_AS.to_owned(),
+        message,
+    };
+    let shell = if std::path::Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    };
     let out = std::process::Command::new("useradd")
-        .args(["--create-home", "--shell", shell, "--comment", "Airlock session user", DEFAULT_RUN_AS])
+        .args([
+            "--create-home",
+            "--shell",
+            shell,
+            "--comment",
+            "Airlock session user",
+            DEFAULT_RUN_AS,
+        ])
         .output()
         .map_err(|e| err(format!("useradd: {e}")))?;
     // Exit 9: it already exists (a concurrent session created it).

@@ -56,7 +56,9 @@ pub fn default_state_path() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         PathBuf::from("/var/lib/airlock-agent/state.json")
     } else {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         home.join(".airlock").join("agent.json")
     }
 }
@@ -78,9 +80,18 @@ impl AgentState {
     /// Reads the state file.
     pub fn load(path: &Path) -> Result<AgentState, StateError> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| StateError::Io { path: display.clone(), source })?;
-        let state: AgentState = serde_json::from_str(&text).map_err(|e| StateError::Invalid { path: display.clone(), message: e.to_string() })?;
-        state.signing_key().map_err(|_| StateError::Invalid { path: display, message: "bad PrivateKey".into() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| StateError::Io {
+            path: display.clone(),
+            source,
+        })?;
+        let state: AgentState = serde_json::from_str(&text).map_err(|e| StateError::Invalid {
+            path: display.clone(),
+            message: e.to_string(),
+        })?;
+        state.signing_key().map_err(|_| StateError::Invalid {
+            path: display,
+            message: "bad PrivateKey".into(),
+        })?;
         Ok(state)
     }
 
@@ -89,15 +100,31 @@ impl AgentState {
         use std::io::Write;
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let display = path.display().to_string();
-        let io = |source| StateError::Io { path: display.clone(), source };
+        let io = |source| StateError::Io {
+            path: display.clone(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() && !dir.exists() {
-                std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io)?;
             }
         }
-        let text = serde_json::to_string_pretty(self).map_err(|e| StateError::Invalid { path: display.clone(), message: e.to_string() })?;
+        let text = serde_json::to_string_pretty(self).map_err(|e| StateError::Invalid {
+            path: display.clone(),
+            message: e.to_string(),
+        })?;
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
         f.write_all(text.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)

@@ -145,21 +145,56 @@ pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32>
                     input["NextToken"] = json!(t);
                 }
                 let out = api.call("AmazonSSM.DescribeSessions", &input).await?;
-                all.extend(out.get("Sessions").and_then(Value::as_array).cloned().unwrap_or_default());
-                token = out.get("NextToken").and_then(Value::as_str).map(str::to_owned);
+                all.extend(
+                    out.get("Sessions")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default(),
+                );
+                token = out
+                    .get("NextToken")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 if token.is_none() {
                     break;
                 }
             }
             let rows = all
                 .iter()
-                .map(|x| vec![s(x, "SessionId"), s(x, "Target"), s(x, "Status"), ts(x, "StartDate"), ts(x, "EndDate"), s(x, "ExitCode"), s(x, "Owner")])
+                .map(|x| {
+                    vec![
+                        s(x, "SessionId"),
+                        s(x, "Target"),
+                        s(x, "Status"),
+                        ts(x, "StartDate"),
+                        ts(x, "EndDate"),
+                        s(x, "ExitCode"),
+                        s(x, "Owner"),
+                    ]
+                })
                 .collect();
-            print(format, &json!({ "Sessions": all }), &["SESSION", "TARGET", "STATUS", "STARTED", "ENDED", "EXIT", "OWNER"], rows);
+            print(
+                format,
+                &json!({ "Sessions": all }),
+                &[
+                    "SESSION", "TARGET", "STATUS", "STARTED", "ENDED", "EXIT", "OWNER",
+                ],
+                rows,
+            );
         }
         SessionsCommand::Terminate { session_id } => {
-            let out = api.call("AmazonSSM.TerminateSession", &json!({ "SessionId": session_id })).await?;
-            print(format, &out, &["TERMINATED"], vec![vec![s(&out, "SessionId")]]);
+            let out = api
+                .call(
+                    "AmazonSSM.TerminateSession",
+                    &json!({ "SessionId": session_id }),
+                )
+                .await?;
+            print(
+                format,
+                &out,
+                &["TERMINATED"],
+                vec![vec![s(&out, "SessionId")]],
+            );
         }
     }
     Ok(0)
@@ -176,18 +211,42 @@ pub async fn instances(c: InstancesCommand, format: Format) -> anyhow::Result<i3
         if let Some(t) = &token {
             input["NextToken"] = json!(t);
         }
-        let out = api.call("AmazonSSM.DescribeInstanceInformation", &input).await?;
-        all.extend(out.get("InstanceInformationList").and_then(Value::as_array).cloned().unwrap_or_default());
-        token = out.get("NextToken").and_then(Value::as_str).map(str::to_owned);
+        let out = api
+            .call("AmazonSSM.DescribeInstanceInformation", &input)
+            .await?;
+        all.extend(
+            out.get("InstanceInformationList")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        token = out
+            .get("NextToken")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if token.is_none() {
             break;
         }
     }
     let rows = all
         .iter()
-        .map(|x| vec![s(x, "InstanceId"), s(x, "PingStatus"), s(x, "ComputerName"), s(x, "IPAddress"), s(x, "PlatformName"), ts(x, "LastPingDateTime")])
+        .map(|x| {
+            vec![
+                s(x, "InstanceId"),
+                s(x, "PingStatus"),
+                s(x, "ComputerName"),
+                s(x, "IPAddress"),
+                s(x, "PlatformName"),
+                ts(x, "LastPingDateTime"),
+            ]
+        })
         .collect();
-    print(format, &json!({ "InstanceInformationList": all }), &["INSTANCE", "PING", "HOST", "IP", "PLATFORM", "LAST PING"], rows);
+    print(
+        format,
+        &json!({ "InstanceInformationList": all }),
+        &["INSTANCE", "PING", "HOST", "IP", "PLATFORM", "LAST PING"],
+        rows,
+    );
     Ok(0)
 }
 
@@ -196,17 +255,47 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
     let api = client()?;
     match c {
         AdminCommand::User(UserCommand::Create { name, admin }) => {
-            let out = api.call("Airlock.CreateUser", &json!({ "UserName": name, "Admin": admin })).await?;
+            let out = api
+                .call(
+                    "Airlock.CreateUser",
+                    &json!({ "UserName": name, "Admin": admin }),
+                )
+                .await?;
             let u = &out["User"];
-            print(format, &out, &["USER", "ID", "ARN", "ADMIN"], vec![vec![s(u, "UserName"), s(u, "UserId"), s(u, "Arn"), s(u, "Admin")]]);
+            print(
+                format,
+                &out,
+                &["USER", "ID", "ARN", "ADMIN"],
+                vec![vec![
+                    s(u, "UserName"),
+                    s(u, "UserId"),
+                    s(u, "Arn"),
+                    s(u, "Admin"),
+                ]],
+            );
         }
         AdminCommand::User(UserCommand::List) => {
             let out = api.call("Airlock.ListUsers", &json!({})).await?;
-            let rows = out["Users"].as_array().cloned().unwrap_or_default().iter().map(|u| vec![s(u, "UserName"), s(u, "UserId"), s(u, "Admin"), ts(u, "CreateDate")]).collect();
+            let rows = out["Users"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|u| {
+                    vec![
+                        s(u, "UserName"),
+                        s(u, "UserId"),
+                        s(u, "Admin"),
+                        ts(u, "CreateDate"),
+                    ]
+                })
+                .collect();
             print(format, &out, &["USER", "ID", "ADMIN", "CREATED"], rows);
         }
         AdminCommand::User(UserCommand::Delete { name }) => {
-            let out = api.call("Airlock.DeleteUser", &json!({ "UserName": name })).await?;
+            let out = api
+                .call("Airlock.DeleteUser", &json!({ "UserName": name }))
+                .await?;
             print(format, &out, &["DELETED"], vec![vec![name]]);
         }
         AdminCommand::AccessKey(KeyCommand::Create(u)) => {
@@ -216,7 +305,16 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
             }
             let out = api.call("Airlock.CreateAccessKey", &input).await?;
             let k = &out["AccessKey"];
-            print(format, &out, &["USER", "ACCESS KEY ID", "SECRET ACCESS KEY"], vec![vec![s(k, "UserName"), s(k, "AccessKeyId"), s(k, "SecretAccessKey")]]);
+            print(
+                format,
+                &out,
+                &["USER", "ACCESS KEY ID", "SECRET ACCESS KEY"],
+                vec![vec![
+                    s(k, "UserName"),
+                    s(k, "AccessKeyId"),
+                    s(k, "SecretAccessKey"),
+                ]],
+            );
         }
         AdminCommand::AccessKey(KeyCommand::List(u)) => {
             let mut input = json!({});
@@ -224,15 +322,46 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
                 input["UserName"] = json!(n);
             }
             let out = api.call("Airlock.ListAccessKeys", &input).await?;
-            let rows = out["AccessKeyMetadata"].as_array().cloned().unwrap_or_default().iter().map(|k| vec![s(k, "UserName"), s(k, "AccessKeyId"), s(k, "Status"), ts(k, "CreateDate"), ts(k, "LastUsedDate")]).collect();
-            print(format, &out, &["USER", "ACCESS KEY ID", "STATUS", "CREATED", "LAST USED"], rows);
+            let rows = out["AccessKeyMetadata"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|k| {
+                    vec![
+                        s(k, "UserName"),
+                        s(k, "AccessKeyId"),
+                        s(k, "Status"),
+                        ts(k, "CreateDate"),
+                        ts(k, "LastUsedDate"),
+                    ]
+                })
+                .collect();
+            print(
+                format,
+                &out,
+                &["USER", "ACCESS KEY ID", "STATUS", "CREATED", "LAST USED"],
+                rows,
+            );
         }
         AdminCommand::AccessKey(KeyCommand::Delete { access_key_id }) => {
-            let out = api.call("Airlock.DeleteAccessKey", &json!({ "AccessKeyId": access_key_id })).await?;
+            let out = api
+                .call(
+                    "Airlock.DeleteAccessKey",
+                    &json!({ "AccessKeyId": access_key_id }),
+                )
+                .await?;
             print(format, &out, &["DELETED"], vec![vec![access_key_id]]);
         }
-        AdminCommand::Activation(ActivationCommand::Create { limit, expires_in_hours, name, description, role }) => {
-            let expires = time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(expires_in_hours) * 3600;
+        AdminCommand::Activation(ActivationCommand::Create {
+            limit,
+            expires_in_hours,
+            name,
+            description,
+            role,
+        }) => {
+            let expires = time::OffsetDateTime::now_utc().unix_timestamp()
+                + i64::from(expires_in_hours) * 3600;
             let out = api
                 .call(
                     "AmazonSSM.CreateActivation",
@@ -242,7 +371,11 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
                 Format::Text => {
-                    println!("Activation id:   {}\nActivation code: {} (shown once)", s(&out, "ActivationId"), s(&out, "ActivationCode"));
+                    println!(
+                        "Activation id:   {}\nActivation code: {} (shown once)",
+                        s(&out, "ActivationId"),
+                        s(&out, "ActivationCode")
+                    );
                     println!(
                         "On the host: airlock agent register --server {} --activation-id {} --activation-code {}",
                         api.profile().endpoint,
@@ -253,16 +386,51 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
             }
         }
         AdminCommand::Activation(ActivationCommand::List) => {
-            let out = api.call("AmazonSSM.DescribeActivations", &json!({})).await?;
-            let rows = out["ActivationList"].as_array().cloned().unwrap_or_default().iter().map(|a| vec![s(a, "ActivationId"), format!("{}/{}", s(a, "RegistrationsCount"), s(a, "RegistrationLimit")), ts(a, "ExpirationDate"), s(a, "Expired"), s(a, "DefaultInstanceName")]).collect();
-            print(format, &out, &["ACTIVATION", "USED", "EXPIRES", "EXPIRED", "NAME"], rows);
+            let out = api
+                .call("AmazonSSM.DescribeActivations", &json!({}))
+                .await?;
+            let rows = out["ActivationList"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|a| {
+                    vec![
+                        s(a, "ActivationId"),
+                        format!(
+                            "{}/{}",
+                            s(a, "RegistrationsCount"),
+                            s(a, "RegistrationLimit")
+                        ),
+                        ts(a, "ExpirationDate"),
+                        s(a, "Expired"),
+                        s(a, "DefaultInstanceName"),
+                    ]
+                })
+                .collect();
+            print(
+                format,
+                &out,
+                &["ACTIVATION", "USED", "EXPIRES", "EXPIRED", "NAME"],
+                rows,
+            );
         }
         AdminCommand::Activation(ActivationCommand::Delete { activation_id }) => {
-            let out = api.call("AmazonSSM.DeleteActivation", &json!({ "ActivationId": activation_id })).await?;
+            let out = api
+                .call(
+                    "AmazonSSM.DeleteActivation",
+                    &json!({ "ActivationId": activation_id }),
+                )
+                .await?;
             print(format, &out, &["DELETED"], vec![vec![activation_id]]);
         }
         AdminCommand::Instance(InstanceCommand::Deregister { instance_id }) => {
-            let out = api.call("AmazonSSM.DeregisterManagedInstance", &json!({ "InstanceId": instance_id })).await?;
+            let out = api
+                .call(
+                    "AmazonSSM.DeregisterManagedInstance",
+                    &json!({ "InstanceId": instance_id }),
+                )
+                .await?;
             print(format, &out, &["DEREGISTERED"], vec![vec![instance_id]]);
         }
     }

@@ -12,31 +12,48 @@ use airlock_client::{ApiClient, Profile};
 use crate::{DevArgs, Format};
 
 fn home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn read_admin(path: &Path) -> anyhow::Result<(String, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    let get = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned).with_context(|| format!("{} has no {k}", path.display()));
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let get = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("{} has no {k}", path.display()))
+    };
     Ok((get("AccessKeyId")?, get("SecretAccessKey")?))
 }
 
 /// Chooses the profile name: `default` unless it already points at another server.
 fn profile_name(config: &Path, endpoint: &str) -> &'static str {
-    match Profile::load_from(config, |k| (k == "AIRLOCK_PROFILE").then(|| "default".to_owned())) {
+    match Profile::load_from(config, |k| {
+        (k == "AIRLOCK_PROFILE").then(|| "default".to_owned())
+    }) {
         Ok(p) if p.endpoint != endpoint => "dev",
         _ => "default",
     }
 }
 
-async fn ensure_agent(api: &ApiClient, server_url: &str, state_path: &Path) -> anyhow::Result<airlock_agent::AgentState> {
+async fn ensure_agent(
+    api: &ApiClient,
+    server_url: &str,
+    state_path: &Path,
+) -> anyhow::Result<airlock_agent::AgentState> {
     if let Ok(state) = airlock_agent::AgentState::load(state_path) {
         if state.server == server_url {
             let out = api
                 .call("AmazonSSM.DescribeInstanceInformation", &json!({ "Filters": [{ "Key": "InstanceIds", "Values": [state.instance_id] }] }))
                 .await?;
-            let known = out["InstanceInformationList"].as_array().is_some_and(|l| !l.is_empty());
+            let known = out["InstanceInformationList"]
+                .as_array()
+                .is_some_and(|l| !l.is_empty());
             if known {
                 return Ok(state);
             }
@@ -51,7 +68,10 @@ async fn ensure_agent(api: &ApiClient, server_url: &str, state_path: &Path) -> a
     let state = airlock_agent::register(&airlock_agent::Registration {
         server: server_url.to_owned(),
         activation_id: act["ActivationId"].as_str().unwrap_or_default().to_owned(),
-        activation_code: act["ActivationCode"].as_str().unwrap_or_default().to_owned(),
+        activation_code: act["ActivationCode"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
         ca_file: None,
     })
     .await?;
@@ -62,10 +82,16 @@ async fn ensure_agent(api: &ApiClient, server_url: &str, state_path: &Path) -> a
 /// Runs the dev environment until Ctrl-C.
 pub async fn run(a: DevArgs, format: Format) -> anyhow::Result<i32> {
     if !a.listen.ip().is_loopback() {
-        anyhow::bail!("airlock dev listens on loopback only; use `airlock server` for {}", a.listen);
+        anyhow::bail!(
+            "airlock dev listens on loopback only; use `airlock server` for {}",
+            a.listen
+        );
     }
-    let data_dir = a.data_dir.unwrap_or_else(|| home().join(".airlock").join("dev"));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let data_dir = a
+        .data_dir
+        .unwrap_or_else(|| home().join(".airlock").join("dev"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let server_dir = data_dir.join("server");
     let server = airlock_server::start(airlock_server::ServerConfig {
         listen: a.listen,
@@ -74,7 +100,8 @@ pub async fn run(a: DevArgs, format: Format) -> anyhow::Result<i32> {
     })
     .await
     .with_context(|| format!("starting the server on {} (another airlock dev running? choose another port with --listen)", a.listen))?;
-    let (access_key_id, secret_access_key) = read_admin(&server_dir.join("admin-credentials.json"))?;
+    let (access_key_id, secret_access_key) =
+        read_admin(&server_dir.join("admin-credentials.json"))?;
     let profile = Profile {
         endpoint: server.url.clone(),
         access_key_id,
@@ -91,17 +118,30 @@ pub async fn run(a: DevArgs, format: Format) -> anyhow::Result<i32> {
 
     let cancel = tokio_util::sync::CancellationToken::new();
     let agent_cancel = cancel.clone();
-    let agent = tokio::spawn(async move { airlock_agent::run(state, airlock_agent::AgentConfig::default(), agent_cancel).await });
+    let agent = tokio::spawn(async move {
+        airlock_agent::run(state, airlock_agent::AgentConfig::default(), agent_cancel).await
+    });
 
-    let prefix = if name == "default" { String::new() } else { format!("AIRLOCK_PROFILE={name} ") };
+    let prefix = if name == "default" {
+        String::new()
+    } else {
+        format!("AIRLOCK_PROFILE={name} ")
+    };
     match format {
         Format::Json => println!(
             "{}",
             json!({ "Endpoint": server.url, "Profile": name, "ConfigFile": config_path, "DataDir": data_dir, "InstanceId": instance_id })
         ),
         Format::Text => {
-            println!("Airlock dev server on {} (state in {})", server.url, data_dir.display());
-            println!("Admin profile '{name}' written to {}", config_path.display());
+            println!(
+                "Airlock dev server on {} (state in {})",
+                server.url,
+                data_dir.display()
+            );
+            println!(
+                "Admin profile '{name}' written to {}",
+                config_path.display()
+            );
             println!("Local agent {instance_id} is connecting.\n");
             println!("Open a shell through Airlock, in another terminal:\n\n    {prefix}airlock start-session --target {instance_id}\n");
             println!("Press Ctrl-C to stop.");

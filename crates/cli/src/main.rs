@@ -24,7 +24,11 @@ pub enum Format {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "airlock", version, about = "Self-hosted shell and port access to hosts, compatible with AWS Session Manager")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Self-hosted shell and port access to hosts, compatible with AWS Session Manager"
+)]
 struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Text)]
@@ -236,7 +240,10 @@ pub async fn shutdown_signal() {
 /// Server settings from the command line.
 pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(cert), Some(key)) => airlock_server::TlsMode::Files { cert: cert.clone(), key: key.clone() },
+        (Some(cert), Some(key)) => airlock_server::TlsMode::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
         _ if a.self_signed => airlock_server::TlsMode::SelfSigned,
         _ if a.insecure_http => airlock_server::TlsMode::InsecurePlainHttp,
         _ => airlock_server::TlsMode::Auto,
@@ -257,7 +264,10 @@ async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
     let server = airlock_server::start(server_config(&a)).await?;
     println!("Airlock server listening on {}", server.url);
     if let (Some(fp), Some(path)) = (&server.tls_fingerprint, &server.tls_cert_path) {
-        println!("TLS certificate {} (SHA-256 fingerprint {fp})", path.display());
+        println!(
+            "TLS certificate {} (SHA-256 fingerprint {fp})",
+            path.display()
+        );
     }
     if let Some(b) = &server.bootstrap {
         println!(
@@ -273,9 +283,14 @@ async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
 }
 
 async fn agent_register(a: AgentRegisterArgs, format: Format) -> anyhow::Result<i32> {
-    let path = a.state.unwrap_or_else(airlock_agent::state::default_state_path);
+    let path = a
+        .state
+        .unwrap_or_else(airlock_agent::state::default_state_path);
     if path.exists() && !a.force {
-        anyhow::bail!("{} already holds a registration; pass --force to replace it", path.display());
+        anyhow::bail!(
+            "{} already holds a registration; pass --force to replace it",
+            path.display()
+        );
     }
     let state = airlock_agent::register(&airlock_agent::Registration {
         server: a.server,
@@ -286,14 +301,23 @@ async fn agent_register(a: AgentRegisterArgs, format: Format) -> anyhow::Result<
     .await?;
     state.save(&path)?;
     match format {
-        Format::Json => println!("{}", serde_json::json!({ "InstanceId": state.instance_id, "StateFile": path })),
-        Format::Text => println!("Registered as {} (state in {}). Start it with: airlock agent run", state.instance_id, path.display()),
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({ "InstanceId": state.instance_id, "StateFile": path })
+        ),
+        Format::Text => println!(
+            "Registered as {} (state in {}). Start it with: airlock agent run",
+            state.instance_id,
+            path.display()
+        ),
     }
     Ok(0)
 }
 
 async fn agent_run(a: AgentRunArgs) -> anyhow::Result<i32> {
-    let path = a.state.unwrap_or_else(airlock_agent::state::default_state_path);
+    let path = a
+        .state
+        .unwrap_or_else(airlock_agent::state::default_state_path);
     let state = airlock_agent::AgentState::load(&path)?;
     let config = airlock_agent::AgentConfig {
         run_as: a.run_as,

@@ -45,6 +45,9 @@ pub fn ts(v: &serde_json::Value, key: &str) -> String {
     v.get(key)
         .and_then(|t| t.as_f64())
         .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs as i64).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }

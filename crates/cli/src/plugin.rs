@@ -17,7 +17,10 @@ pub fn is_plugin_invocation(args: &[String]) -> bool {
 }
 
 fn aws_credentials(profile: &str) -> Option<(String, String)> {
-    if let (Ok(id), Ok(secret)) = (std::env::var("AWS_ACCESS_KEY_ID"), std::env::var("AWS_SECRET_ACCESS_KEY")) {
+    if let (Ok(id), Ok(secret)) = (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
         return Some((id, secret));
     }
     let home = std::env::var_os("HOME")?;
@@ -25,7 +28,11 @@ fn aws_credentials(profile: &str) -> Option<(String, String)> {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(&home).join(".aws").join("credentials"));
     let text = std::fs::read_to_string(path).ok()?;
-    let want = if profile.is_empty() { "default" } else { profile };
+    let want = if profile.is_empty() {
+        "default"
+    } else {
+        profile
+    };
     let mut current = String::new();
     let (mut id, mut secret) = (None, None);
     for line in text.lines().map(str::trim) {
@@ -61,12 +68,17 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<i32> {
     let mut response = arg(1);
     if response.starts_with("AWS_SSM_START_SESSION_RESPONSE") {
         let name = response.clone();
-        response = std::env::var(&name).map_err(|_| anyhow::anyhow!("environment variable {name} is not set"))?;
+        response = std::env::var(&name)
+            .map_err(|_| anyhow::anyhow!("environment variable {name} is not set"))?;
         std::env::remove_var(&name);
     }
     let grant: StreamGrant = serde_json::from_str(&response)
         .map_err(|e| anyhow::anyhow!("cannot read the StartSession response: {e}"))?;
-    let region = if arg(2).is_empty() { "us-east-1".to_owned() } else { arg(2) };
+    let region = if arg(2).is_empty() {
+        "us-east-1".to_owned()
+    } else {
+        arg(2)
+    };
     let params: serde_json::Value = serde_json::from_str(&arg(5)).unwrap_or_default();
     if params.get("Target").and_then(|t| t.as_str()).is_none() && args.len() > 5 {
         anyhow::bail!("the request parameters carry no Target");
@@ -74,7 +86,11 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<i32> {
     let endpoint = arg(6);
     let (access_key_id, secret_access_key) = aws_credentials(&arg(4)).unwrap_or_default();
     let api = ApiClient::new(Profile {
-        endpoint: if endpoint.is_empty() { format!("https://ssm.{region}.amazonaws.com") } else { endpoint },
+        endpoint: if endpoint.is_empty() {
+            format!("https://ssm.{region}.amazonaws.com")
+        } else {
+            endpoint
+        },
         access_key_id,
         secret_access_key,
         region,

@@ -41,7 +41,8 @@ pub fn start_input(a: &StartSessionArgs) -> anyhow::Result<serde_json::Value> {
         input["Reason"] = r.clone().into();
     }
     if let Some(p) = &a.parameters {
-        let v: serde_json::Value = serde_json::from_str(p).context("--parameters must be JSON such as {\"portNumber\":[\"80\"]}")?;
+        let v: serde_json::Value = serde_json::from_str(p)
+            .context("--parameters must be JSON such as {\"portNumber\":[\"80\"]}")?;
         input["Parameters"] = v;
     }
     Ok(input)
@@ -57,7 +58,9 @@ pub async fn start(a: StartSessionArgs) -> anyhow::Result<i32> {
         eprintln!("{}", outcome.reason);
     }
     // No exit status means the session was ended from outside (terminated, failed).
-    Ok(outcome.exit_code.unwrap_or(if outcome.reason.is_empty() { 0 } else { 1 }))
+    Ok(outcome
+        .exit_code
+        .unwrap_or(if outcome.reason.is_empty() { 0 } else { 1 }))
 }
 
 /// Connects the local terminal or pipes to a granted session until it ends.
@@ -71,18 +74,38 @@ pub async fn attach(grant: StreamGrant, api: ApiClient) -> anyhow::Result<Outcom
     };
     let (in_tx, in_rx) = mpsc::channel::<Input>(32);
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(64);
-    let guard = if interactive { Some(RawModeGuard::enable()?) } else { None };
+    let guard = if interactive {
+        Some(RawModeGuard::enable()?)
+    } else {
+        None
+    };
 
     if interactive {
         if let Ok((cols, rows)) = crossterm::terminal::size() {
-            let _ = in_tx.send(Input::Size { cols: cols.into(), rows: rows.into() }).await;
+            let _ = in_tx
+                .send(Input::Size {
+                    cols: cols.into(),
+                    rows: rows.into(),
+                })
+                .await;
         }
         let tx = in_tx.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+            else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 if let Ok((cols, rows)) = crossterm::terminal::size() {
-                    if tx.send(Input::Size { cols: cols.into(), rows: rows.into() }).await.is_err() {
+                    if tx
+                        .send(Input::Size {
+                            cols: cols.into(),
+                            rows: rows.into(),
+                        })
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -101,7 +124,11 @@ pub async fn attach(grant: StreamGrant, api: ApiClient) -> anyhow::Result<Outcom
                     break;
                 }
                 Ok(n) => {
-                    if in_tx.send(Input::Data(Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    if in_tx
+                        .send(Input::Data(Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -114,8 +141,20 @@ pub async fn attach(grant: StreamGrant, api: ApiClient) -> anyhow::Result<Outcom
         let mut stderr = tokio::io::stderr();
         while let Some(chunk) = out_rx.recv().await {
             let r = match chunk {
-                Output::Stdout(b) => async { stdout.write_all(&b).await?; stdout.flush().await }.await,
-                Output::Stderr(b) => async { stderr.write_all(&b).await?; stderr.flush().await }.await,
+                Output::Stdout(b) => {
+                    async {
+                        stdout.write_all(&b).await?;
+                        stdout.flush().await
+                    }
+                    .await
+                }
+                Output::Stderr(b) => {
+                    async {
+                        stderr.write_all(&b).await?;
+                        stderr.flush().await
+                    }
+                    .await
+                }
             };
             if r.is_err() {
                 break;

@@ -87,15 +87,27 @@ impl ApiClient {
     /// Calls `<target>` (e.g. `AmazonSSM.StartSession`) with a JSON body.
     pub async fn call(&self, target: &str, body: &Value) -> Result<Value, ApiError> {
         let endpoint = self.profile.endpoint.trim_end_matches('/').to_owned();
-        let transport = |message: String| ApiError::Transport { endpoint: endpoint.clone(), message };
+        let transport = |message: String| ApiError::Transport {
+            endpoint: endpoint.clone(),
+            message,
+        };
         let (host, port, tls) = crate::ws::host_port(&endpoint)
             .ok_or_else(|| transport("endpoint must be an http:// or https:// URL".into()))?;
         let default_port = if tls { 443 } else { 80 };
-        let host_header = if port == default_port { host } else if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let host_header = if port == default_port {
+            host
+        } else if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         let payload = serde_json::to_vec(body).map_err(|e| transport(e.to_string()))?;
         let headers = vec![
             ("host".to_owned(), host_header),
-            ("content-type".to_owned(), "application/x-amz-json-1.1".to_owned()),
+            (
+                "content-type".to_owned(),
+                "application/x-amz-json-1.1".to_owned(),
+            ),
             ("x-amz-target".to_owned(), target.to_owned()),
         ];
         let creds = airlock_sigv4::Credentials {
@@ -103,14 +115,29 @@ impl ApiClient {
             secret_access_key: self.profile.secret_access_key.clone(),
             session_token: None,
         };
-        let req = airlock_sigv4::Request { method: "POST", path_and_query: "/", headers: &headers, body: &payload };
-        let signed = airlock_sigv4::sign(&req, &creds, &self.profile.region, "ssm", time::OffsetDateTime::now_utc())
-            .map_err(|e| transport(format!("signing: {e}")))?;
+        let req = airlock_sigv4::Request {
+            method: "POST",
+            path_and_query: "/",
+            headers: &headers,
+            body: &payload,
+        };
+        let signed = airlock_sigv4::sign(
+            &req,
+            &creds,
+            &self.profile.region,
+            "ssm",
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|e| transport(format!("signing: {e}")))?;
         let mut rb = self.http.post(format!("{endpoint}/"));
         for (k, v) in headers.iter().skip(1).chain(signed.iter()) {
             rb = rb.header(k.as_str(), v.as_str());
         }
-        let resp = rb.body(payload).send().await.map_err(|e| transport(e.to_string()))?;
+        let resp = rb
+            .body(payload)
+            .send()
+            .await
+            .map_err(|e| transport(e.to_string()))?;
         let status = resp.status().as_u16();
         let header_code = resp
             .headers()
@@ -118,37 +145,69 @@ impl ApiClient {
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(':').next().unwrap_or(s).to_owned());
         let text = resp.text().await.map_err(|e| transport(e.to_string()))?;
-        let value: Value = if text.is_empty() { json!({}) } else {
-            serde_json::from_str(&text).map_err(|e| transport(format!("HTTP {status}: unreadable body ({e}): {}", text.chars().take(200).collect::<String>())))?
+        let value: Value = if text.is_empty() {
+            json!({})
+        } else {
+            serde_json::from_str(&text).map_err(|e| {
+                transport(format!(
+                    "HTTP {status}: unreadable body ({e}): {}",
+                    text.chars().take(200).collect::<String>()
+                ))
+            })?
         };
         if (200..300).contains(&status) {
             return Ok(value);
         }
         let code = header_code
-            .or_else(|| value.get("__type").and_then(|v| v.as_str()).map(|s| s.rsplit('#').next().unwrap_or(s).to_owned()))
+            .or_else(|| {
+                value
+                    .get("__type")
+                    .and_then(|v| v.as_str())
+                    .map(|s| s.rsplit('#').next().unwrap_or(s).to_owned())
+            })
             .unwrap_or_else(|| format!("HTTP{status}"));
         let message = ["message", "Message"]
             .iter()
             .find_map(|k| value.get(*k).and_then(|v| v.as_str()))
             .unwrap_or("")
             .to_owned();
-        Err(ApiError::Service { status, code, message })
+        Err(ApiError::Service {
+            status,
+            code,
+            message,
+        })
     }
 
     /// StartSession.
     pub async fn start_session(&self, input: &Value) -> Result<StreamGrant, ApiError> {
         let v = self.call("AmazonSSM.StartSession", input).await?;
-        serde_json::from_value(v).map_err(|e| ApiError::Transport { endpoint: self.profile.endpoint.clone(), message: format!("unexpected StartSession answer: {e}") })
+        serde_json::from_value(v).map_err(|e| ApiError::Transport {
+            endpoint: self.profile.endpoint.clone(),
+            message: format!("unexpected StartSession answer: {e}"),
+        })
     }
 
     /// ResumeSession.
     pub async fn resume_session(&self, session_id: &str) -> Result<StreamGrant, ApiError> {
-        let v = self.call("AmazonSSM.ResumeSession", &json!({ "SessionId": session_id })).await?;
-        serde_json::from_value(v).map_err(|e| ApiError::Transport { endpoint: self.profile.endpoint.clone(), message: format!("unexpected ResumeSession answer: {e}") })
+        let v = self
+            .call(
+                "AmazonSSM.ResumeSession",
+                &json!({ "SessionId": session_id }),
+            )
+            .await?;
+        serde_json::from_value(v).map_err(|e| ApiError::Transport {
+            endpoint: self.profile.endpoint.clone(),
+            message: format!("unexpected ResumeSession answer: {e}"),
+        })
     }
 
     /// TerminateSession.
     pub async fn terminate_session(&self, session_id: &str) -> Result<(), ApiError> {
-        self.call("AmazonSSM.TerminateSession", &json!({ "SessionId": session_id })).await.map(|_| ())
+        self.call(
+            "AmazonSSM.TerminateSession",
+            &json!({ "SessionId": session_id }),
+        )
+        .await
+        .map(|_| ())
     }
 }

@@ -67,7 +67,9 @@ impl std::fmt::Debug for Profile {
 
 /// `~/.airlock/config`.
 pub fn default_config_path() -> PathBuf {
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".airlock").join("config")
 }
 
@@ -123,13 +125,20 @@ impl Profile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ConfigError::Missing(display))
             }
-            Err(source) => return Err(ConfigError::Io { path: display, source }),
+            Err(source) => {
+                return Err(ConfigError::Io {
+                    path: display,
+                    source,
+                })
+            }
         };
         let profiles = parse_ini(&text);
-        let p = profiles.get(&name).ok_or_else(|| ConfigError::NoSuchProfile {
-            profile: name.clone(),
-            path: display.clone(),
-        })?;
+        let p = profiles
+            .get(&name)
+            .ok_or_else(|| ConfigError::NoSuchProfile {
+                profile: name.clone(),
+                path: display.clone(),
+            })?;
         let get = |key: &'static str| {
             p.get(key).cloned().ok_or_else(|| ConfigError::MissingKey {
                 profile: name.clone(),
@@ -153,7 +162,10 @@ impl Profile {
     /// Writes (or replaces) this profile under `name` in the file, mode 0600, keeping others.
     pub fn save(&self, path: &Path, name: &str) -> Result<(), ConfigError> {
         let display = path.display().to_string();
-        let io = |source| ConfigError::Io { path: display.clone(), source };
+        let io = |source| ConfigError::Io {
+            path: display.clone(),
+            source,
+        };
         let mut profiles = match std::fs::read_to_string(path) {
             Ok(t) => parse_ini(&t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -162,7 +174,10 @@ impl Profile {
         let mut p = BTreeMap::new();
         p.insert("endpoint".to_owned(), self.endpoint.clone());
         p.insert("access_key_id".to_owned(), self.access_key_id.clone());
-        p.insert("secret_access_key".to_owned(), self.secret_access_key.clone());
+        p.insert(
+            "secret_access_key".to_owned(),
+            self.secret_access_key.clone(),
+        );
         p.insert("region".to_owned(), self.region.clone());
         if let Some(ca) = &self.ca_file {
             p.insert("ca_file".to_owned(), ca.display().to_string());

@@ -108,7 +108,12 @@ impl Default for SessionOptions {
     }
 }
 
-async fn open(grant: &StreamGrant, token: &str, client_id: &str, opts: &SessionOptions) -> Result<WsStream, SessionError> {
+async fn open(
+    grant: &StreamGrant,
+    token: &str,
+    client_id: &str,
+    opts: &SessionOptions,
+) -> Result<WsStream, SessionError> {
     let mut ws = connect(&grant.stream_url, opts.tls.clone()).await?;
     let open = OpenDataChannelInput {
         message_schema_version: "1.0".to_owned(),
@@ -150,10 +155,15 @@ pub async fn run(
     loop {
         while let Some(ev) = ch.poll_event() {
             match ev {
-                Event::Data { payload_type, payload } => match payload_type {
+                Event::Data {
+                    payload_type,
+                    payload,
+                } => match payload_type {
                     PayloadType::HANDSHAKE_REQUEST => {
-                        let req: HandshakeRequest = serde_json::from_slice(&payload)
-                            .map_err(|e| SessionError::Protocol(format!("bad HandshakeRequest: {e}")))?;
+                        let req: HandshakeRequest =
+                            serde_json::from_slice(&payload).map_err(|e| {
+                                SessionError::Protocol(format!("bad HandshakeRequest: {e}"))
+                            })?;
                         let ours = AirlockCapabilities {
                             version: AirlockCapabilities::VERSION,
                             max_payload: opts.max_payload,
@@ -168,7 +178,13 @@ pub async fn run(
                             .iter()
                             .map(|a| ProcessedClientAction {
                                 action_type: a.action_type.clone(),
-                                action_status: if a.action_type == airlock_proto::SESSION_TYPE_ACTION { 1 } else { 3 },
+                                action_status: if a.action_type
+                                    == airlock_proto::SESSION_TYPE_ACTION
+                                {
+                                    1
+                                } else {
+                                    3
+                                },
                                 action_result: serde_json::Value::Null,
                                 error: String::new(),
                             })
@@ -179,7 +195,8 @@ pub async fn run(
                             errors: None,
                             airlock: agreed,
                         };
-                        let body = serde_json::to_vec(&resp).map_err(|e| SessionError::Protocol(e.to_string()))?;
+                        let body = serde_json::to_vec(&resp)
+                            .map_err(|e| SessionError::Protocol(e.to_string()))?;
                         pending_ctl.push_back((PayloadType::HANDSHAKE_RESPONSE, Bytes::from(body)));
                         // Flush the response at AWS limits before switching to the agreed ones.
                         while let Some((pt, p)) = pending_ctl.pop_front() {
@@ -196,16 +213,28 @@ pub async fn run(
                     PayloadType::HANDSHAKE_COMPLETE => {
                         if let Ok(done) = serde_json::from_slice::<HandshakeComplete>(&payload) {
                             if !done.customer_message.is_empty() {
-                                let _ = output.send(Output::Stderr(Bytes::from(format!("{}\n", done.customer_message)))).await;
+                                let _ = output
+                                    .send(Output::Stderr(Bytes::from(format!(
+                                        "{}\n",
+                                        done.customer_message
+                                    ))))
+                                    .await;
                             }
                         }
                         ready = true;
                     }
                     PayloadType::OUTPUT | PayloadType::STDERR => {
                         ready = true;
-                        let chunk = if payload_type == PayloadType::STDERR { Output::Stderr(payload) } else { Output::Stdout(payload) };
+                        let chunk = if payload_type == PayloadType::STDERR {
+                            Output::Stderr(payload)
+                        } else {
+                            Output::Stdout(payload)
+                        };
                         if output.send(chunk).await.is_err() {
-                            return Ok(Outcome { exit_code, reason: "output closed".into() });
+                            return Ok(Outcome {
+                                exit_code,
+                                reason: "output closed".into(),
+                            });
                         }
                     }
                     PayloadType::EXIT_CODE => exit_code = parse_exit_code(&payload),
@@ -254,7 +283,8 @@ pub async fn run(
         }
 
         let deadline = ch.poll_timeout();
-        let accepting = ready && input_open && pending.is_empty() && pending_ctl.is_empty() && ch.can_send();
+        let accepting =
+            ready && input_open && pending.is_empty() && pending_ctl.is_empty() && ch.can_send();
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
@@ -314,19 +344,31 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn resume(grant: &StreamGrant, client_id: &str, opts: &SessionOptions, why: &str) -> Result<WsStream, SessionError> {
+async fn resume(
+    grant: &StreamGrant,
+    client_id: &str,
+    opts: &SessionOptions,
+    why: &str,
+) -> Result<WsStream, SessionError> {
     let Some(api) = &opts.api else {
         return Err(SessionError::Lost(why.to_owned()));
     };
-    tracing::info!(session_id = grant.session_id, "data channel dropped ({why}); resuming");
+    tracing::info!(
+        session_id = grant.session_id,
+        "data channel dropped ({why}); resuming"
+    );
     let mut delay = Duration::from_millis(150);
     let mut last = String::new();
     for _ in 0..5 {
         match api.resume_session(&grant.session_id).await {
-            Ok(g) if g.token_value.is_empty() => return Err(SessionError::Lost("the session timed out".into())),
+            Ok(g) if g.token_value.is_empty() => {
+                return Err(SessionError::Lost("the session timed out".into()))
+            }
             // Re-dial the original StreamUrl with the new token, as the plugin does.
             Ok(g) => return open(grant, &g.token_value, client_id, opts).await,
-            Err(crate::api::ApiError::Service { code, message, .. }) if code == "DoesNotExistException" => {
+            Err(crate::api::ApiError::Service { code, message, .. })
+                if code == "DoesNotExistException" =>
+            {
                 return Err(SessionError::Lost(message));
             }
             Err(e) => last = e.to_string(),

@@ -21,8 +21,13 @@ pub enum TlsError {
 }
 
 /// Reads every certificate in a PEM file.
-pub fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    let err = |message: String| TlsError::CaFile { path: path.display().to_string(), message };
+pub fn read_certs(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let err = |message: String| TlsError::CaFile {
+        path: path.display().to_string(),
+        message,
+    };
     let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<_, _>>()

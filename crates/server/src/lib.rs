@@ -104,7 +104,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", post(api::handle))
         .route("/v1/agent/register", post(register::register))
-        .route("/v1/control-channel/{instance_id}", get(gateway::control::upgrade))
+        .route(
+            "/v1/control-channel/{instance_id}",
+            get(gateway::control::upgrade),
+        )
         .route("/v1/data-channel/{session_id}", get(gateway::data::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
@@ -181,14 +184,17 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
             None
         }
     };
-    let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Io {
-        context: format!("binding {}", config.listen),
-        source,
-    })?;
-    listener.set_nonblocking(true).map_err(|source| ServerError::Io {
-        context: "configuring the listener".into(),
-        source,
-    })?;
+    let listener =
+        std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Io {
+            context: format!("binding {}", config.listen),
+            source,
+        })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServerError::Io {
+            context: "configuring the listener".into(),
+            source,
+        })?;
     let local_addr = listener.local_addr().map_err(|source| ServerError::Io {
         context: "reading the bound address".into(),
         source,
@@ -227,12 +233,11 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
             })
         }
         None => {
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(|source| {
-                ServerError::Io {
+            let listener =
+                tokio::net::TcpListener::from_std(listener).map_err(|source| ServerError::Io {
                     context: "adopting the listener".into(),
                     source,
-                }
-            })?;
+                })?;
             tokio::spawn(async move {
                 let res = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { shutdown.cancelled().await })

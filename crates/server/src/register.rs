@@ -50,7 +50,12 @@ pub async fn register(
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     match register_inner(&state, peer, &body).await {
-        Ok(v) => (StatusCode::OK, [("content-type", "application/json")], v.to_string()).into_response(),
+        Ok(v) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            v.to_string(),
+        )
+            .into_response(),
         Err(e) => {
             tracing::warn!(%peer, code = e.code, "registration refused: {}", e.message);
             e.into_response_with_id(&request_id)
@@ -58,7 +63,11 @@ pub async fn register(
     }
 }
 
-async fn register_inner(state: &AppState, peer: SocketAddr, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+async fn register_inner(
+    state: &AppState,
+    peer: SocketAddr,
+    body: &[u8],
+) -> Result<serde_json::Value, ApiError> {
     if body.len() > MAX_BODY {
         return Err(ApiError::validation("Request body too large."));
     }
@@ -68,10 +77,17 @@ async fn register_inner(state: &AppState, peer: SocketAddr, body: &[u8]) -> Resu
         .decode(&input.public_key)
         .ok()
         .and_then(|k| k.try_into().ok())
-        .ok_or_else(|| ApiError::validation("PublicKey must be a base64 Ed25519 public key (32 bytes)."))?;
+        .ok_or_else(|| {
+            ApiError::validation("PublicKey must be a base64 Ed25519 public key (32 bytes).")
+        })?;
     ed25519_dalek::VerifyingKey::from_bytes(&key)
         .map_err(|_| ApiError::validation("PublicKey is not a valid Ed25519 point."))?;
-    let invalid = || ApiError::client("InvalidActivation", "The activation ID or code is not valid.");
+    let invalid = || {
+        ApiError::client(
+            "InvalidActivation",
+            "The activation ID or code is not valid.",
+        )
+    };
     let activation = state
         .store
         .activation(&input.activation_id)
@@ -82,7 +98,10 @@ async fn register_inner(state: &AppState, peer: SocketAddr, body: &[u8]) -> Resu
         return Err(invalid());
     }
     if activation.expiration_date <= now_ms() {
-        return Err(ApiError::client("InvalidActivation", "The activation has expired."));
+        return Err(ApiError::client(
+            "InvalidActivation",
+            "The activation has expired.",
+        ));
     }
     let inst = Instance {
         instance_id: new_instance_id(),
@@ -100,12 +119,20 @@ async fn register_inner(state: &AppState, peer: SocketAddr, body: &[u8]) -> Resu
         last_ping_at: None,
         deregistered_at: None,
     };
-    if !state.store.register_instance(&activation.activation_id, &inst).await? {
+    if !state
+        .store
+        .register_instance(&activation.activation_id, &inst)
+        .await?
+    {
         return Err(ApiError::client(
             "InvalidActivation",
             "The activation has reached its registration limit or has expired.",
         ));
     }
-    tracing::info!(instance_id = inst.instance_id, activation_id = activation.activation_id, "instance registered");
+    tracing::info!(
+        instance_id = inst.instance_id,
+        activation_id = activation.activation_id,
+        "instance registered"
+    );
     Ok(json!({ "InstanceId": inst.instance_id }))
 }

@@ -74,9 +74,8 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
         }
     };
     state.hub.revoke_tokens(session_id);
-    let output = if how.status == "Terminated" && how.notify_agent {
-        how.reason.to_owned()
-    } else if how.status == "Failed" {
+    // The plugin prints a non-empty Output as the reason; a shell that simply exited has none.
+    let output = if how.notify_agent || how.status == "Failed" {
         how.reason.to_owned()
     } else {
         String::new()

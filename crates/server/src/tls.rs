@@ -83,7 +83,11 @@ pub fn self_signed(data_dir: &Path) -> Result<Loaded, TlsError> {
             path: dir.display().to_string(),
             source,
         })?;
-        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
         if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
             let h = h.trim();
             if !h.is_empty() {

@@ -59,18 +59,29 @@ pub struct SessionContext {
 }
 
 /// Runs a shell session to its end.
-pub async fn run(ctx: SessionContext, task: AgentTaskPayload, cancel: CancellationToken) -> SessionResult {
+pub async fn run(
+    ctx: SessionContext,
+    task: AgentTaskPayload,
+    cancel: CancellationToken,
+) -> SessionResult {
     let session_id = task.session_id.clone();
     match run_inner(&ctx, &task, cancel).await {
         Ok(code) => SessionResult {
             session_id,
             status: "Success",
             exit_code: code,
-            output: code.map(|c| format!("shell exited with status {c}")).unwrap_or_else(|| "session closed".into()),
+            output: code
+                .map(|c| format!("shell exited with status {c}"))
+                .unwrap_or_else(|| "session closed".into()),
         },
         Err(e) => {
             tracing::warn!(session_id, "session failed: {e:#}");
-            SessionResult { session_id, status: "Failed", exit_code: None, output: e.to_string() }
+            SessionResult {
+                session_id,
+                status: "Failed",
+                exit_code: None,
+                output: e.to_string(),
+            }
         }
     }
 }
@@ -117,12 +128,21 @@ enum Ended {
     Exited(i32),
 }
 
-async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: CancellationToken) -> anyhow::Result<Option<i32>> {
-    let token = task.data_channel_token.clone().ok_or_else(|| anyhow::anyhow!("the task carries no data-channel token"))?;
-    let path = task
-        .data_channel_url
+async fn run_inner(
+    ctx: &SessionContext,
+    task: &AgentTaskPayload,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<i32>> {
+    let token = task
+        .data_channel_token
         .clone()
-        .unwrap_or_else(|| format!("/v1/data-channel/{}?role=publish_subscribe", task.session_id));
+        .ok_or_else(|| anyhow::anyhow!("the task carries no data-channel token"))?;
+    let path = task.data_channel_url.clone().unwrap_or_else(|| {
+        format!(
+            "/v1/data-channel/{}?role=publish_subscribe",
+            task.session_id
+        )
+    });
     let url = format!("{}{}", ctx.ws_base, path);
     let mut ws = airlock_client::ws::connect(&url, ctx.tls.clone()).await?;
     let open = OpenDataChannelInput {
@@ -135,7 +155,8 @@ async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: Cancel
         agent_version: None,
         platform_type: None,
     };
-    ws.send(Message::Text(serde_json::to_string(&open)?.into())).await?;
+    ws.send(Message::Text(serde_json::to_string(&open)?.into()))
+        .await?;
 
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Agent));
     ch.send_control(state_frame(&task.session_id, "Connected", None));
@@ -158,7 +179,11 @@ async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: Cancel
         airlock: Some(offer),
     };
     let started = Instant::now();
-    ch.send(PayloadType::HANDSHAKE_REQUEST, Bytes::from(serde_json::to_vec(&request)?), started)?;
+    ch.send(
+        PayloadType::HANDSHAKE_REQUEST,
+        Bytes::from(serde_json::to_vec(&request)?),
+        started,
+    )?;
     let agreed: Option<AirlockCapabilities>;
     let mut size = (80u16, 24u16);
     let deadline = started + HANDSHAKE_TIMEOUT;
@@ -166,21 +191,29 @@ async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: Cancel
         send_all(&mut ws, &mut ch).await?;
         while let Some(ev) = ch.poll_event() {
             match ev {
-                Event::Data { payload_type: PayloadType::HANDSHAKE_RESPONSE, payload } => {
+                Event::Data {
+                    payload_type: PayloadType::HANDSHAKE_RESPONSE,
+                    payload,
+                } => {
                     let resp: HandshakeResponse = serde_json::from_slice(&payload)
                         .map_err(|e| anyhow::anyhow!("malformed HandshakeResponse: {e}"))?;
                     tracing::debug!(client_version = resp.client_version, "handshake answered");
                     agreed = resp.airlock.map(|theirs| offer.negotiate(&theirs));
                     break 'handshake;
                 }
-                Event::Data { payload_type: PayloadType::SIZE, payload } => {
+                Event::Data {
+                    payload_type: PayloadType::SIZE,
+                    payload,
+                } => {
                     if let Ok(s) = serde_json::from_slice::<SizeData>(&payload) {
                         size = (clamp(s.cols), clamp(s.rows));
                     }
                 }
                 // Stream data before the handshake completes is acked and dropped (§6.1).
                 Event::Data { .. } => {}
-                Event::Control(f) if f.message_type == MessageType::ChannelClosed => return Ok(None),
+                Event::Control(f) if f.message_type == MessageType::ChannelClosed => {
+                    return Ok(None)
+                }
                 Event::Control(_) => {}
                 Event::ResendLimitReached => anyhow::bail!("the client stopped acknowledging"),
             }
@@ -203,7 +236,11 @@ async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: Cancel
         handshake_time_to_complete: i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX),
         customer_message: String::new(),
     };
-    ch.send(PayloadType::HANDSHAKE_COMPLETE, Bytes::from(serde_json::to_vec(&complete)?), Instant::now())?;
+    ch.send(
+        PayloadType::HANDSHAKE_COMPLETE,
+        Bytes::from(serde_json::to_vec(&complete)?),
+        Instant::now(),
+    )?;
     if let Some(caps) = &agreed {
         ch.apply_capabilities(caps);
     }
@@ -224,7 +261,11 @@ async fn run_inner(ctx: &SessionContext, task: &AgentTaskPayload, cancel: Cancel
         Ended::Exited(code) => code,
     };
     if send_exit {
-        let _ = ch.send(PayloadType::EXIT_CODE, exit_code_payload(code), Instant::now());
+        let _ = ch.send(
+            PayloadType::EXIT_CODE,
+            exit_code_payload(code),
+            Instant::now(),
+        );
     }
     // Wait (bounded) for the client to acknowledge everything, then tell the gateway we are done.
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
@@ -283,15 +324,24 @@ async fn pump(
         send_all(ws, ch).await?;
         while let Some(ev) = ch.poll_event() {
             match ev {
-                Event::Data { payload_type: PayloadType::OUTPUT, payload } => {
+                Event::Data {
+                    payload_type: PayloadType::OUTPUT,
+                    payload,
+                } => {
                     sh.write_input(&payload).await.ok();
                 }
-                Event::Data { payload_type: PayloadType::SIZE, payload } => {
+                Event::Data {
+                    payload_type: PayloadType::SIZE,
+                    payload,
+                } => {
                     if let Ok(s) = serde_json::from_slice::<SizeData>(&payload) {
                         sh.resize(clamp(s.cols), clamp(s.rows));
                     }
                 }
-                Event::Data { payload_type: PayloadType::FLAG, payload } => {
+                Event::Data {
+                    payload_type: PayloadType::FLAG,
+                    payload,
+                } => {
                     if let Ok(Flag::Other(v)) = Flag::decode(&payload) {
                         if v == airlock_client::session::FLAG_INPUT_EOF {
                             sh.close_input();
@@ -299,7 +349,9 @@ async fn pump(
                     }
                 }
                 Event::Data { .. } => {}
-                Event::Control(f) if f.message_type == MessageType::ChannelClosed => return Ok(Ended::Closed),
+                Event::Control(f) if f.message_type == MessageType::ChannelClosed => {
+                    return Ok(Ended::Closed)
+                }
                 Event::Control(_) => {}
                 Event::ResendLimitReached => anyhow::bail!("the client stopped acknowledging"),
             }
@@ -345,7 +397,11 @@ async fn pump(
 }
 
 /// One read into a reused buffer; `None` at end of file (EIO on a PTY whose shell exited).
-async fn read_chunk<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R, buf: &mut BytesMut, max: usize) -> Option<Bytes> {
+async fn read_chunk<R: tokio::io::AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Option<Bytes> {
     buf.reserve(max);
     match r.read_buf(buf).await {
         Ok(0) | Err(_) => None,
@@ -353,7 +409,11 @@ async fn read_chunk<R: tokio::io::AsyncRead + Unpin + ?Sized>(r: &mut R, buf: &m
     }
 }
 
-async fn read_chunk_opt(r: &mut Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>, buf: &mut BytesMut, max: usize) -> Option<Bytes> {
+async fn read_chunk_opt(
+    r: &mut Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Option<Bytes> {
     match r {
         Some(r) => read_chunk(r.as_mut(), buf, max).await,
         None => std::future::pending().await,

@@ -61,7 +61,11 @@ pub enum ShellError {
 }
 
 fn login_arg0(user: &RunAs) -> String {
-    let base = user.shell.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "sh".into());
+    let base = user
+        .shell
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sh".into());
     format!("-{base}")
 }
 
@@ -71,8 +75,14 @@ fn environment(user: &RunAs, term: bool) -> Vec<(String, String)> {
         ("USER".to_owned(), user.name.clone()),
         ("LOGNAME".to_owned(), user.name.clone()),
         ("SHELL".to_owned(), user.shell.display().to_string()),
-        ("PATH".to_owned(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned()),
-        ("LANG".to_owned(), std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_owned())),
+        (
+            "PATH".to_owned(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+        ),
+        (
+            "LANG".to_owned(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_owned()),
+        ),
     ];
     if term {
         env.push(("TERM".to_owned(), "xterm-256color".to_owned()));
@@ -84,19 +94,29 @@ fn environment(user: &RunAs, term: bool) -> Vec<(String, String)> {
 pub fn spawn_pty(user: &RunAs, cols: u16, rows: u16) -> Result<Shell, ShellError> {
     let err = |e: pty_process::Error| ShellError::Spawn(e.to_string());
     let (pty, pts) = pty_process::open().map_err(err)?;
-    pty.resize(pty_process::Size::new(rows, cols)).map_err(err)?;
+    pty.resize(pty_process::Size::new(rows, cols))
+        .map_err(err)?;
     let mut cmd = pty_process::Command::new(&user.shell)
         .arg0(login_arg0(user))
         .env_clear()
         .envs(environment(user, true))
-        .current_dir(if user.home.is_dir() { user.home.clone() } else { "/".into() })
+        .current_dir(if user.home.is_dir() {
+            user.home.clone()
+        } else {
+            "/".into()
+        })
         .kill_on_drop(true);
     if user.switch {
         cmd = cmd.uid(user.uid).gid(user.gid);
     }
     let child = cmd.spawn(pts).map_err(err)?;
     let (read, write) = pty.into_split();
-    Ok(Shell { output: Box::new(read), stderr: None, input: Input::Pty(write), child })
+    Ok(Shell {
+        output: Box::new(read),
+        stderr: None,
+        input: Input::Pty(write),
+        child,
+    })
 }
 
 /// Starts a non-interactive login shell reading its commands from a pipe.
@@ -105,7 +125,11 @@ pub fn spawn_pipes(user: &RunAs) -> Result<Shell, ShellError> {
     cmd.arg0(login_arg0(user))
         .env_clear()
         .envs(environment(user, false))
-        .current_dir(if user.home.is_dir() { user.home.clone() } else { "/".into() })
+        .current_dir(if user.home.is_dir() {
+            user.home.clone()
+        } else {
+            "/".into()
+        })
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -114,14 +138,24 @@ pub fn spawn_pipes(user: &RunAs) -> Result<Shell, ShellError> {
         cmd.uid(user.uid).gid(user.gid);
     }
     let mut child = cmd.spawn().map_err(|e| ShellError::Spawn(e.to_string()))?;
-    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
         return Err(ShellError::Spawn("pipes missing".into()));
     };
-    Ok(Shell { output: Box::new(stdout), stderr: Some(Box::new(stderr)), input: Input::Pipe(stdin), child })
+    Ok(Shell {
+        output: Box::new(stdout),
+        stderr: Some(Box::new(stderr)),
+        input: Input::Pipe(stdin),
+        child,
+    })
 }
 
 /// Exit status as a shell reports it: the code, or 128 + the signal.
 pub fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
-    status.code().or_else(|| status.signal().map(|s| 128 + s)).unwrap_or(255)
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255)
 }

@@ -57,11 +57,12 @@ fn user_json(state: &AppState, u: &User) -> Value {
 async fn find_user(state: &AppState, name: Option<String>) -> Result<User, ApiError> {
     let name = name.unwrap_or_default();
     valid_user_name(&name)?;
-    state
-        .store
-        .user_by_name(&name)
-        .await?
-        .ok_or_else(|| ApiError::client("NoSuchEntity", format!("The user with name {name} cannot be found.")))
+    state.store.user_by_name(&name).await?.ok_or_else(|| {
+        ApiError::client(
+            "NoSuchEntity",
+            format!("The user with name {name} cannot be found."),
+        )
+    })
 }
 
 /// Routes one `Airlock.<op>` call.
@@ -106,7 +107,10 @@ pub async fn dispatch(
             let user = find_user(state, i.user_name).await?;
             authorize(state, caller, "iam:DeleteUser", &resource(&user.name))?;
             if user.user_id == caller.user.user_id {
-                return Err(ApiError::client("DeleteConflict", "You cannot delete yourself."));
+                return Err(ApiError::client(
+                    "DeleteConflict",
+                    "You cannot delete yourself.",
+                ));
             }
             state.store.delete_user(&user.name).await?;
             Ok(json!({}))

@@ -7,12 +7,17 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller};
+use super::{
+    authorize, decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller,
+};
 use crate::state::AppState;
 use crate::store::{now_ms, Activation, Instance};
 
 fn any_arn(state: &AppState) -> String {
-    format!("arn:aws:ssm:{}:{}:*", state.config.region, state.config.account_id)
+    format!(
+        "arn:aws:ssm:{}:{}:*",
+        state.config.region, state.config.account_id
+    )
 }
 
 /// DescribeInstanceInformation input (both filter forms).
@@ -76,9 +81,18 @@ pub async fn describe(
 ) -> Result<Value, ApiError> {
     let limit = input.max_results.unwrap_or(50);
     if !(5..=50).contains(&limit) {
-        return Err(invalid(&limit.to_string(), "maxResults", "Member must have value between 5 and 50"));
+        return Err(invalid(
+            &limit.to_string(),
+            "maxResults",
+            "Member must have value between 5 and 50",
+        ));
     }
-    authorize(state, caller, "ssm:DescribeInstanceInformation", &any_arn(state))?;
+    authorize(
+        state,
+        caller,
+        "ssm:DescribeInstanceInformation",
+        &any_arn(state),
+    )?;
     let filters: Vec<(String, Vec<String>)> = input
         .instance_information_filter_list
         .into_iter()
@@ -92,10 +106,21 @@ pub async fn describe(
                 format!("The filter {key} needs between 1 and 100 values."),
             ));
         }
-        if !["InstanceIds", "PingStatus", "PlatformTypes", "ActivationIds", "AgentVersion", "ResourceType", "IamRole"]
-            .contains(&key.as_str())
+        if ![
+            "InstanceIds",
+            "PingStatus",
+            "PlatformTypes",
+            "ActivationIds",
+            "AgentVersion",
+            "ResourceType",
+            "IamRole",
+        ]
+        .contains(&key.as_str())
         {
-            return Err(ApiError::client("InvalidFilterKey", format!("The filter key {key} isn't valid.")));
+            return Err(ApiError::client(
+                "InvalidFilterKey",
+                format!("The filter key {key} isn't valid."),
+            ));
         }
     }
     let offset = decode_next_token(input.next_token.as_deref())?;
@@ -120,8 +145,12 @@ pub async fn describe(
             ok.then(|| instance_json(i, online))
         })
         .collect();
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(matching.len());
-    let end = start.saturating_add(usize::try_from(limit).unwrap_or(50)).min(matching.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(matching.len());
+    let end = start
+        .saturating_add(usize::try_from(limit).unwrap_or(50))
+        .min(matching.len());
     let mut out = json!({ "InstanceInformationList": matching[start..end].to_vec() });
     if end < matching.len() {
         out["NextToken"] = json!(encode_next_token(i64::try_from(end).unwrap_or(0)));
@@ -181,14 +210,24 @@ pub async fn create_activation(
 ) -> Result<Value, ApiError> {
     let role = input.iam_role.unwrap_or_default();
     if role.is_empty() || role.len() > 64 {
-        return Err(invalid(&role, "iamRole", "Member must have length between 1 and 64"));
+        return Err(invalid(
+            &role,
+            "iamRole",
+            "Member must have length between 1 and 64",
+        ));
     }
     let limit = input.registration_limit.unwrap_or(1);
     if !(1..=1000).contains(&limit) {
-        return Err(invalid(&limit.to_string(), "registrationLimit", "Member must have value between 1 and 1000"));
+        return Err(invalid(
+            &limit.to_string(),
+            "registrationLimit",
+            "Member must have value between 1 and 1000",
+        ));
     }
     if input.description.len() > 256 || input.default_instance_name.len() > 256 {
-        return Err(ApiError::validation("Description and DefaultInstanceName are at most 256 characters."));
+        return Err(ApiError::validation(
+            "Description and DefaultInstanceName are at most 256 characters.",
+        ));
     }
     let now = now_ms();
     let expires = match input.expiration_date {
@@ -248,12 +287,19 @@ pub async fn describe_activations(
 ) -> Result<Value, ApiError> {
     let limit = input.max_results.unwrap_or(50);
     if !(1..=50).contains(&limit) {
-        return Err(invalid(&limit.to_string(), "maxResults", "Member must have value between 1 and 50"));
+        return Err(invalid(
+            &limit.to_string(),
+            "maxResults",
+            "Member must have value between 1 and 50",
+        ));
     }
     authorize(state, caller, "ssm:DescribeActivations", &any_arn(state))?;
     for f in &input.filters {
         if !["ActivationIds", "DefaultInstanceName", "IamRole"].contains(&f.filter_key.as_str()) {
-            return Err(ApiError::client("InvalidFilter", format!("The filter key {} isn't valid.", f.filter_key)));
+            return Err(ApiError::client(
+                "InvalidFilter",
+                format!("The filter key {} isn't valid.", f.filter_key),
+            ));
         }
     }
     let offset = decode_next_token(input.next_token.as_deref())?;
@@ -288,8 +334,12 @@ pub async fn describe_activations(
             })
         })
         .collect();
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(list.len());
-    let end = start.saturating_add(usize::try_from(limit).unwrap_or(50)).min(list.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(list.len());
+    let end = start
+        .saturating_add(usize::try_from(limit).unwrap_or(50))
+        .min(list.len());
     let mut out = json!({ "ActivationList": list[start..end].to_vec() });
     if end < list.len() {
         out["NextToken"] = json!(encode_next_token(i64::try_from(end).unwrap_or(0)));
@@ -339,7 +389,10 @@ pub async fn deregister(
         state,
         caller,
         "ssm:DeregisterManagedInstance",
-        &format!("arn:aws:ssm:{}:{}:managed-instance/{id}", state.config.region, state.config.account_id),
+        &format!(
+            "arn:aws:ssm:{}:{}:managed-instance/{id}",
+            state.config.region, state.config.account_id
+        ),
     )?;
     if !state.store.deregister_instance(&id).await? {
         return Err(ApiError::client(

@@ -74,7 +74,9 @@ pub async fn handle(
                 .map_err(|e| ApiError::serialization(format!("Malformed JSON body: {e}")))?
         };
         if !input.is_object() {
-            return Err(ApiError::serialization("The request body must be a JSON object."));
+            return Err(ApiError::serialization(
+                "The request body must be a JSON object.",
+            ));
         }
         let out = dispatch(&state, &caller, &target, input).await;
         tracing::info!(
@@ -102,7 +104,13 @@ pub async fn handle(
         }
         Err(e) => {
             if e.status.is_client_error() {
-                tracing::info!(request_id, op = target, code = e.code, "api call refused: {}", e.message);
+                tracing::info!(
+                    request_id,
+                    op = target,
+                    code = e.code,
+                    "api call refused: {}",
+                    e.message
+                );
             }
             e.into_response_with_id(&request_id)
         }
@@ -155,7 +163,12 @@ pub fn parse<T: DeserializeOwned>(input: Value) -> Result<T, ApiError> {
 }
 
 /// Until the policy engine is wired in: admins may do everything, anyone else nothing.
-pub fn authorize(state: &AppState, caller: &Caller, action: &str, resource: &str) -> Result<(), ApiError> {
+pub fn authorize(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    resource: &str,
+) -> Result<(), ApiError> {
     if caller.user.is_admin {
         return Ok(());
     }
@@ -191,7 +204,10 @@ pub fn decode_next_token(token: Option<&str>) -> Result<i64, ApiError> {
         .decode(t)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix("offset:").and_then(|n| n.parse::<i64>().ok()))
+        .and_then(|s| {
+            s.strip_prefix("offset:")
+                .and_then(|n| n.parse::<i64>().ok())
+        })
         .filter(|n| *n >= 0)
         .ok_or_else(|| ApiError::client("InvalidNextToken", "The specified token isn't valid."))
 }

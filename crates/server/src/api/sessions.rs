@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 use airlock_proto::AgentTaskPayload;
 
-use super::{authorize, decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller};
+use super::{
+    authorize, decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller,
+};
 use crate::gateway::control::send_task;
 use crate::gateway::hub::Side;
 use crate::state::AppState;
@@ -102,7 +104,11 @@ pub async fn start(
 ) -> Result<Value, ApiError> {
     let target = required(&input.target, "target")?;
     if target.is_empty() || target.len() > 400 {
-        return Err(invalid(target, "target", "Member must have length between 1 and 400"));
+        return Err(invalid(
+            target,
+            "target",
+            "Member must have length between 1 and 400",
+        ));
     }
     let document = input
         .document_name
@@ -121,20 +127,33 @@ pub async fn start(
     }
     if let Some(r) = &input.reason {
         if r.is_empty() || r.chars().count() > 256 {
-            return Err(invalid(r, "reason", "Member must have length between 1 and 256"));
+            return Err(invalid(
+                r,
+                "reason",
+                "Member must have length between 1 and 256",
+            ));
         }
     }
-    authorize(state, caller, "ssm:StartSession", &instance_arn(state, target))?;
+    authorize(
+        state,
+        caller,
+        "ssm:StartSession",
+        &instance_arn(state, target),
+    )?;
     // A document may be named by ARN; only its name matters here.
     let doc_name = document.rsplit('/').next().unwrap_or(document);
     if doc_name != DEFAULT_SHELL_DOCUMENT {
         return Err(ApiError::client(
             "InvalidDocument",
-            format!("Document {document} does not exist or is not a Session document this server runs."),
+            format!(
+                "Document {document} does not exist or is not a Session document this server runs."
+            ),
         ));
     }
     let instance = state.store.instance(target).await?;
-    let registered = instance.as_ref().is_some_and(|i| i.deregistered_at.is_none());
+    let registered = instance
+        .as_ref()
+        .is_some_and(|i| i.deregistered_at.is_none());
     let conn = state.hub.agent(target).filter(|_| registered);
     let Some(conn) = conn else {
         return Err(ApiError::client(
@@ -175,7 +194,9 @@ pub async fn start(
             "properties": null,
         }),
         data_channel_token: Some(agent_token),
-        data_channel_url: Some(format!("/v1/data-channel/{session_id}?role=publish_subscribe")),
+        data_channel_url: Some(format!(
+            "/v1/data-channel/{session_id}?role=publish_subscribe"
+        )),
     };
     if !send_task(&conn, &task, "interactive_shell") {
         crate::sessions::end(
@@ -210,7 +231,11 @@ async fn owned_session(
 ) -> Result<(String, Option<Session>), ApiError> {
     let id = required(&input.session_id, "sessionId")?;
     if id.is_empty() || id.len() > 96 {
-        return Err(invalid(id, "sessionId", "Member must have length between 1 and 96"));
+        return Err(invalid(
+            id,
+            "sessionId",
+            "Member must have length between 1 and 96",
+        ));
     }
     authorize(state, caller, action, &session_arn(state, id))?;
     Ok((id.to_owned(), state.store.session(id).await?))
@@ -232,7 +257,9 @@ pub async fn resume(
             format!("Session {id} does not exist or has ended."),
         ));
     }
-    let token = state.hub.issue_token(&id, Side::Client, state.config.token_ttl);
+    let token = state
+        .hub
+        .issue_token(&id, Side::Client, state.config.token_ttl);
     Ok(json!({
         "SessionId": id,
         "TokenValue": token,
@@ -303,18 +330,29 @@ pub async fn describe(
         ));
     }
     if input.filters.len() > 6 {
-        return Err(invalid("filters", "filters", "Member must have length less than or equal to 6"));
+        return Err(invalid(
+            "filters",
+            "filters",
+            "Member must have length less than or equal to 6",
+        ));
     }
     authorize(
         state,
         caller,
         "ssm:DescribeSessions",
-        &format!("arn:aws:ssm:{}:{}:*", state.config.region, state.config.account_id),
+        &format!(
+            "arn:aws:ssm:{}:{}:*",
+            state.config.region, state.config.account_id
+        ),
     )?;
     let mut filter = SessionFilter::default();
     for f in &input.filters {
         if f.value.is_empty() || f.value.len() > 400 {
-            return Err(invalid(&f.value, "filters.member.value", "Member must have length between 1 and 400"));
+            return Err(invalid(
+                &f.value,
+                "filters.member.value",
+                "Member must have length between 1 and 400",
+            ));
         }
         let v = Some(f.value.clone());
         match f.key.as_str() {

@@ -15,9 +15,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
-use airlock_proto::{
-    decode, AgentTaskComplete, DecodeOptions, Frame, MessageType, PayloadType,
-};
+use airlock_proto::{decode, AgentTaskComplete, DecodeOptions, Frame, MessageType, PayloadType};
 
 use super::data::{close_with, read_open};
 use super::hub::AgentConn;
@@ -186,7 +184,12 @@ async fn handle_agent_frame(
     }
     match serde_json::from_slice::<AgentTaskComplete>(&frame.payload) {
         Ok(done) => {
-            tracing::debug!(instance_id, task = done.task_id, status = done.final_task_status, "task complete");
+            tracing::debug!(
+                instance_id,
+                task = done.task_id,
+                status = done.final_task_status,
+                "task complete"
+            );
             let ack = serde_json::json!({
                 "SchemaVersion": 1,
                 "MessageId": frame.message_id.to_string(),
@@ -224,5 +227,7 @@ pub fn send_task(conn: &AgentConn, payload: &airlock_proto::AgentTaskPayload, to
         PayloadType::NONE,
         Bytes::from(body),
     );
-    conn.tx.try_send(Message::Binary(frame.encode(true))).is_ok()
+    conn.tx
+        .try_send(Message::Binary(frame.encode(true)))
+        .is_ok()
 }

@@ -173,18 +173,27 @@ async fn read_loop(
         };
         let data = match msg {
             Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Text(_))) | Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_))) => {
-                continue
-            }
+            Some(Ok(Message::Text(_)))
+            | Some(Ok(Message::Ping(_)))
+            | Some(Ok(Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_))) | None => return,
             Some(Err(e)) => {
-                tracing::debug!(session_id = relay.session_id(), ?side, "data channel read error: {e}");
+                tracing::debug!(
+                    session_id = relay.session_id(),
+                    ?side,
+                    "data channel read error: {e}"
+                );
                 return;
             }
         };
         match peek_message_type(&data) {
             None => {
-                tracing::warn!(session_id = relay.session_id(), ?side, "dropping a malformed frame of {} bytes", data.len());
+                tracing::warn!(
+                    session_id = relay.session_id(),
+                    ?side,
+                    "dropping a malformed frame of {} bytes",
+                    data.len()
+                );
                 continue;
             }
             Some(MessageType::AgentSessionState) if side == Side::Agent => {
@@ -197,7 +206,12 @@ async fn read_loop(
             | Some(MessageType::PausePublication) => continue,
             Some(_) => {}
         }
-        tracing::trace!(session_id = relay.session_id(), ?side, len = data.len(), "relaying a frame");
+        tracing::trace!(
+            session_id = relay.session_id(),
+            ?side,
+            len = data.len(),
+            "relaying a frame"
+        );
         let mut msg = Message::Binary(data);
         loop {
             if peer.as_ref().is_none_or(|p| p.tx.is_closed()) {
@@ -243,9 +257,14 @@ async fn wait_for_peer(w: &mut tokio::sync::watch::Receiver<Option<SideConn>>) -
 }
 
 async fn handle_agent_state(state: &Arc<AppState>, relay: &Relay, data: &[u8]) {
-    let payload = data.get(airlock_proto::FRAME_HEADER_LEN..).unwrap_or_default();
+    let payload = data
+        .get(airlock_proto::FRAME_HEADER_LEN..)
+        .unwrap_or_default();
     let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-        tracing::warn!(session_id = relay.session_id(), "malformed agent_session_state");
+        tracing::warn!(
+            session_id = relay.session_id(),
+            "malformed agent_session_state"
+        );
         return;
     };
     if v.get("SessionState").and_then(|s| s.as_str()) == Some("Terminating") {

@@ -140,7 +140,9 @@ impl Hub {
 
     /// Consumes a token: valid once, before it expires, for its own session only.
     pub fn take_token(&self, token: &str, session_id: &str) -> Result<Side, TokenError> {
-        let grant = lock(&self.tokens).remove(token).ok_or(TokenError::Unknown)?;
+        let grant = lock(&self.tokens)
+            .remove(token)
+            .ok_or(TokenError::Unknown)?;
         if grant.expires_at <= Instant::now() {
             return Err(TokenError::Expired);
         }

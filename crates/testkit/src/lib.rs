@@ -1,0 +1,280 @@
+//! Test support: [`TestServer`] runs the real server on a loopback port 0 with its own data
+//! directory; [`TestAgent`] registers and runs the real agent against it. Both stop on drop
+//! or [`TestServer::stop`]. No mocks: tests drive real sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use airlock_client::session::{Input, Output, SessionOptions};
+use airlock_client::{ApiClient, Outcome, Profile, StreamGrant};
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `$TMPDIR/airlock-test-<pid>-<n>`.
+    pub fn new() -> TempDir {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "airlock-test-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            airlock_proto::unix_millis()
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A real server on 127.0.0.1:0 with an admin profile.
+pub struct TestServer {
+    /// The running server (its `state` exposes the hub and store).
+    pub server: Option<airlock_server::RunningServer>,
+    /// Base URL.
+    pub url: String,
+    /// The bootstrap admin's profile.
+    pub admin: Profile,
+    /// Where its state lives.
+    pub dir: TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with default settings (plain HTTP on loopback).
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `adjust` changes its settings.
+    pub async fn start_with(adjust: impl FnOnce(&mut airlock_server::ServerConfig)) -> TestServer {
+        let dir = TempDir::new();
+        let mut config = airlock_server::ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.0.join("server"),
+            ..Default::default()
+        };
+        adjust(&mut config);
+        let server = airlock_server::start(config).await.expect("server starts");
+        let boot = server
+            .bootstrap
+            .clone()
+            .expect("a fresh server bootstraps an admin");
+        let admin = Profile {
+            endpoint: server.url.clone(),
+            access_key_id: boot.access_key_id,
+            secret_access_key: boot.secret_access_key,
+            region: "us-east-1".into(),
+            ca_file: server.tls_cert_path.clone(),
+        };
+        TestServer {
+            url: server.url.clone(),
+            server: Some(server),
+            admin,
+            dir,
+        }
+    }
+
+    /// An API client signing as the admin.
+    pub fn api(&self) -> ApiClient {
+        ApiClient::new(self.admin.clone()).unwrap()
+    }
+
+    /// The server's shared state.
+    pub fn state(&self) -> &std::sync::Arc<airlock_server::AppState> {
+        &self.server.as_ref().unwrap().state
+    }
+
+    /// Creates an activation and returns (id, code).
+    pub async fn activation(&self, limit: u32) -> (String, String) {
+        let out = self
+            .api()
+            .call(
+                "AmazonSSM.CreateActivation",
+                &json!({ "IamRole": "Test", "RegistrationLimit": limit }),
+            )
+            .await
+            .unwrap();
+        (
+            out["ActivationId"].as_str().unwrap().into(),
+            out["ActivationCode"].as_str().unwrap().into(),
+        )
+    }
+
+    /// Registers and starts an agent, and waits until it is connected.
+    pub async fn agent(&self) -> TestAgent {
+        let (id, code) = self.activation(1).await;
+        let state = airlock_agent::register(&airlock_agent::Registration {
+            server: self.url.clone(),
+            activation_id: id,
+            activation_code: code,
+            ca_file: self.admin.ca_file.clone(),
+        })
+        .await
+        .expect("registration");
+        let agent = TestAgent::spawn(state, airlock_agent::AgentConfig::default());
+        self.wait_online(&agent.instance_id).await;
+        agent
+    }
+
+    /// Waits (up to 10 s) until the instance's control channel is up.
+    pub async fn wait_online(&self, instance_id: &str) {
+        for _ in 0..200 {
+            if self.state().hub.agent(instance_id).is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("agent {instance_id} did not connect");
+    }
+
+    /// Stops the server and waits for its tasks.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// A real agent running in this process.
+pub struct TestAgent {
+    /// Its instance id.
+    pub instance_id: String,
+    /// Its registration.
+    pub state: airlock_agent::AgentState,
+    /// Stops it.
+    pub cancel: CancellationToken,
+    /// Its task.
+    pub task: tokio::task::JoinHandle<Result<(), airlock_agent::control::ControlError>>,
+}
+
+impl TestAgent {
+    /// Runs an agent with the given registration.
+    pub fn spawn(
+        state: airlock_agent::AgentState,
+        config: airlock_agent::AgentConfig,
+    ) -> TestAgent {
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let s = state.clone();
+        let task = tokio::spawn(async move { airlock_agent::run(s, config, c).await });
+        TestAgent {
+            instance_id: state.instance_id.clone(),
+            state,
+            cancel,
+            task,
+        }
+    }
+
+    /// Stops the agent and waits for it.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// A session driven through the client's code path, with handles to type and read.
+pub struct TestSession {
+    /// The grant StartSession returned.
+    pub grant: StreamGrant,
+    /// Feed input here.
+    pub input: mpsc::Sender<Input>,
+    /// Output arrives here.
+    pub output: mpsc::Receiver<Output>,
+    /// Resolves to how the session ended.
+    pub done: tokio::task::JoinHandle<Result<Outcome, airlock_client::SessionError>>,
+    seen: Vec<u8>,
+}
+
+impl TestSession {
+    /// Starts a shell session on `target` through `api`.
+    pub async fn start(api: &ApiClient, target: &str, opts: SessionOptions) -> TestSession {
+        let grant = api
+            .start_session(&json!({ "Target": target }))
+            .await
+            .expect("StartSession");
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let (out_tx, out_rx) = mpsc::channel(256);
+        let g = grant.clone();
+        let opts = SessionOptions {
+            api: Some(api.clone()),
+            ..opts
+        };
+        let done =
+            tokio::spawn(async move { airlock_client::session::run(g, opts, in_rx, out_tx).await });
+        TestSession {
+            grant,
+            input: in_tx,
+            output: out_rx,
+            done,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Types bytes.
+    pub async fn send(&self, data: &str) {
+        self.input
+            .send(Input::Data(Bytes::copy_from_slice(data.as_bytes())))
+            .await
+            .unwrap();
+    }
+
+    /// Reads output until `needle` has appeared (stdout and stderr together), up to `timeout`.
+    /// Returns everything seen so far.
+    pub async fn expect(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let text = String::from_utf8_lossy(&self.seen).into_owned();
+            if text.contains(needle) {
+                return text;
+            }
+            match tokio::time::timeout_at(deadline, self.output.recv()).await {
+                Ok(Some(Output::Stdout(b))) | Ok(Some(Output::Stderr(b))) => {
+                    self.seen.extend_from_slice(&b)
+                }
+                Ok(None) => panic!("session output ended before {needle:?}; saw {text:?}"),
+                Err(_) => panic!("timed out waiting for {needle:?}; saw {text:?}"),
+            }
+        }
+    }
+
+    /// Everything read so far.
+    pub fn seen(&self) -> String {
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Waits for the session to end (draining output), up to `timeout`.
+    pub async fn finish(mut self, timeout: Duration) -> (Outcome, String) {
+        let drain = async {
+            while let Some(o) = self.output.recv().await {
+                match o {
+                    Output::Stdout(b) | Output::Stderr(b) => self.seen.extend_from_slice(&b),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(timeout, drain).await;
+        let outcome = tokio::time::timeout(timeout, self.done)
+            .await
+            .expect("session ends in time")
+            .unwrap()
+            .expect("session ends cleanly");
+        (outcome, String::from_utf8_lossy(&self.seen).into_owned())
+    }
+}
