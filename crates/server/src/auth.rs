@@ -12,6 +12,7 @@ pub async fn authenticate(
     parts: &Parts,
     body: &[u8],
     source_ip: std::net::IpAddr,
+    request_id: &str,
 ) -> Result<Caller, ApiError> {
     let headers: Vec<(String, String)> = parts
         .headers
@@ -35,18 +36,51 @@ pub async fn authenticate(
         body,
     };
     let parsed = airlock_sigv4::parse(&req).map_err(sig_error)?;
-    let (key, user) = state
-        .store
-        .access_key(&parsed.access_key_id)
-        .await?
-        .ok_or_else(unrecognized)?;
-    if key.status != "Active" {
-        return Err(unrecognized());
-    }
-    if parsed.session_token.is_some() {
-        // Temporary credentials are not issued yet, so no token can be valid.
-        return Err(unrecognized());
-    }
+    // Long-term keys (AKIA…) or temporary credentials (ASIA… + session token).
+    let (secret, user, temporary) = match &parsed.session_token {
+        None => {
+            let (key, user) = state
+                .store
+                .access_key(&parsed.access_key_id)
+                .await?
+                .ok_or_else(unrecognized)?;
+            if key.status != "Active" {
+                return Err(unrecognized());
+            }
+            (key.secret_access_key, user, None)
+        }
+        Some(token) => {
+            let creds = state
+                .store
+                .session_credentials(&parsed.access_key_id)
+                .await?
+                .ok_or_else(unrecognized)?;
+            use sha2::Digest;
+            let presented = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+            if !bool::from(subtle::ConstantTimeEq::ct_eq(
+                presented.as_bytes(),
+                creds.token_hash.as_bytes(),
+            )) {
+                return Err(unrecognized());
+            }
+            if creds.expires_at <= crate::store::now_ms() {
+                return Err(ApiError::client(
+                    "ExpiredTokenException",
+                    "The security token included in the request is expired",
+                ));
+            }
+            let user = state
+                .store
+                .user_by_id(&creds.user_id)
+                .await?
+                .ok_or_else(unrecognized)?;
+            let temp = crate::authz::Temporary {
+                issued_at: creds.issued_at,
+                mfa: creds.mfa,
+            };
+            (creds.secret_access_key, user, Some(temp))
+        }
+    };
     let cfg = airlock_sigv4::VerifyConfig {
         regions: std::slice::from_ref(&state.config.region),
         service: "ssm",
@@ -55,15 +89,35 @@ pub async fn authenticate(
         normalize_path: true,
         allow_unsigned_session_token: false,
     };
-    airlock_sigv4::verify(&req, &parsed, &key.secret_access_key, &cfg).map_err(sig_error)?;
-    if let Err(e) = state.store.touch_access_key(&key.access_key_id).await {
-        tracing::warn!("could not record key use: {e}");
+    airlock_sigv4::verify(&req, &parsed, &secret, &cfg).map_err(sig_error)?;
+    if temporary.is_none() {
+        if let Err(e) = state.store.touch_access_key(&parsed.access_key_id).await {
+            tracing::warn!("could not record key use: {e}");
+        }
     }
+    let principal = crate::authz::load_principal(
+        &state.store,
+        &state.policies,
+        &state.config.account_id,
+        user.clone(),
+        temporary,
+    )
+    .await?;
     Ok(Caller {
-        arn: user_arn(&state.config.account_id, &user.name),
-        access_key_id: key.access_key_id,
+        arn: principal.arn.clone(),
+        access_key_id: parsed.access_key_id,
         user,
         source_ip,
+        principal,
+        secure: state.tls,
+        request_id: request_id.to_owned(),
+        user_agent: parts
+            .headers
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned(),
+        audited: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

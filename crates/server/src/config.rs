@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub max_clock_skew: Duration,
     /// How long an unused data-channel token stays valid.
     pub token_ttl: Duration,
+    /// The master key sealing secrets at rest (default `master.key` in the data directory);
+    /// keep it apart from database backups.
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +61,7 @@ impl Default for ServerConfig {
             public_url: None,
             max_clock_skew: Duration::from_secs(300),
             token_ttl: Duration::from_secs(60),
+            master_key_file: None,
         }
     }
 }

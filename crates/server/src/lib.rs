@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod gateway;
 pub mod register;
+pub mod secrets;
 pub mod sessions;
 pub mod state;
 pub mod store;
@@ -44,6 +46,9 @@ pub enum ServerError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The master key could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
 }
 
 /// Credentials of the admin created on first start.
@@ -159,9 +164,14 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         context: format!("creating {}", config.data_dir.display()),
         source,
     })?;
+    let key_path = config
+        .master_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("master.key"));
+    let key = secrets::MasterKey::load_or_create(&key_path)?;
     let store = match &config.database_url {
-        Some(url) => store::Store::open(url).await?,
-        None => store::Store::open_in_dir(&config.data_dir).await?,
+        Some(url) => store::Store::open(url, key).await?,
+        None => store::Store::open_in_dir(&config.data_dir, key).await?,
     };
     let orphaned = store.fail_orphaned_sessions().await?;
     if orphaned > 0 {
@@ -211,6 +221,8 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         config,
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        policies: authz::PolicyCache::default(),
+        tls: tls.is_some(),
     });
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = state.shutdown.clone();

@@ -102,6 +102,33 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
     }
     if ended {
         tracing::info!(session_id, status = how.status, exit_code = ?how.exit_code, "session ended: {}", how.reason);
+        let owner = state
+            .store
+            .session(session_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|s| s.owner)
+            .unwrap_or_default();
+        let event = crate::store::audit::AuditEvent {
+            event: "session-end".into(),
+            principal: owner,
+            action: "ssm:SessionEnded".into(),
+            resource: format!(
+                "arn:aws:ssm:{}:{}:session/{session_id}",
+                state.config.region, state.config.account_id
+            ),
+            decision: how.status.to_owned(),
+            detail: serde_json::json!({ "ExitCode": how.exit_code, "Reason": how.reason })
+                .to_string(),
+            ..Default::default()
+        };
+        if let Err(e) = state.store.append_audit(&event).await {
+            tracing::error!(
+                session_id,
+                "could not write the session-end audit record: {e}"
+            );
+        }
     }
     ended
 }

@@ -20,4 +20,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Parsed policy documents.
+    pub policies: crate::authz::PolicyCache,
+    /// Whether the listener speaks TLS (`aws:SecureTransport`).
+    pub tls: bool,
 }

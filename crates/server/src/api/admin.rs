@@ -78,7 +78,7 @@ pub async fn dispatch(
             let i: UserInput = parse(input)?;
             let name = i.user_name.unwrap_or_default();
             valid_user_name(&name)?;
-            authorize(state, caller, "iam:CreateUser", &resource(&name))?;
+            authorize(state, caller, "iam:CreateUser", &resource(&name)).await?;
             let user = match state.store.create_user(&name, i.admin).await {
                 Ok(u) => u,
                 Err(StoreError::AlreadyExists(_)) => {
@@ -92,7 +92,7 @@ pub async fn dispatch(
             Ok(json!({ "User": user_json(state, &user) }))
         }
         "ListUsers" => {
-            authorize(state, caller, "iam:ListUsers", &resource("*"))?;
+            authorize(state, caller, "iam:ListUsers", &resource("*")).await?;
             let users: Vec<Value> = state
                 .store
                 .list_users()
@@ -105,7 +105,7 @@ pub async fn dispatch(
         "DeleteUser" => {
             let i: UserInput = parse(input)?;
             let user = find_user(state, i.user_name).await?;
-            authorize(state, caller, "iam:DeleteUser", &resource(&user.name))?;
+            authorize(state, caller, "iam:DeleteUser", &resource(&user.name)).await?;
             if user.user_id == caller.user.user_id {
                 return Err(ApiError::client(
                     "DeleteConflict",
@@ -121,7 +121,7 @@ pub async fn dispatch(
                 Some(n) => find_user(state, Some(n)).await?,
                 None => caller.user.clone(),
             };
-            authorize(state, caller, "iam:CreateAccessKey", &resource(&user.name))?;
+            authorize(state, caller, "iam:CreateAccessKey", &resource(&user.name)).await?;
             let active = state
                 .store
                 .list_access_keys(&user.user_id)
@@ -150,7 +150,7 @@ pub async fn dispatch(
                 Some(n) => find_user(state, Some(n)).await?,
                 None => caller.user.clone(),
             };
-            authorize(state, caller, "iam:ListAccessKeys", &resource(&user.name))?;
+            authorize(state, caller, "iam:ListAccessKeys", &resource(&user.name)).await?;
             let keys: Vec<Value> = state
                 .store
                 .list_access_keys(&user.user_id)
@@ -171,7 +171,7 @@ pub async fn dispatch(
         "DeleteAccessKey" => {
             let i: KeyInput = parse(input)?;
             let id = i.access_key_id.unwrap_or_default();
-            authorize(state, caller, "iam:DeleteAccessKey", &resource("*"))?;
+            authorize(state, caller, "iam:DeleteAccessKey", &resource("*")).await?;
             if !state.store.delete_access_key(&id).await? {
                 return Err(ApiError::client(
                     "NoSuchEntity",
@@ -180,9 +180,12 @@ pub async fn dispatch(
             }
             Ok(json!({}))
         }
-        _ => Err(ApiError::client(
-            "UnknownOperationException",
-            format!("Unknown operation Airlock.{op}"),
-        )),
+        _ => match super::iam::dispatch(state, caller, op, input).await {
+            Some(r) => r,
+            None => Err(ApiError::client(
+                "UnknownOperationException",
+                format!("Unknown operation Airlock.{op}"),
+            )),
+        },
     }
 }

@@ -92,7 +92,8 @@ pub async fn describe(
         caller,
         "ssm:DescribeInstanceInformation",
         &any_arn(state),
-    )?;
+    )
+    .await?;
     let filters: Vec<(String, Vec<String>)> = input
         .instance_information_filter_list
         .into_iter()
@@ -125,7 +126,7 @@ pub async fn describe(
     }
     let offset = decode_next_token(input.next_token.as_deref())?;
     let all = state.store.list_instances().await?;
-    let matching: Vec<Value> = all
+    let candidates: Vec<Instance> = all
         .iter()
         .filter_map(|i| {
             let online = state.hub.agent(&i.instance_id).is_some();
@@ -142,9 +143,28 @@ pub async fn describe(
                 };
                 values.iter().any(|v| v == field)
             });
-            ok.then(|| instance_json(i, online))
+            ok.then(|| i.clone())
         })
         .collect();
+    // Show only the instances the caller may see (e.g. policies scoped by instance tags).
+    let mut matching = Vec::with_capacity(candidates.len());
+    for i in candidates {
+        let resource = crate::authz::Resource {
+            arn: format!(
+                "arn:aws:ssm:{}:{}:managed-instance/{}",
+                state.config.region, state.config.account_id, i.instance_id
+            ),
+            tags: state.store.instance_tags(&i.instance_id).await?,
+        };
+        if crate::authz::allowed_quietly(
+            state,
+            caller,
+            "ssm:DescribeInstanceInformation",
+            &resource,
+        ) {
+            matching.push(instance_json(&i, state.hub.agent(&i.instance_id).is_some()));
+        }
+    }
     let start = usize::try_from(offset)
         .unwrap_or(usize::MAX)
         .min(matching.len());
@@ -172,7 +192,7 @@ pub async fn connection_status(
     input: TargetInput,
 ) -> Result<Value, ApiError> {
     let target = input.target.unwrap_or_default();
-    authorize(state, caller, "ssm:GetConnectionStatus", &any_arn(state))?;
+    authorize(state, caller, "ssm:GetConnectionStatus", &any_arn(state)).await?;
     let status = if state.hub.agent(&target).is_some() {
         "connected"
     } else {
@@ -243,7 +263,7 @@ pub async fn create_activation(
             ms
         }
     };
-    authorize(state, caller, "ssm:CreateActivation", &any_arn(state))?;
+    authorize(state, caller, "ssm:CreateActivation", &any_arn(state)).await?;
     let code = crate::store::random_secret(20).replace(['+', '/'], "x");
     let activation = Activation {
         activation_id: uuid::Uuid::new_v4().to_string(),
@@ -293,7 +313,7 @@ pub async fn describe_activations(
             "Member must have value between 1 and 50",
         ));
     }
-    authorize(state, caller, "ssm:DescribeActivations", &any_arn(state))?;
+    authorize(state, caller, "ssm:DescribeActivations", &any_arn(state)).await?;
     for f in &input.filters {
         if !["ActivationIds", "DefaultInstanceName", "IamRole"].contains(&f.filter_key.as_str()) {
             return Err(ApiError::client(
@@ -361,7 +381,7 @@ pub async fn delete_activation(
     input: ActivationIdInput,
 ) -> Result<Value, ApiError> {
     let id = input.activation_id.unwrap_or_default();
-    authorize(state, caller, "ssm:DeleteActivation", &any_arn(state))?;
+    authorize(state, caller, "ssm:DeleteActivation", &any_arn(state)).await?;
     if !state.store.delete_activation(&id).await? {
         return Err(ApiError::client(
             "InvalidActivationId",
@@ -393,7 +413,8 @@ pub async fn deregister(
             "arn:aws:ssm:{}:{}:managed-instance/{id}",
             state.config.region, state.config.account_id
         ),
-    )?;
+    )
+    .await?;
     if !state.store.deregister_instance(&id).await? {
         return Err(ApiError::client(
             "InvalidInstanceId",
@@ -419,4 +440,135 @@ pub async fn deregister(
         .await;
     }
     Ok(json!({}))
+}
+
+/// Input of the tag operations.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagsInput {
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    #[serde(default)]
+    tags: Vec<TagPair>,
+    #[serde(default)]
+    tag_keys: Vec<String>,
+}
+
+/// One tag.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TagPair {
+    key: String,
+    #[serde(default)]
+    value: String,
+}
+
+async fn tagged_instance(
+    state: &Arc<AppState>,
+    input: &TagsInput,
+) -> Result<(String, crate::authz::Resource), ApiError> {
+    let ty = input.resource_type.as_deref().unwrap_or("");
+    if ty != "ManagedInstance" {
+        return Err(ApiError::client(
+            "InvalidResourceType",
+            format!("Resource type {ty} is not supported; use ManagedInstance."),
+        ));
+    }
+    let id = input.resource_id.clone().unwrap_or_default();
+    let registered = state
+        .store
+        .instance(&id)
+        .await?
+        .is_some_and(|i| i.deregistered_at.is_none());
+    if !registered {
+        return Err(ApiError::client(
+            "InvalidResourceId",
+            format!("{id} is not a registered managed instance."),
+        ));
+    }
+    let resource = crate::authz::Resource {
+        arn: format!(
+            "arn:aws:ssm:{}:{}:managed-instance/{id}",
+            state.config.region, state.config.account_id
+        ),
+        tags: state.store.instance_tags(&id).await?,
+    };
+    Ok((id, resource))
+}
+
+fn check_tag(key: &str, value: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > 128 || value.len() > 256 || key.starts_with("aws:") {
+        return Err(ApiError::validation(format!(
+            "Tag key '{key}' must be 1-128 characters, not start with aws:, and values at most 256."
+        )));
+    }
+    Ok(())
+}
+
+/// AddTagsToResource (managed instances): tags feed `ssm:resourceTag/*` in policies.
+pub async fn add_tags(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: TagsInput,
+) -> Result<Value, ApiError> {
+    let (id, resource) = tagged_instance(state, &input).await?;
+    for t in &input.tags {
+        check_tag(&t.key, &t.value)?;
+    }
+    if input.tags.is_empty() || input.tags.len() > 1000 {
+        return Err(ApiError::client(
+            "TooManyTagsError",
+            "Give between 1 and 1000 tags.",
+        ));
+    }
+    let keys: Vec<String> = input.tags.iter().map(|t| t.key.clone()).collect();
+    let mut extra: Vec<(&str, Vec<String>)> = vec![(airlock_policy::keys::TAG_KEYS, keys)];
+    let request_tags: Vec<(String, Vec<String>)> = input
+        .tags
+        .iter()
+        .map(|t| (format!("aws:RequestTag/{}", t.key), vec![t.value.clone()]))
+        .collect();
+    extra.extend(request_tags.iter().map(|(k, v)| (k.as_str(), v.clone())));
+    crate::authz::authorize(state, caller, "ssm:AddTagsToResource", &[resource], &extra).await?;
+    let pairs: Vec<(String, String)> = input.tags.into_iter().map(|t| (t.key, t.value)).collect();
+    state.store.tag_instance(&id, &pairs).await?;
+    Ok(json!({}))
+}
+
+/// RemoveTagsFromResource (managed instances).
+pub async fn remove_tags(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: TagsInput,
+) -> Result<Value, ApiError> {
+    let (id, resource) = tagged_instance(state, &input).await?;
+    if input.tag_keys.is_empty() {
+        return Err(ApiError::validation("TagKeys must not be empty."));
+    }
+    crate::authz::authorize(
+        state,
+        caller,
+        "ssm:RemoveTagsFromResource",
+        &[resource],
+        &[(airlock_policy::keys::TAG_KEYS, input.tag_keys.clone())],
+    )
+    .await?;
+    state.store.untag_instance(&id, &input.tag_keys).await?;
+    Ok(json!({}))
+}
+
+/// ListTagsForResource (managed instances).
+pub async fn list_tags(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    input: TagsInput,
+) -> Result<Value, ApiError> {
+    let (_, resource) = tagged_instance(state, &input).await?;
+    let tags = resource.tags.clone();
+    crate::authz::authorize(state, caller, "ssm:ListTagsForResource", &[resource], &[]).await?;
+    let list: Vec<Value> = tags
+        .into_iter()
+        .map(|(k, v)| json!({ "Key": k, "Value": v }))
+        .collect();
+    Ok(json!({ "TagList": list }))
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod iam;
 pub mod instances;
 pub mod sessions;
 
@@ -27,8 +28,8 @@ use crate::store::User;
 /// Largest request body the API reads; anything bigger is refused before it is buffered.
 pub const MAX_BODY: usize = 256 * 1024;
 
-/// Who made a request, established by SigV4.
-#[derive(Clone, Debug)]
+/// Who made a request, established by SigV4, with what the policy engine needs about them.
+#[derive(Debug)]
 pub struct Caller {
     /// The signing user.
     pub user: User,
@@ -38,6 +39,16 @@ pub struct Caller {
     pub arn: String,
     /// The socket peer.
     pub source_ip: std::net::IpAddr,
+    /// Policies, boundary and tags, loaded for this request.
+    pub principal: crate::authz::Principal,
+    /// Whether the request came over TLS.
+    pub secure: bool,
+    /// This request's id.
+    pub request_id: String,
+    /// The caller's User-Agent.
+    pub user_agent: String,
+    /// Set once an audit record for this request has been written.
+    pub audited: std::sync::atomic::AtomicBool,
 }
 
 /// The one route of the API.
@@ -48,12 +59,18 @@ pub async fn handle(
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
-    let target = parts
-        .headers
-        .get("x-amz-target")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let header = |name: &str| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let target = header("x-amz-target");
+    let user_agent = header("user-agent");
+    let mut audit_principal = String::from("anonymous");
+    let mut audited = false;
     let result = async {
         if parts.method != axum::http::Method::POST {
             return Err(ApiError::client(
@@ -66,7 +83,9 @@ pub async fn handle(
             code: "ValidationException",
             message: format!("Request body exceeds the limit of {MAX_BODY} bytes."),
         })?;
-        let caller = crate::auth::authenticate(&state, &parts, &body, peer.ip()).await?;
+        let caller =
+            crate::auth::authenticate(&state, &parts, &body, peer.ip(), &request_id).await?;
+        audit_principal = caller.arn.clone();
         let input: Value = if body.is_empty() {
             Value::Object(Default::default())
         } else {
@@ -79,6 +98,7 @@ pub async fn handle(
             ));
         }
         let out = dispatch(&state, &caller, &target, input).await;
+        audited = caller.audited.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             request_id,
             user = caller.user.name,
@@ -89,6 +109,35 @@ pub async fn handle(
         out
     }
     .await;
+    // Every call is on the record: those that failed before a decision are written here.
+    let result = if audited {
+        result
+    } else {
+        let event = crate::store::audit::AuditEvent {
+            event: "api".into(),
+            principal: audit_principal,
+            source_ip: peer.ip().to_string(),
+            action: target.clone(),
+            resource: String::new(),
+            decision: match &result {
+                Ok(_) => "Allow".into(),
+                Err(e) => e.code.to_owned(),
+            },
+            statement: match &result {
+                Ok(_) => String::new(),
+                Err(e) => e.message.clone(),
+            },
+            request_id: request_id.clone(),
+            user_agent: user_agent.clone(),
+            detail: String::new(),
+        };
+        match state.store.append_audit(&event).await {
+            Ok(_) => result,
+            Err(e) => Err(ApiError::internal(format!(
+                "audit record could not be written: {e}"
+            ))),
+        }
+    };
     match result {
         Ok(v) => {
             let mut resp = (
@@ -146,6 +195,15 @@ async fn dispatch(
         ("AmazonSSM", "DeleteActivation") => {
             instances::delete_activation(state, caller, parse(input)?).await
         }
+        ("AmazonSSM", "AddTagsToResource") => {
+            instances::add_tags(state, caller, parse(input)?).await
+        }
+        ("AmazonSSM", "RemoveTagsFromResource") => {
+            instances::remove_tags(state, caller, parse(input)?).await
+        }
+        ("AmazonSSM", "ListTagsForResource") => {
+            instances::list_tags(state, caller, parse(input)?).await
+        }
         ("AmazonSSM", "DeregisterManagedInstance") => {
             instances::deregister(state, caller, parse(input)?).await
         }
@@ -162,24 +220,21 @@ pub fn parse<T: DeserializeOwned>(input: Value) -> Result<T, ApiError> {
     serde_json::from_value(input).map_err(|e| ApiError::serialization(e.to_string()))
 }
 
-/// Until the policy engine is wired in: admins may do everything, anyone else nothing.
-pub fn authorize(
+/// Authorises `action` on one untagged resource and writes the audit record.
+pub async fn authorize(
     state: &AppState,
     caller: &Caller,
     action: &str,
     resource: &str,
 ) -> Result<(), ApiError> {
-    if caller.user.is_admin {
-        return Ok(());
-    }
-    let _ = state;
-    Err(ApiError::client(
-        "AccessDeniedException",
-        format!(
-            "User: {} is not authorized to perform: {action} on resource: {resource} because no identity-based policy allows the {action} action",
-            caller.arn
-        ),
-    ))
+    crate::authz::authorize(
+        state,
+        caller,
+        action,
+        &[crate::authz::Resource::new(resource)],
+        &[],
+    )
+    .await
 }
 
 /// AWS's validation message for one failed constraint.

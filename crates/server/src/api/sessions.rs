@@ -8,9 +8,7 @@ use serde_json::{json, Value};
 
 use airlock_proto::AgentTaskPayload;
 
-use super::{
-    authorize, decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller,
-};
+use super::{decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller};
 use crate::gateway::control::send_task;
 use crate::gateway::hub::Side;
 use crate::state::AppState;
@@ -67,6 +65,41 @@ fn instance_arn(state: &AppState, id: &str) -> String {
         "arn:aws:ssm:{}:{}:managed-instance/{id}",
         state.config.region, state.config.account_id
     )
+}
+
+/// The ARN a document is authorised as: AWS-owned documents have an empty account field.
+pub fn document_arn(state: &AppState, document: &str) -> String {
+    if document.starts_with("arn:") {
+        return document.to_owned();
+    }
+    let account = if document.starts_with("AWS-") {
+        ""
+    } else {
+        state.config.account_id.as_str()
+    };
+    format!(
+        "arn:aws:ssm:{}:{account}:document/{document}",
+        state.config.region
+    )
+}
+
+/// A session as a policy resource, with the system tags AWS sets at StartSession.
+pub async fn session_resource(
+    state: &AppState,
+    session_id: &str,
+) -> Result<crate::authz::Resource, ApiError> {
+    let mut tags = Vec::new();
+    if let Some(s) = state.store.session(session_id).await? {
+        tags.push((
+            "aws:ssmmessages:session-id".to_owned(),
+            s.owner_user_id.clone(),
+        ));
+        tags.push(("aws:ssmmessages:target-id".to_owned(), s.target.clone()));
+    }
+    Ok(crate::authz::Resource {
+        arn: session_arn(state, session_id),
+        tags,
+    })
 }
 
 fn new_session_id(user: &str) -> String {
@@ -134,14 +167,32 @@ pub async fn start(
             ));
         }
     }
-    authorize(
+    // A document may be named by ARN; only its name matters here.
+    let doc_name = document.rsplit('/').next().unwrap_or(document);
+    // policy-and-api.md §3.3: the target always; the document only when named explicitly,
+    // and ssm:SessionDocumentAccessCheck tells policies which case this is.
+    let target_resource = crate::authz::Resource {
+        arn: instance_arn(state, target),
+        tags: state.store.instance_tags(target).await?,
+    };
+    let mut resources = vec![target_resource];
+    let check = if input.document_name.is_some() {
+        resources.push(crate::authz::Resource::new(document_arn(state, document)));
+        "true"
+    } else {
+        "false"
+    };
+    crate::authz::authorize(
         state,
         caller,
         "ssm:StartSession",
-        &instance_arn(state, target),
-    )?;
-    // A document may be named by ARN; only its name matters here.
-    let doc_name = document.rsplit('/').next().unwrap_or(document);
+        &resources,
+        &[(
+            airlock_policy::keys::SESSION_DOCUMENT_ACCESS_CHECK,
+            vec![check.to_owned()],
+        )],
+    )
+    .await?;
     if doc_name != DEFAULT_SHELL_DOCUMENT {
         return Err(ApiError::client(
             "InvalidDocument",
@@ -175,6 +226,8 @@ pub async fn start(
         end_date: None,
         exit_code: None,
         end_reason: String::new(),
+        owner_user_id: caller.user.user_id.clone(),
+        run_as: caller.principal.run_as_tag().unwrap_or_default().to_owned(),
     };
     state.store.create_session(&session).await?;
 
@@ -183,7 +236,9 @@ pub async fn start(
     let task = AgentTaskPayload {
         session_id: session_id.clone(),
         document_name: doc_name.to_owned(),
-        run_as_user: String::new(),
+        // From the SSMSessionRunAs principal tag; the agent fails closed if that user is
+        // missing and never runs a session as root.
+        run_as_user: session.run_as.clone(),
         session_owner: caller.arn.clone(),
         parameters: json!(input.parameters),
         document_content: json!({
@@ -237,7 +292,8 @@ async fn owned_session(
             "Member must have length between 1 and 96",
         ));
     }
-    authorize(state, caller, action, &session_arn(state, id))?;
+    let resource = session_resource(state, id).await?;
+    crate::authz::authorize(state, caller, action, &[resource], &[]).await?;
     Ok((id.to_owned(), state.store.session(id).await?))
 }
 
@@ -336,7 +392,7 @@ pub async fn describe(
             "Member must have length less than or equal to 6",
         ));
     }
-    authorize(
+    super::authorize(
         state,
         caller,
         "ssm:DescribeSessions",
@@ -344,7 +400,8 @@ pub async fn describe(
             "arn:aws:ssm:{}:{}:*",
             state.config.region, state.config.account_id
         ),
-    )?;
+    )
+    .await?;
     let mut filter = SessionFilter::default();
     for f in &input.filters {
         if f.value.is_empty() || f.value.len() > 400 {
@@ -378,7 +435,23 @@ pub async fn describe(
         .await?;
     let more = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));
-    let sessions: Vec<Value> = rows.iter().map(session_json).collect();
+    // Show only the sessions the caller may see (e.g. a policy scoped by session tags).
+    let mut sessions: Vec<Value> = Vec::new();
+    for r in &rows {
+        let resource = crate::authz::Resource {
+            arn: session_arn(state, &r.session_id),
+            tags: vec![
+                (
+                    "aws:ssmmessages:session-id".to_owned(),
+                    r.owner_user_id.clone(),
+                ),
+                ("aws:ssmmessages:target-id".to_owned(), r.target.clone()),
+            ],
+        };
+        if crate::authz::allowed_quietly(state, caller, "ssm:DescribeSessions", &resource) {
+            sessions.push(session_json(r));
+        }
+    }
     let mut out = json!({ "Sessions": sessions });
     if more {
         out["NextToken"] = json!(encode_next_token(offset + limit));
@@ -408,6 +481,9 @@ pub fn session_json(s: &Session) -> Value {
     }
     if let Some(code) = s.exit_code {
         v["ExitCode"] = json!(code);
+    }
+    if !s.run_as.is_empty() {
+        v["RunAs"] = json!(s.run_as);
     }
     v
 }

@@ -81,6 +81,12 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
             return close_with(socket, 1008, &e.to_string()).await;
         }
     };
+    if side == Side::Client {
+        if let Err(reason) = authorize_client(&state, &session_id, peer).await {
+            tracing::warn!(%peer, session_id, "data channel refused: {reason}");
+            return close_with(socket, 1008, &reason).await;
+        }
+    }
     let relay = state.hub.relay(&session_id);
     if relay.ended().is_cancelled() {
         return close_with(socket, 1008, "session has ended").await;
@@ -130,6 +136,85 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
         }
     }
     tracing::info!(%peer, session_id, ?side, "data channel closed");
+}
+
+/// Re-checks, when the client's data channel opens (first time or on resume), that the
+/// session's owner may still start a session on its target: a grant that expired or a policy
+/// detached since StartSession takes effect here. The decision is audited.
+async fn authorize_client(
+    state: &Arc<AppState>,
+    session_id: &str,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let session = state
+        .store
+        .session(session_id)
+        .await
+        .map_err(|e| format!("store error: {e}"))?
+        .ok_or_else(|| "unknown session".to_owned())?;
+    let user = state
+        .store
+        .user_by_id(&session.owner_user_id)
+        .await
+        .map_err(|e| format!("store error: {e}"))?
+        .ok_or_else(|| "the session's owner no longer exists".to_owned())?;
+    let principal = crate::authz::load_principal(
+        &state.store,
+        &state.policies,
+        &state.config.account_id,
+        user,
+        None,
+    )
+    .await
+    .map_err(|e| e.message)?;
+    let resource = crate::authz::Resource {
+        arn: format!(
+            "arn:aws:ssm:{}:{}:managed-instance/{}",
+            state.config.region, state.config.account_id, session.target
+        ),
+        tags: state
+            .store
+            .instance_tags(&session.target)
+            .await
+            .map_err(|e| format!("store error: {e}"))?,
+    };
+    let ctx = crate::authz::context(
+        state,
+        &principal,
+        &peer.ip().to_string(),
+        state.tls,
+        "ssm:StartSession",
+        &resource,
+    );
+    let decision = crate::authz::decide(&principal, &ctx);
+    let event = crate::store::audit::AuditEvent {
+        event: "data-channel".into(),
+        principal: principal.arn.clone(),
+        source_ip: peer.ip().to_string(),
+        action: "ssmmessages:OpenDataChannel".into(),
+        resource: resource.arn.clone(),
+        decision: if decision.is_allowed() {
+            "Allow".into()
+        } else {
+            "Deny".into()
+        },
+        statement: decision.explain(),
+        request_id: session_id.to_owned(),
+        ..Default::default()
+    };
+    state
+        .store
+        .append_audit(&event)
+        .await
+        .map_err(|e| format!("audit record could not be written: {e}"))?;
+    if decision.is_allowed() {
+        Ok(())
+    } else {
+        Err(format!(
+            "access denied: {} may no longer start sessions on {}",
+            principal.arn, session.target
+        ))
+    }
 }
 
 async fn write_loop(

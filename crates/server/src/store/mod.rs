@@ -3,6 +3,8 @@
 //!
 //! Every function here is one statement or one transaction; callers never see SQL.
 
+pub mod audit;
+pub mod iam;
 mod rows;
 
 use std::path::Path;
@@ -26,12 +28,22 @@ pub enum StoreError {
     /// A row that must be unique already exists.
     #[error("{0} already exists")]
     AlreadyExists(String),
+    /// A row that must exist does not.
+    #[error("{0} does not exist")]
+    NotFound(String),
+    /// A sealed secret could not be opened (wrong master key?).
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 /// Handle on the database; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
+    /// Seals secrets at rest.
+    pub(crate) key: crate::secrets::MasterKey,
+    /// Serialises audit appends so the hash chain has one writer.
+    pub(crate) audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
@@ -45,14 +57,18 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 
 impl Store {
     /// Opens (creating if needed) `airlock.db` in `data_dir`, in WAL mode, and applies migrations.
-    pub async fn open_in_dir(data_dir: &Path) -> Result<Store, StoreError> {
+    pub async fn open_in_dir(
+        data_dir: &Path,
+        key: crate::secrets::MasterKey,
+    ) -> Result<Store, StoreError> {
         let path = data_dir.join("airlock.db");
         let url = format!("sqlite://{}", path.display());
-        Self::open(&url).await
+        Self::open(&url, key).await
     }
 
-    /// Opens a database by URL (`sqlite://path` or `sqlite::memory:`) and applies migrations.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
+    /// Opens a database by URL (`sqlite://path` or `sqlite::memory:`), applies migrations, and
+    /// seals any secret an older version stored in clear.
+    pub async fn open(url: &str, key: crate::secrets::MasterKey) -> Result<Store, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -64,7 +80,31 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        let store = Store {
+            pool,
+            key,
+            audit_lock: Default::default(),
+        };
+        store.seal_plain_secrets().await?;
+        Ok(store)
+    }
+
+    async fn seal_plain_secrets(&self) -> Result<(), StoreError> {
+        let rows = sqlx::query("SELECT access_key_id, secret_access_key FROM access_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            let id: String = r.get("access_key_id");
+            let secret: String = r.get("secret_access_key");
+            if !crate::secrets::MasterKey::is_sealed(&secret) {
+                sqlx::query("UPDATE access_keys SET secret_access_key = ? WHERE access_key_id = ?")
+                    .bind(self.key.seal(&secret))
+                    .bind(&id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     // ---- users and keys -------------------------------------------------------------------
@@ -87,7 +127,13 @@ impl Store {
         .execute(&self.pool)
         .await;
         match res {
-            Ok(_) => Ok(user),
+            Ok(_) => {
+                if is_admin {
+                    self.attach_policy("AdministratorAccess", "user", &user.user_id)
+                        .await?;
+                }
+                Ok(user)
+            }
             Err(e) if is_unique_violation(&e) => {
                 Err(StoreError::AlreadyExists(format!("user {name}")))
             }
@@ -145,7 +191,7 @@ impl Store {
         )
         .bind(&key.access_key_id)
         .bind(&key.user_id)
-        .bind(&key.secret_access_key)
+        .bind(self.key.seal(&key.secret_access_key))
         .bind(&key.status)
         .bind(key.created_at)
         .execute(&self.pool)
@@ -165,16 +211,16 @@ impl Store {
         .bind(access_key_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| {
-            let key = AccessKey::from_row(&r);
-            let user = User {
-                user_id: r.get("user_id"),
-                name: r.get("name"),
-                is_admin: r.get("is_admin"),
-                created_at: r.get("user_created_at"),
-            };
-            (key, user)
-        }))
+        let Some(r) = row else { return Ok(None) };
+        let mut key = AccessKey::from_row(&r);
+        key.secret_access_key = self.key.open(&key.secret_access_key)?;
+        let user = User {
+            user_id: r.get("user_id"),
+            name: r.get("name"),
+            is_admin: r.get("is_admin"),
+            created_at: r.get("user_created_at"),
+        };
+        Ok(Some((key, user)))
     }
 
     /// Records that a key was just used (best effort; callers may ignore the error).
@@ -363,7 +409,7 @@ impl Store {
     pub async fn create_session(&self, s: &Session) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO sessions (session_id, target, document_name, owner, reason, status, \
-             parameters, start_date) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             parameters, start_date, owner_user_id, run_as) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.session_id)
         .bind(&s.target)
@@ -373,6 +419,8 @@ impl Store {
         .bind(&s.status)
         .bind(&s.parameters)
         .bind(s.start_date)
+        .bind(&s.owner_user_id)
+        .bind(&s.run_as)
         .execute(&self.pool)
         .await?;
         Ok(())

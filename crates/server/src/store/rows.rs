@@ -189,6 +189,10 @@ pub struct Session {
     pub exit_code: Option<i32>,
     /// Why it ended.
     pub end_reason: String,
+    /// User id of the owner (the `aws:ssmmessages:session-id` tag).
+    pub owner_user_id: String,
+    /// OS user requested through the `SSMSessionRunAs` tag ("" = the agent's default).
+    pub run_as: String,
 }
 
 impl Session {
@@ -205,6 +209,8 @@ impl Session {
             end_date: r.get("end_date"),
             exit_code: r.get("exit_code"),
             end_reason: r.get("end_reason"),
+            owner_user_id: r.get("owner_user_id"),
+            run_as: r.get("run_as"),
         }
     }
 }
