@@ -124,3 +124,24 @@ fn create_default_user() -> Result<(), RunAsError> {
     tracing::info!("created the run-as user {DEFAULT_RUN_AS}");
     Ok(())
 }
+
+/// Resolves the run-as user a session asks for (from the `SSMSessionRunAs` principal tag).
+/// Fails closed: the user must exist, may not be root, and an agent that is not root can only
+/// run sessions as itself.
+pub fn resolve_requested(name: &str) -> Result<RunAs, RunAsError> {
+    let user = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .ok_or_else(|| RunAsError::NoSuchUser(name.to_owned()))?;
+    if user.uid.is_root() {
+        return Err(RunAsError::Root);
+    }
+    let me = nix::unistd::geteuid();
+    if me.is_root() {
+        Ok(from_user(user, true))
+    } else if user.uid == me {
+        Ok(from_user(user, false))
+    } else {
+        Err(RunAsError::NoSuchUser(format!("{name} (the agent does not run as root, so it can only run sessions as itself)")))
+    }
+}

@@ -46,6 +46,26 @@ pub enum AdminCommand {
     /// Managed instances.
     #[command(subcommand)]
     Instance(InstanceCommand),
+    /// Groups of users.
+    #[command(subcommand)]
+    Group(crate::iam::GroupCommand),
+    /// Managed and inline policies.
+    #[command(subcommand)]
+    Policy(crate::iam::PolicyCommand),
+    /// Time-bound grants of a policy to a user.
+    #[command(subcommand)]
+    Grant(crate::iam::GrantCommand),
+    /// Make users, groups and policies exactly as a JSON file declares (idempotent).
+    Apply {
+        /// The declaration (see README).
+        file: std::path::PathBuf,
+    },
+    /// Temporary credentials for yourself (as STS GetSessionToken issues them).
+    SessionToken {
+        /// Lifetime in seconds (900–129600).
+        #[arg(long, default_value_t = 43_200)]
+        duration: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -65,6 +85,8 @@ pub enum UserCommand {
         /// User name.
         name: String,
     },
+    #[command(flatten)]
+    Extra(crate::iam::UserExtra),
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +97,16 @@ pub enum KeyCommand {
     List(UserOpt),
     /// Delete an access key.
     Delete {
+        /// Access key id.
+        access_key_id: String,
+    },
+    /// Disable an access key (it stops working at once).
+    Disable {
+        /// Access key id.
+        access_key_id: String,
+    },
+    /// Enable a disabled access key.
+    Enable {
         /// Access key id.
         access_key_id: String,
     },
@@ -122,6 +154,17 @@ pub enum InstanceCommand {
     Deregister {
         /// Instance id (mi-…).
         instance_id: String,
+    },
+    /// Show, set (--set K=V) or remove (--remove K) an instance's tags.
+    Tags {
+        /// Instance id (mi-…).
+        instance_id: String,
+        /// Tags to set.
+        #[arg(long)]
+        set: Vec<String>,
+        /// Tag keys to remove.
+        #[arg(long)]
+        remove: Vec<String>,
     },
 }
 
@@ -252,8 +295,34 @@ pub async fn instances(c: InstancesCommand, format: Format) -> anyhow::Result<i3
 
 /// `airlock admin …`.
 pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
+    match c {
+        AdminCommand::Group(g) => return crate::iam::group(g, format).await,
+        AdminCommand::Policy(p) => return crate::iam::policy(p, format).await,
+        AdminCommand::Grant(g) => return crate::iam::grant(g, format).await,
+        AdminCommand::Apply { file } => return crate::iam::apply(file, format).await,
+        AdminCommand::SessionToken { duration } => {
+            return crate::iam::session_token(duration, format).await
+        }
+        AdminCommand::User(UserCommand::Extra(e)) => {
+            return crate::iam::user_extra(e, format).await
+        }
+        AdminCommand::Instance(InstanceCommand::Tags {
+            instance_id,
+            set,
+            remove,
+        }) => return crate::iam::instance_tags(instance_id, set, remove, format).await,
+        _ => {}
+    }
     let api = client()?;
     match c {
+        AdminCommand::Group(_)
+        | AdminCommand::Policy(_)
+        | AdminCommand::Grant(_)
+        | AdminCommand::Apply { .. }
+        | AdminCommand::SessionToken { .. }
+        | AdminCommand::User(UserCommand::Extra(_))
+        | AdminCommand::Instance(InstanceCommand::Tags { .. }) => {}
+
         AdminCommand::User(UserCommand::Create { name, admin }) => {
             let out = api
                 .call(
@@ -343,6 +412,24 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
                 &["USER", "ACCESS KEY ID", "STATUS", "CREATED", "LAST USED"],
                 rows,
             );
+        }
+        AdminCommand::AccessKey(KeyCommand::Disable { access_key_id }) => {
+            let out = api
+                .call(
+                    "Airlock.UpdateAccessKey",
+                    &json!({ "AccessKeyId": access_key_id, "Status": "Inactive" }),
+                )
+                .await?;
+            print(format, &out, &["DISABLED"], vec![vec![access_key_id]]);
+        }
+        AdminCommand::AccessKey(KeyCommand::Enable { access_key_id }) => {
+            let out = api
+                .call(
+                    "Airlock.UpdateAccessKey",
+                    &json!({ "AccessKeyId": access_key_id, "Status": "Active" }),
+                )
+                .await?;
+            print(format, &out, &["ENABLED"], vec![vec![access_key_id]]);
         }
         AdminCommand::AccessKey(KeyCommand::Delete { access_key_id }) => {
             let out = api

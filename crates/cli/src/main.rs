@@ -3,6 +3,7 @@
 
 mod admin;
 mod dev;
+mod iam;
 mod output;
 mod plugin;
 mod session;
@@ -54,9 +55,15 @@ enum Command {
     /// List managed instances.
     #[command(subcommand)]
     Instances(admin::InstancesCommand),
-    /// Users, access keys, activations and instances.
+    /// Users, groups, policies, grants, access keys, activations and instances.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Policy tools.
+    #[command(subcommand)]
+    Policy(iam::PolicyTool),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(iam::AuditCommand),
 }
 
 /// `airlock dev`.
@@ -103,6 +110,9 @@ pub struct ServerArgs {
     /// Account id in ARNs.
     #[arg(long, default_value = "000000000000")]
     pub account_id: String,
+    /// The master key sealing secrets at rest (default: master.key in the data directory).
+    #[arg(long, env = "AIRLOCK_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -200,6 +210,8 @@ fn main() -> ExitCode {
             Command::Sessions(c) => admin::sessions(c, format).await,
             Command::Instances(c) => admin::instances(c, format).await,
             Command::Admin(c) => admin::admin(c, format).await,
+            Command::Policy(iam::PolicyTool::Simulate(a)) => iam::simulate(a, format).await,
+            Command::Audit(c) => iam::audit(c, format).await,
         }
     })
 }
@@ -256,6 +268,7 @@ pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
         region: a.region.clone(),
         account_id: a.account_id.clone(),
         public_url: a.public_url.clone(),
+        master_key_file: a.master_key_file.clone(),
         ..Default::default()
     }
 }

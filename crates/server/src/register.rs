@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{to_bytes, Body};
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -46,10 +46,19 @@ fn new_instance_id() -> String {
 pub async fn register(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
-    match register_inner(&state, peer, &body).await {
+    // Refused before it is buffered, in the API's shape (axum's own limit answers in plain text).
+    let result = match to_bytes(body, MAX_BODY).await {
+        Ok(body) => register_inner(&state, peer, &body).await,
+        Err(_) => Err(ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "ValidationException",
+            message: format!("Request body exceeds the limit of {MAX_BODY} bytes."),
+        }),
+    };
+    match result {
         Ok(v) => (
             StatusCode::OK,
             [("content-type", "application/json")],
@@ -68,9 +77,6 @@ async fn register_inner(
     peer: SocketAddr,
     body: &[u8],
 ) -> Result<serde_json::Value, ApiError> {
-    if body.len() > MAX_BODY {
-        return Err(ApiError::validation("Request body too large."));
-    }
     let input: RegisterInput = serde_json::from_slice(body)
         .map_err(|e| ApiError::serialization(format!("Malformed registration request: {e}")))?;
     let key: [u8; 32] = base64::engine::general_purpose::STANDARD

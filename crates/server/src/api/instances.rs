@@ -421,7 +421,8 @@ pub async fn deregister(
             format!("Instance {id} is not a registered managed instance."),
         ));
     }
-    state.hub.disconnect_agent(&id);
+    // End its sessions first, so they are recorded with this reason rather than as
+    // "the agent's data channel closed" when the cut agent drops them; then cut it off.
     let filter = crate::store::SessionFilter {
         target: Some(id.clone()),
         ..Default::default()
@@ -434,11 +435,13 @@ pub async fn deregister(
                 status: "Terminated",
                 exit_code: None,
                 reason: "the instance was deregistered",
-                notify_agent: false,
+                // Still connected here: the agent is told too, and the client sees the reason.
+                notify_agent: true,
             },
         )
         .await;
     }
+    state.hub.disconnect_agent(&id);
     Ok(json!({}))
 }
 

@@ -67,6 +67,36 @@ fn instance_arn(state: &AppState, id: &str) -> String {
     )
 }
 
+/// Fails a session whose agent never opened its data channel (agent crashed or unreachable
+/// after the task was sent), so the client hears why instead of waiting forever.
+fn watch_agent_side(state: Arc<AppState>, session_id: String, ttl: std::time::Duration) {
+    let tracker = state.tasks.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::sleep(ttl + std::time::Duration::from_secs(1)) => {}
+            _ = state.shutdown.cancelled() => return,
+        }
+        let attached = state
+            .hub
+            .existing_relay(&session_id)
+            .is_some_and(|r| r.is_attached(Side::Agent));
+        let connecting = matches!(state.store.session(&session_id).await, Ok(Some(s)) if s.status == "Connecting");
+        if !attached && connecting {
+            crate::sessions::end(
+                &state,
+                &session_id,
+                crate::sessions::End {
+                    status: "Failed",
+                    exit_code: None,
+                    reason: "the agent did not open the session's data channel in time",
+                    notify_agent: true,
+                },
+            )
+            .await;
+        }
+    });
+}
+
 /// The ARN a document is authorised as: AWS-owned documents have an empty account field.
 pub fn document_arn(state: &AppState, document: &str) -> String {
     if document.starts_with("arn:") {
@@ -271,6 +301,7 @@ pub async fn start(
         ));
     }
     let client_token = state.hub.issue_token(&session_id, Side::Client, ttl);
+    watch_agent_side(state.clone(), session_id.clone(), ttl);
     Ok(json!({
         "SessionId": session_id,
         "TokenValue": client_token,

@@ -167,7 +167,7 @@ async fn serve(state: Arc<AppState>, instance_id: String, peer: SocketAddr, mut 
 }
 
 async fn handle_agent_frame(
-    state: &AppState,
+    state: &Arc<AppState>,
     instance_id: &str,
     tx: &mpsc::Sender<Message>,
     raw: Bytes,
@@ -204,7 +204,21 @@ async fn handle_agent_frame(
                 Bytes::from(ack.to_string()),
             );
             let _ = tx.try_send(Message::Binary(f.encode(true)));
-            let _ = state;
+            if done.final_task_status == "Failed" {
+                // E.g. the run-as user does not exist: the client must hear why, not wait.
+                let reason = format!("the session failed on the host: {}", done.output);
+                crate::sessions::end(
+                    state,
+                    &done.task_id,
+                    crate::sessions::End {
+                        status: "Failed",
+                        exit_code: None,
+                        reason: &reason,
+                        notify_agent: false,
+                    },
+                )
+                .await;
+            }
         }
         Err(e) => tracing::warn!(instance_id, "malformed agent_task_complete: {e}"),
     }

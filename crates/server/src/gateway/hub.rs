@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::Message;
+use axum::extract::ws::{CloseFrame, Message};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -110,9 +110,15 @@ impl Hub {
             .cloned()
     }
 
-    /// Cuts an agent off at once (deregistration).
+    /// Cuts an agent off at once (deregistration), telling it why: an agent closed for
+    /// this reason stops for good instead of reconnecting after its backoff to learn it.
     pub fn disconnect_agent(&self, instance_id: &str) {
         if let Some(conn) = lock(&self.agents).remove(instance_id) {
+            // Queued before the cancel, so the writer sends it ahead of its generic close.
+            let _ = conn.tx.try_send(Message::Close(Some(CloseFrame {
+                code: 1008,
+                reason: "instance is deregistered".into(),
+            })));
             conn.cancel.cancel();
         }
     }
