@@ -60,11 +60,26 @@ pub struct SessionContext {
 
 /// Runs a shell session to its end.
 pub async fn run(
-    ctx: SessionContext,
+    mut ctx: SessionContext,
     task: AgentTaskPayload,
     cancel: CancellationToken,
 ) -> SessionResult {
     let session_id = task.session_id.clone();
+    // The SSMSessionRunAs principal tag, resolved here; a missing user or root fails closed.
+    if !task.run_as_user.is_empty() {
+        match crate::runas::resolve_requested(&task.run_as_user) {
+            Ok(user) => ctx.run_as = user,
+            Err(e) => {
+                tracing::warn!(session_id, "refusing the session: {e}");
+                return SessionResult {
+                    session_id,
+                    status: "Failed",
+                    exit_code: None,
+                    output: format!("run-as: {e}"),
+                };
+            }
+        }
+    }
     match run_inner(&ctx, &task, cancel).await {
         Ok(code) => SessionResult {
             session_id,
