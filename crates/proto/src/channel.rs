@@ -539,7 +539,7 @@ impl ReliableChannel {
             .in_flight
             .values()
             .filter(|o| !o.resend_queued)
-            .map(|o| o.last_sent + self.rto)
+            .map(|o| o.last_sent + backoff(self.rto, self.config.max_rto, o.resends))
             .min()?;
         Some(match self.last_resend_check {
             Some(last) => earliest.max(last + self.config.resend_tick),
@@ -561,9 +561,10 @@ impl ReliableChannel {
         }
         self.last_resend_check = Some(now);
         let rto = self.rto;
+        let max_rto = self.config.max_rto;
         let mut limit_hit = false;
         for (seq, out) in self.in_flight.iter_mut() {
-            if out.resend_queued || now < out.last_sent + rto {
+            if out.resend_queued || now < out.last_sent + backoff(rto, max_rto, out.resends) {
                 continue;
             }
             out.resends = out.resends.saturating_add(1);
@@ -623,4 +624,12 @@ impl ReliableChannel {
                         .is_none_or(|w| self.in_flight.len() < w.max(1)))
                     || !self.resend_queue.is_empty()))
     }
+}
+
+/// The wait before the next resend of a frame already resent `resends` times: the RTO doubled
+/// per resend (as TCP backs off), capped at `max_rto`, so a peer that is away (reconnecting)
+/// is not flooded with copies.
+fn backoff(rto: Duration, max_rto: Duration, resends: u32) -> Duration {
+    let doubled = rto.saturating_mul(1u32 << resends.min(16));
+    doubled.min(max_rto.max(rto))
 }

@@ -91,6 +91,34 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
     if relay.ended().is_cancelled() {
         return close_with(socket, 1008, "session has ended").await;
     }
+    // The session may have ended while this channel was opening (its token taken just before
+    // the end revoked the rest): then the relay above is a fresh one nobody would ever close.
+    // Checked after the relay exists, so an end from here on finds and finishes it.
+    let refused = match state.store.session(&session_id).await {
+        Ok(Some(s)) if s.status == "Terminated" || s.status == "Failed" => {
+            // Nothing attached: a relay created for nobody (an attached one is the end's to finish).
+            if !relay.is_attached(Side::Agent) && !relay.is_attached(Side::Client) {
+                relay.end();
+                state.hub.remove_relay(&session_id);
+            }
+            Some(if s.end_reason.is_empty() {
+                "session has ended".to_owned()
+            } else {
+                format!("session has ended: {}", s.end_reason)
+            })
+        }
+        Ok(Some(_)) => None,
+        Ok(None) => Some("unknown session".to_owned()),
+        Err(e) => Some(format!("store error: {e}")),
+    };
+    if let Some(mut reason) = refused {
+        tracing::warn!(%peer, session_id, ?side, "data channel refused: {reason}");
+        // A close frame's reason is at most 123 bytes.
+        while reason.len() > 123 {
+            reason.pop();
+        }
+        return close_with(socket, 1008, &reason).await;
+    }
     tracing::info!(%peer, session_id, ?side, "data channel open");
 
     let conn_id = state.hub.next_conn_id();
@@ -106,6 +134,10 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
     );
     if paired {
         sessions::mark_status(&state, &session_id, "Connected").await;
+        if side == Side::Client {
+            // The client is back (or here at last): let the agent send again.
+            relay.try_send_to(Side::Agent, publication(MessageType::StartPublication));
+        }
     }
 
     let (sink, stream) = socket.split();
@@ -117,7 +149,9 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
     if relay.detach(side, conn_id) && !relay.ended().is_cancelled() {
         match side {
             Side::Client => {
-                // The client may come back with ResumeSession; the agent side waits.
+                // The client may come back with ResumeSession; the agent side waits, paused,
+                // as MGS pauses it, instead of resending into a relay nobody reads.
+                relay.try_send_to(Side::Agent, publication(MessageType::PausePublication));
                 sessions::mark_status(&state, &session_id, "Disconnected").await;
             }
             Side::Agent => {
@@ -136,6 +170,13 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
         }
     }
     tracing::info!(%peer, session_id, ?side, "data channel closed");
+}
+
+/// A `start_publication` / `pause_publication` frame for the agent (never an empty payload:
+/// the AWS agent's parser cannot take one).
+fn publication(kind: MessageType) -> Message {
+    let frame = airlock_proto::Frame::new(kind, 0, 0, airlock_proto::PayloadType::NONE, bytes::Bytes::from_static(b"{}"));
+    Message::Binary(frame.encode(true))
 }
 
 /// Re-checks, when the client's data channel opens (first time or on resume), that the
@@ -357,13 +398,24 @@ async fn handle_agent_state(state: &Arc<AppState>, relay: &Relay, data: &[u8]) {
             .get("ExitCode")
             .and_then(|c| c.as_i64())
             .and_then(|c| i32::try_from(c).ok());
+        // Airlock agents add `Error` when the session failed (e.g. a port session whose
+        // target refused): the client is shown it as the reason.
+        let error = v
+            .get("Error")
+            .and_then(|e| e.as_str())
+            .filter(|e| !e.is_empty())
+            .map(|e| format!("the session failed on the host: {e}"));
         sessions::end(
             state,
             relay.session_id(),
             sessions::End {
-                status: "Terminated",
+                status: if error.is_some() {
+                    "Failed"
+                } else {
+                    "Terminated"
+                },
                 exit_code,
-                reason: "the session ended on the host",
+                reason: error.as_deref().unwrap_or("the session ended on the host"),
                 notify_agent: false,
             },
         )

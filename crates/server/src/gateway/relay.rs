@@ -83,6 +83,12 @@ impl Relay {
         detached
     }
 
+    /// Queues a frame to `side` if it is attached and has room; false otherwise.
+    pub fn try_send_to(&self, side: Side, msg: Message) -> bool {
+        let conn = self.slot(side).borrow().clone();
+        conn.is_some_and(|c| c.tx.try_send(msg).is_ok())
+    }
+
     /// Whether a side is attached.
     pub fn is_attached(&self, side: Side) -> bool {
         self.slot(side).borrow().is_some()
