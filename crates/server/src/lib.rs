@@ -9,6 +9,7 @@ pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod gateway;
+pub mod port_audit;
 pub mod register;
 pub mod secrets;
 pub mod sessions;
@@ -237,7 +238,13 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
                 h2.graceful_shutdown(Some(Duration::from_secs(2)));
             });
             let rustls = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config);
-            let server = axum_server::from_tcp_rustls(listener, rustls).handle(handle);
+            // TCP_NODELAY on every accepted socket: the gateway relays small frames (keystrokes,
+            // acks) one write each, and Nagle would hold them for the peer's delayed ACK.
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+                .acceptor(axum_server::accept::NoDelayAcceptor::new());
+            let server = axum_server::from_tcp(listener)
+                .acceptor(acceptor)
+                .handle(handle);
             tokio::spawn(async move {
                 if let Err(e) = server.serve(app).await {
                     tracing::error!("server stopped: {e}");
@@ -251,6 +258,12 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
                     source,
                 })?;
             tokio::spawn(async move {
+                // TCP_NODELAY, as above.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!("could not set TCP_NODELAY: {e}");
+                    }
+                });
                 let res = axum::serve(listener, app)
                     .with_graceful_shutdown(async move { shutdown.cancelled().await })
                     .await;

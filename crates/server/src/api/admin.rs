@@ -171,7 +171,14 @@ pub async fn dispatch(
         "DeleteAccessKey" => {
             let i: KeyInput = parse(input)?;
             let id = i.access_key_id.unwrap_or_default();
-            authorize(state, caller, "iam:DeleteAccessKey", &resource("*")).await?;
+            // Authorised on the key owner's ARN, as IAM does; an unknown key on `user/*`.
+            let owner = state
+                .store
+                .access_key(&id)
+                .await?
+                .map(|(_, u)| u.name)
+                .unwrap_or_else(|| "*".to_owned());
+            authorize(state, caller, "iam:DeleteAccessKey", &resource(&owner)).await?;
             if !state.store.delete_access_key(&id).await? {
                 return Err(ApiError::client(
                     "NoSuchEntity",

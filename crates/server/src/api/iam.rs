@@ -324,7 +324,7 @@ async fn simple(
                 let attached = state.store.attached_policies("user", &u.user_id).await?;
                 let inline: Vec<String> = state.store.inline_policies("user", &u.user_id).await?.into_iter().map(|(n, _)| n).collect();
                 let tags: BTreeMap<String, String> = state.store.user_tags(&u.user_id).await?.into_iter().collect();
-                let boundary = state.store.boundary(&u.user_id).await?.map(|b| b.name);
+                let boundary = state.store.boundary(&u.user_id).await?.map(|b| b.name.trim_start_matches("managed/").to_owned());
                 let grants: Vec<Value> = state
                     .store
                     .list_grants(&u.user_id)
@@ -344,7 +344,17 @@ async fn simple(
                 if status != "Active" && status != "Inactive" {
                     return Err(super::invalid(status, "status", "Member must satisfy enum value set: [Active, Inactive]"));
                 }
-                authorize(state, caller, "iam:UpdateAccessKey", &user_arn(state, "*")).await?;
+                let Some((key, owner)) = state.store.access_key(id).await? else {
+                    return Err(ApiError::client("NoSuchEntity", format!("The Access Key with id {id} cannot be found.")));
+                };
+                authorize(state, caller, "iam:UpdateAccessKey", &user_arn(state, &owner.name)).await?;
+                // At most two active keys per user, however the second became active.
+                if status == "Active" && key.status != "Active" {
+                    let active = state.store.list_access_keys(&owner.user_id).await?.iter().filter(|k| k.status == "Active").count();
+                    if active >= 2 {
+                        return Err(ApiError::client("LimitExceeded", "Cannot exceed quota for AccessKeysPerUser: 2"));
+                    }
+                }
                 if !state.store.set_access_key_status(id, status).await? {
                     return Err(ApiError::client("NoSuchEntity", format!("The Access Key with id {id} cannot be found.")));
                 }
@@ -405,7 +415,8 @@ async fn simple(
                 if !(900..=129_600).contains(&secs) {
                     return Err(super::invalid(&secs.to_string(), "durationSeconds", "Member must have value between 900 and 129600"));
                 }
-                authorize(state, caller, "sts:GetSessionToken", &user_arn(state, &caller.user.name)).await?;
+                // As with AWS STS, any user may get session credentials for themselves; the
+                // call is still on the audit record (written by the API layer).
                 use rand::RngCore;
                 let mut raw = [0u8; 48];
                 rand::thread_rng().fill_bytes(&mut raw);

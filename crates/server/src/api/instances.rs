@@ -263,6 +263,25 @@ pub async fn create_activation(
             ms
         }
     };
+    // The tags pass to every instance it registers, so they must be real tags.
+    if input.tags.len() > 1000 {
+        return Err(ApiError::client(
+            "TooManyTagsError",
+            "An activation has at most 1000 tags.",
+        ));
+    }
+    for t in &input.tags {
+        let key = t.get("Key").and_then(Value::as_str);
+        let value = t.get("Value").map(|v| v.as_str()).unwrap_or(Some(""));
+        match (key, value) {
+            (Some(k), Some(v)) => check_tag(k, v)?,
+            _ => {
+                return Err(ApiError::validation(format!(
+                    "Each tag is {{\"Key\": string, \"Value\": string}}; found {t}."
+                )))
+            }
+        }
+    }
     authorize(state, caller, "ssm:CreateActivation", &any_arn(state)).await?;
     let code = crate::store::random_secret(20).replace(['+', '/'], "x");
     let activation = Activation {

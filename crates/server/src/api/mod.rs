@@ -5,6 +5,7 @@
 //! manages.
 
 pub mod admin;
+pub mod documents;
 pub mod error;
 pub mod iam;
 pub mod instances;

@@ -15,7 +15,7 @@ use crate::state::AppState;
 use crate::store::{now_ms, Session, SessionFilter};
 
 /// The default shell document, used when StartSession names none.
-pub const DEFAULT_SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
+pub const DEFAULT_SHELL_DOCUMENT: &str = super::documents::SHELL;
 
 /// StartSession input.
 #[derive(Debug, Deserialize)]
@@ -223,14 +223,8 @@ pub async fn start(
         )],
     )
     .await?;
-    if doc_name != DEFAULT_SHELL_DOCUMENT {
-        return Err(ApiError::client(
-            "InvalidDocument",
-            format!(
-                "Document {document} does not exist or is not a Session document this server runs."
-            ),
-        ));
-    }
+    // The shell or a port document, parameters validated and substituted (documents.rs).
+    let document_content = super::documents::session_document(doc_name, &input.parameters)?;
     let instance = state.store.instance(target).await?;
     let registered = instance
         .as_ref()
@@ -260,6 +254,36 @@ pub async fn start(
         run_as: caller.principal.run_as_tag().unwrap_or_default().to_owned(),
     };
     state.store.create_session(&session).await?;
+    // The session's start is on the record before anything runs; without it, nothing does.
+    let started = crate::store::audit::AuditEvent {
+        event: "session-start".into(),
+        principal: caller.arn.clone(),
+        source_ip: caller.source_ip.to_string(),
+        action: "ssm:StartSession".into(),
+        resource: session_arn(state, &session_id),
+        decision: "Started".into(),
+        statement: String::new(),
+        request_id: caller.request_id.clone(),
+        user_agent: caller.user_agent.clone(),
+        detail: json!({ "Target": target, "DocumentName": doc_name, "RunAs": session.run_as })
+            .to_string(),
+    };
+    if let Err(e) = state.store.append_audit(&started).await {
+        crate::sessions::end(
+            state,
+            &session_id,
+            crate::sessions::End {
+                status: "Failed",
+                exit_code: None,
+                reason: "the session's audit record could not be written",
+                notify_agent: false,
+            },
+        )
+        .await;
+        return Err(ApiError::internal(format!(
+            "audit record could not be written: {e}"
+        )));
+    }
 
     let ttl = state.config.token_ttl;
     let agent_token = state.hub.issue_token(&session_id, Side::Agent, ttl);
@@ -271,13 +295,7 @@ pub async fn start(
         run_as_user: session.run_as.clone(),
         session_owner: caller.arn.clone(),
         parameters: json!(input.parameters),
-        document_content: json!({
-            "schemaVersion": "1.0",
-            "description": "Shell session",
-            "sessionType": "Standard_Stream",
-            "inputs": {"runAsEnabled": false, "runAsDefaultUser": "", "shellProfile": {"linux": "", "windows": ""}},
-            "properties": null,
-        }),
+        document_content,
         data_channel_token: Some(agent_token),
         data_channel_url: Some(format!(
             "/v1/data-channel/{session_id}?role=publish_subscribe"

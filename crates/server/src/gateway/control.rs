@@ -179,6 +179,11 @@ async fn handle_agent_frame(
             return;
         }
     };
+    if frame.message_type == MessageType::AgentTaskReply {
+        // The record of a connection a port session forwarded.
+        crate::port_audit::handle_reply(state, instance_id, &frame.payload).await;
+        return;
+    }
     if frame.message_type != MessageType::AgentTaskComplete {
         return;
     }

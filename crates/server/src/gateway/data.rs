@@ -77,8 +77,18 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
     let side = match state.hub.take_token(&open.token_value, &session_id) {
         Ok(side) => side,
         Err(e) => {
-            tracing::warn!(%peer, session_id, "data channel refused: {e}");
-            return close_with(socket, 1008, &e.to_string()).await;
+            // A token revoked because the session ended: say why it ended, not just "unknown".
+            let mut reason = match state.store.session(&session_id).await {
+                Ok(Some(s)) if s.status == "Terminated" || s.status == "Failed" => {
+                    format!("session has ended: {}", s.end_reason)
+                }
+                _ => e.to_string(),
+            };
+            while reason.len() > 123 {
+                reason.pop();
+            }
+            tracing::warn!(%peer, session_id, "data channel refused: {reason}");
+            return close_with(socket, 1008, &reason).await;
         }
     };
     if side == Side::Client {

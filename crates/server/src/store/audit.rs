@@ -132,7 +132,10 @@ impl Store {
     /// Appends a record to the chain. The caller fails its request when this fails.
     pub async fn append_audit(&self, e: &AuditEvent) -> Result<AuditRecord, StoreError> {
         let _writer = self.audit_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: take SQLite's write lock before reading the chain's head. A deferred
+        // transaction that reads and then writes fails at once with SQLITE_BUSY(_SNAPSHOT)
+        // when another connection wrote in between (busy_timeout cannot help it).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
             .fetch_optional(&mut *tx)
             .await?;

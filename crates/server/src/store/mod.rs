@@ -46,6 +46,19 @@ pub struct Store {
     pub(crate) audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
+/// The `[{"Key":…,"Value":…}]` tags stored with an activation, as pairs.
+pub fn activation_tags(json: &str) -> Vec<(String, String)> {
+    serde_json::from_str::<Vec<serde_json::Value>>(json)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| {
+            let k = t.get("Key")?.as_str()?;
+            let v = t.get("Value").and_then(|v| v.as_str()).unwrap_or("");
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     i64::try_from(airlock_proto::unix_millis()).unwrap_or(i64::MAX)
@@ -339,6 +352,23 @@ impl Store {
         .bind(inst.registered_at)
         .execute(&mut *tx)
         .await?;
+        // The activation's tags become the instance's (they feed ssm:resourceTag/* in policies).
+        let tags: String = sqlx::query("SELECT tags FROM activations WHERE activation_id = ?")
+            .bind(activation_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .get("tags");
+        for (k, v) in activation_tags(&tags) {
+            sqlx::query(
+                "INSERT INTO instance_tags (instance_id, key, value) VALUES (?, ?, ?) \
+                 ON CONFLICT(instance_id, key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(&inst.instance_id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }

@@ -1,0 +1,304 @@
+//! The session documents StartSession runs, and the `DocumentContent` the agent receives for
+//! each (protocol.md §9): the shell document, and the three AWS port documents with their
+//! parameters validated and substituted into `properties` as AWS does (§5, §8.2).
+//!
+//! | document | parameters (default) | properties |
+//! |---|---|---|
+//! | `SSM-SessionManagerRunShell` | — | `null` (a shell) |
+//! | `AWS-StartPortForwardingSession` | `portNumber` (80), `localPortNumber` (0) | `portNumber`, `type: LocalPortForwarding`, `localPortNumber` |
+//! | `AWS-StartPortForwardingSessionToRemoteHost` | `host` (required), `portNumber` (80), `localPortNumber` (0) | the same plus `host` |
+//! | `AWS-StartSSHSession` | `portNumber` (22) | `portNumber` only: a standard stream |
+//!
+//! Validation happens here, before anything reaches an agent, so a bad port or host is a
+//! clear API error rather than a session that fails on the host.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde_json::{json, Map, Value};
+
+use super::ApiError;
+
+/// The default shell document, used when StartSession names none.
+pub const SHELL: &str = "SSM-SessionManagerRunShell";
+/// Forwards local connections to a port on the target.
+pub const PORT_FORWARDING: &str = "AWS-StartPortForwardingSession";
+/// Forwards local connections to a host and port reachable from the target.
+pub const PORT_FORWARDING_TO_REMOTE_HOST: &str = "AWS-StartPortForwardingSessionToRemoteHost";
+/// One stream to the target's SSH port (`ssh -o ProxyCommand`).
+pub const SSH: &str = "AWS-StartSSHSession";
+
+/// One parameter of a port document.
+struct Param {
+    name: &'static str,
+    default: Option<&'static str>,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// 1–65535.
+    Port,
+    /// 0–65535 (0: any free port, chosen by the client).
+    LocalPort,
+    /// A DNS name or an IP address.
+    Host,
+}
+
+fn invalid_parameters(message: String) -> ApiError {
+    ApiError::client("InvalidParameters", message)
+}
+
+/// The `DocumentContent` for document `name` with `parameters` substituted, or the error
+/// StartSession returns (`InvalidDocument`, `InvalidParameters`).
+pub fn session_document(
+    name: &str,
+    parameters: &BTreeMap<String, Vec<String>>,
+) -> Result<Value, ApiError> {
+    const PORT: Param = Param {
+        name: "portNumber",
+        default: Some("80"),
+        kind: Kind::Port,
+    };
+    const LOCAL_PORT: Param = Param {
+        name: "localPortNumber",
+        default: Some("0"),
+        kind: Kind::LocalPort,
+    };
+    const HOST: Param = Param {
+        name: "host",
+        default: None,
+        kind: Kind::Host,
+    };
+    const SSH_PORT: Param = Param {
+        name: "portNumber",
+        default: Some("22"),
+        kind: Kind::Port,
+    };
+    let (description, params, forwarding): (&str, &[Param], bool) = match name {
+        SHELL => {
+            return Ok(json!({
+                "schemaVersion": "1.0",
+                "description": "Shell session",
+                "sessionType": "Standard_Stream",
+                "inputs": {"runAsEnabled": false, "runAsDefaultUser": "", "shellProfile": {"linux": "", "windows": ""}},
+                "properties": null,
+            }))
+        }
+        PORT_FORWARDING => ("Port forwarding session", &[PORT, LOCAL_PORT], true),
+        PORT_FORWARDING_TO_REMOTE_HOST => (
+            "Port forwarding session to a remote host",
+            &[HOST, PORT, LOCAL_PORT],
+            true,
+        ),
+        SSH => ("SSH session", &[SSH_PORT], false),
+        _ => {
+            return Err(ApiError::client(
+                "InvalidDocument",
+                format!(
+                    "Document {name} does not exist or is not a Session document this server runs."
+                ),
+            ))
+        }
+    };
+    for given in parameters.keys() {
+        if !params.iter().any(|p| p.name == given) {
+            let names: Vec<&str> = params.iter().map(|p| p.name).collect();
+            return Err(invalid_parameters(format!(
+                "{given} is not a parameter of {name}; it takes {}.",
+                names.join(", ")
+            )));
+        }
+    }
+    let mut properties = Map::new();
+    for p in params {
+        let value = match parameters.get(p.name).map(Vec::as_slice) {
+            None | Some([]) => p.default.map(str::to_owned).ok_or_else(|| {
+                invalid_parameters(format!("{name} requires the parameter {}.", p.name))
+            })?,
+            Some([one]) => one.trim().to_owned(),
+            Some(_) => {
+                return Err(invalid_parameters(format!(
+                    "The parameter {} takes exactly one value.",
+                    p.name
+                )))
+            }
+        };
+        check(p, &value)?;
+        properties.insert(p.name.to_owned(), Value::String(value));
+    }
+    if forwarding {
+        properties.insert("type".into(), json!("LocalPortForwarding"));
+    }
+    Ok(json!({
+        "schemaVersion": "1.0",
+        "description": description,
+        "sessionType": "Port",
+        "inputs": {},
+        "properties": properties,
+    }))
+}
+
+fn check(p: &Param, value: &str) -> Result<(), ApiError> {
+    let ok = match p.kind {
+        Kind::Port => parse_port(value).is_some_and(|n| n >= 1),
+        Kind::LocalPort => parse_port(value).is_some(),
+        Kind::Host => valid_host(value),
+    };
+    if ok {
+        return Ok(());
+    }
+    let what = match p.kind {
+        Kind::Port => "a port number from 1 to 65535",
+        Kind::LocalPort => "a port number from 0 to 65535 (0: any free port)",
+        Kind::Host => "a host name or an IP address",
+    };
+    let shown: String = value.chars().take(64).collect();
+    Err(invalid_parameters(format!(
+        "The parameter {} must be {what}, not '{shown}'.",
+        p.name
+    )))
+}
+
+/// Digits only (no sign, no spaces), at most 5 of them, up to 65535.
+fn parse_port(v: &str) -> Option<u16> {
+    if v.is_empty() || v.len() > 5 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
+/// A DNS name (labels of letters, digits, `-` and `_`, not starting or ending with `-`, at most
+/// 63 bytes each and 253 in all, an optional final dot), an IPv4 address, or an IPv6 address
+/// with or without brackets.
+pub fn valid_host(h: &str) -> bool {
+    if h.parse::<Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let unbracketed = h
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(h);
+    if unbracketed.parse::<Ipv6Addr>().is_ok() {
+        return true;
+    }
+    let name = h.strip_suffix('.').unwrap_or(h);
+    if name.is_empty() || name.len() > 253 {
+        return false;
+    }
+    name.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), vec![(*v).to_owned()]))
+            .collect()
+    }
+
+    #[test]
+    fn port_forwarding_properties_as_the_capture_shows() {
+        let d = session_document(
+            PORT_FORWARDING,
+            &params(&[("portNumber", "80"), ("localPortNumber", "18950")]),
+        )
+        .unwrap();
+        assert_eq!(d["sessionType"], "Port");
+        assert_eq!(
+            d["properties"],
+            json!({"portNumber":"80","type":"LocalPortForwarding","localPortNumber":"18950"})
+        );
+        let d = session_document(PORT_FORWARDING, &BTreeMap::new()).unwrap();
+        assert_eq!(d["properties"]["portNumber"], "80");
+        assert_eq!(d["properties"]["localPortNumber"], "0");
+    }
+
+    #[test]
+    fn remote_host_requires_a_valid_host() {
+        let e = session_document(
+            PORT_FORWARDING_TO_REMOTE_HOST,
+            &params(&[("portNumber", "5432")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, "InvalidParameters");
+        assert!(
+            e.message.contains("requires the parameter host"),
+            "{}",
+            e.message
+        );
+        let d = session_document(
+            PORT_FORWARDING_TO_REMOTE_HOST,
+            &params(&[("host", "db.internal"), ("portNumber", "5432")]),
+        )
+        .unwrap();
+        assert_eq!(d["properties"]["host"], "db.internal");
+        assert_eq!(d["properties"]["type"], "LocalPortForwarding");
+        for bad in [
+            "",
+            "a b",
+            "-x.com",
+            "x..y",
+            "evil;rm",
+            &"a".repeat(64),
+            "http://x",
+        ] {
+            let e = session_document(PORT_FORWARDING_TO_REMOTE_HOST, &params(&[("host", bad)]))
+                .unwrap_err();
+            assert_eq!(e.code, "InvalidParameters", "{bad}");
+        }
+        for good in ["10.0.0.5", "::1", "[fe80::1]", "db-1.internal.", "my_host"] {
+            assert!(valid_host(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn ports_out_of_range_are_refused() {
+        for bad in ["0", "65536", "-1", "80a", "", " ", "+80", "999999"] {
+            let e = session_document(SSH, &params(&[("portNumber", bad)])).unwrap_err();
+            assert_eq!(e.code, "InvalidParameters", "{bad:?}");
+        }
+        let e = session_document(PORT_FORWARDING, &params(&[("localPortNumber", "70000")]))
+            .unwrap_err();
+        assert!(e.message.contains("localPortNumber"), "{}", e.message);
+        let d = session_document(SSH, &BTreeMap::new()).unwrap();
+        assert_eq!(d["properties"], json!({"portNumber": "22"}));
+    }
+
+    #[test]
+    fn unknown_documents_and_parameters() {
+        assert_eq!(
+            session_document("AWS-Nope", &BTreeMap::new())
+                .unwrap_err()
+                .code,
+            "InvalidDocument"
+        );
+        let e = session_document(SSH, &params(&[("port", "22")])).unwrap_err();
+        assert!(
+            e.message.contains("port is not a parameter"),
+            "{}",
+            e.message
+        );
+        let mut two = BTreeMap::new();
+        two.insert(
+            "portNumber".to_owned(),
+            vec!["1".to_owned(), "2".to_owned()],
+        );
+        assert_eq!(
+            session_document(SSH, &two).unwrap_err().code,
+            "InvalidParameters"
+        );
+    }
+}
