@@ -29,9 +29,9 @@ pub enum SecretError {
     Undecryptable,
 }
 
-/// The server's master key.
+/// The server's master key: seals secrets and keys the audit chain.
 #[derive(Clone)]
-pub struct MasterKey(ChaCha20Poly1305);
+pub struct MasterKey(ChaCha20Poly1305, [u8; 32]);
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -64,7 +64,18 @@ impl MasterKey {
             }
             Err(e) => return Err(io(e)),
         };
-        Ok(MasterKey(ChaCha20Poly1305::new(Key::from_slice(&raw))))
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"airlock-audit-chain-v1");
+        h.update(&raw);
+        let audit: [u8; 32] = h.finalize().into();
+        Ok(MasterKey(ChaCha20Poly1305::new(Key::from_slice(&raw)), audit))
+    }
+
+    /// The key of the audit chain's HMAC, derived from the master key: someone who can write
+    /// the database but not read the key file cannot forge or re-chain records.
+    pub fn audit_key(&self) -> &[u8; 32] {
+        &self.1
     }
 
     /// Encrypts a secret for storage.

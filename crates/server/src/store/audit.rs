@@ -2,7 +2,7 @@
 //! before it, so altering, removing or inserting a record breaks the chain at that point, and
 //! [`Store::verify_audit`] names the first bad record.
 
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::Row;
 
 use super::{Store, StoreError};
@@ -82,9 +82,11 @@ pub struct AuditVerification {
     pub problem: Option<String>,
 }
 
-/// The chained hash of a record: every field, length-prefixed so no two records collide.
-pub fn record_hash(prev_hash: &str, seq: i64, time: i64, e: &AuditEvent) -> String {
-    let mut h = Sha256::new();
+/// The chained hash of a record: an HMAC-SHA-256 under a key derived from the master key over
+/// the previous hash and every field, length-prefixed so no two records collide.
+pub fn record_hash(key: &[u8; 32], prev_hash: &str, seq: i64, time: i64, e: &AuditEvent) -> String {
+    use hmac::Mac;
+    let mut h = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
     let fields: [&str; 10] = [
         &e.event,
         &e.principal,
@@ -98,13 +100,18 @@ pub fn record_hash(prev_hash: &str, seq: i64, time: i64, e: &AuditEvent) -> Stri
         &e.detail,
     ];
     h.update(prev_hash.as_bytes());
-    h.update(seq.to_be_bytes());
-    h.update(time.to_be_bytes());
+    h.update(&seq.to_be_bytes());
+    h.update(&time.to_be_bytes());
     for f in fields {
-        h.update((f.len() as u64).to_be_bytes());
+        h.update(&(f.len() as u64).to_be_bytes());
         h.update(f.as_bytes());
     }
-    hex::encode(h.finalize())
+    hex::encode(h.finalize().into_bytes())
+}
+
+#[allow(clippy::panic)]
+fn unreachable_hmac() -> hmac::Hmac<Sha256> {
+    panic!("HMAC accepts keys of any length")
 }
 
 fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> AuditRecord {
@@ -145,7 +152,7 @@ impl Store {
         };
         let seq = prev_seq + 1;
         let time = super::now_ms();
-        let hash = record_hash(&prev_hash, seq, time, e);
+        let hash = record_hash(self.key.audit_key(), &prev_hash, seq, time, e);
         sqlx::query(
             "INSERT INTO audit_log (seq, time, event, principal, source_ip, action, resource, decision, statement, \
              request_id, user_agent, detail, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -244,7 +251,7 @@ impl Store {
                     "its previous-hash link does not match the record before it".into(),
                 ));
             }
-            if record_hash(&rec.prev_hash, rec.seq, rec.time, &rec.event) != rec.hash {
+            if record_hash(self.key.audit_key(), &rec.prev_hash, rec.seq, rec.time, &rec.event) != rec.hash {
                 return Ok(bad(
                     "its contents do not match its hash: the record was altered".into(),
                 ));
