@@ -1,7 +1,8 @@
 //! The control channel: the one outbound WebSocket the agent keeps to the server, with
 //! reconnects (capped exponential backoff with jitter, so a fleet does not stampede a server
 //! that comes back). It proves the agent's identity by signing the server's challenge, then
-//! starts a session worker for each `interactive_shell` task and cancels it on `channel_closed`.
+//! starts a session worker for each `interactive_shell` task and cancels it on `channel_closed`;
+//! it also carries the record of every connection a port session forwarded (`agent_task_reply`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use airlock_proto::{
     decode, AgentTaskComplete, AgentTaskPayload, ChannelClosed, DecodeOptions, Frame, MessageType,
-    MgsPayload, OpenDataChannelInput, PayloadType,
+    MgsPayload, OpenDataChannelInput, PayloadType, PortConnectionRecord, PORT_CONNECTION_TOPIC,
 };
 
 use crate::session::{self, SessionContext, SessionResult};
@@ -83,6 +84,8 @@ pub async fn run(
         run_as = run_as.name,
         "agent starting"
     );
+    // Port sessions' connection records wait here while the control channel is down.
+    let (records_tx, mut records_rx) = mpsc::channel::<PortConnectionRecord>(1024);
     let ctx = SessionContext {
         ws_base: ws_base(&state.server),
         instance_id: state.instance_id.clone(),
@@ -90,13 +93,25 @@ pub async fn run(
         run_as,
         max_payload: config.max_payload,
         window: config.window,
+        mux_window: config.mux_window,
+        records: Some(records_tx),
     };
     let tracker = TaskTracker::new();
     let sessions: Arc<std::sync::Mutex<HashMap<String, CancellationToken>>> = Default::default();
     let mut backoff = config.backoff_initial;
     let result = loop {
         let started = std::time::Instant::now();
-        match connect_and_serve(&state, &key, &ctx, &tracker, &sessions, &cancel).await {
+        match connect_and_serve(
+            &state,
+            &key,
+            &ctx,
+            &tracker,
+            &sessions,
+            &mut records_rx,
+            &cancel,
+        )
+        .await
+        {
             Disconnect::Shutdown => break Ok(()),
             Disconnect::Fatal(why) => break Err(ControlError::Refused(why)),
             Disconnect::Retry(why) => {
@@ -142,6 +157,7 @@ async fn connect_and_serve(
     ctx: &SessionContext,
     tracker: &TaskTracker,
     sessions: &Arc<std::sync::Mutex<HashMap<String, CancellationToken>>>,
+    records: &mut mpsc::Receiver<PortConnectionRecord>,
     cancel: &CancellationToken,
 ) -> Disconnect {
     let url = format!(
@@ -225,6 +241,20 @@ async fn connect_and_serve(
                 };
                 if let Ok(body) = serde_json::to_vec(&report) {
                     let frame = Frame::new(MessageType::AgentTaskComplete, 0, 0, PayloadType::NONE, Bytes::from(body));
+                    if let Err(e) = ws.send(Message::Binary(frame.encode(true))).await {
+                        return Disconnect::Retry(e.to_string());
+                    }
+                }
+            }
+            Some(rec) = records.recv() => {
+                let report = MgsPayload {
+                    content: serde_json::to_string(&rec).unwrap_or_default(),
+                    task_id: rec.session_id.clone(),
+                    topic: PORT_CONNECTION_TOPIC.into(),
+                    schema_version: 1,
+                };
+                if let Ok(body) = serde_json::to_vec(&report) {
+                    let frame = Frame::new(MessageType::AgentTaskReply, 0, 0, PayloadType::NONE, Bytes::from(body));
                     if let Err(e) = ws.send(Message::Binary(frame.encode(true))).await {
                         return Disconnect::Retry(e.to_string());
                     }

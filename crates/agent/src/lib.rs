@@ -28,6 +28,9 @@ pub struct AgentConfig {
     pub max_payload: u32,
     /// Frames in flight offered to Airlock clients.
     pub window: u32,
+    /// Per-stream credit offered to Airlock clients for multiplexed port forwarding (0 turns
+    /// Airlock's mux off, leaving smux v1).
+    pub mux_window: u32,
 }
 
 impl Default for AgentConfig {
@@ -39,6 +42,7 @@ impl Default for AgentConfig {
             backoff_max: Duration::from_secs(300),
             max_payload: 256 * 1024,
             window: 64,
+            mux_window: airlock_client::port::DEFAULT_MUX_WINDOW,
         }
     }
 }

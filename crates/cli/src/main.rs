@@ -6,6 +6,7 @@ mod dev;
 mod iam;
 mod output;
 mod plugin;
+mod port;
 mod session;
 
 use std::net::SocketAddr;
@@ -49,6 +50,10 @@ enum Command {
     Agent(AgentCommand),
     /// Open a shell on a host.
     StartSession(StartSessionArgs),
+    /// Forward a local port to a port on (or reachable from) a host.
+    PortForward(port::PortForwardArgs),
+    /// Relay stdin/stdout to a host's SSH port (for ssh -o ProxyCommand).
+    SshProxy(port::SshProxyArgs),
     /// List or end sessions.
     #[command(subcommand)]
     Sessions(admin::SessionsCommand),
@@ -197,7 +202,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    let quiet = matches!(cli.command, Command::StartSession(_));
+    let quiet = matches!(
+        cli.command,
+        Command::StartSession(_) | Command::SshProxy(_) | Command::PortForward(_)
+    );
     init_tracing(if quiet { "warn" } else { "info" });
     let format = cli.output;
     run_async(async move {
@@ -207,6 +215,8 @@ fn main() -> ExitCode {
             Command::Agent(AgentCommand::Register(a)) => agent_register(a, format).await,
             Command::Agent(AgentCommand::Run(a)) => agent_run(a).await,
             Command::StartSession(a) => session::start(a).await,
+            Command::PortForward(a) => port::port_forward(a, format).await,
+            Command::SshProxy(a) => port::ssh_proxy(a).await,
             Command::Sessions(c) => admin::sessions(c, format).await,
             Command::Instances(c) => admin::instances(c, format).await,
             Command::Admin(c) => admin::admin(c, format).await,

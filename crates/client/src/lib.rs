@@ -1,12 +1,17 @@
 //! `airlock-client`, the SDK: a SigV4-signed API client, the client side of a session's data
-//! channel, outbound WebSockets (TLS, proxies) shared with the agent, and profile loading.
+//! channel, port forwarding over it ([`port`], on the multiplexing engine [`mux`] that the
+//! agent shares), outbound WebSockets (TLS, proxies) shared with the agent, and profile loading.
 
 pub mod api;
 pub mod config;
+pub mod mux;
+pub mod port;
 pub mod session;
 pub mod tls;
 pub mod ws;
 
 pub use api::{ApiClient, ApiError, StreamGrant};
 pub use config::Profile;
-pub use session::{Input, Outcome, Output, SessionError, SessionOptions};
+pub use session::{
+    HandshakeInfo, Input, Outcome, Output, SessionError, SessionEvent, SessionOptions,
+};

@@ -15,11 +15,11 @@ use tokio_tungstenite::tungstenite::Message;
 use airlock_proto::{
     parse_exit_code, AirlockCapabilities, ChannelClosed, ChannelConfig, Event, Flag,
     HandshakeComplete, HandshakeRequest, HandshakeResponse, MessageType, OpenDataChannelInput,
-    PayloadType, ProcessedClientAction, ReliableChannel, Role, SizeData,
+    PayloadType, ProcessedClientAction, ReliableChannel, Role, SessionTypeRequest, SizeData,
 };
 
 use crate::api::{ApiClient, StreamGrant};
-use crate::ws::{connect, WsStream};
+use crate::ws::{connect, SplitWs, WsStream};
 
 /// Airlock-only flag value: the client's input ended (sent only when negotiated `no_pty`).
 pub const FLAG_INPUT_EOF: u32 = 0x4149_0001;
@@ -38,6 +38,31 @@ pub enum Input {
     },
     /// Input ended (a pipe reached EOF).
     Eof,
+    /// A Flag payload, e.g. `TerminateSession` when a port forward stops (protocol.md §4.2).
+    Flag(Flag),
+}
+
+/// What the agent said in the handshake, for callers that adapt to it (port forwarding picks
+/// its multiplexing from it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandshakeInfo {
+    /// `AgentVersion` of the HandshakeRequest (gates features, protocol.md §6.3).
+    pub agent_version: String,
+    /// `SessionType` the agent asked for (`Standard_Stream`, `Port`, …).
+    pub session_type: String,
+    /// The session type's `Properties` (a port session's document properties).
+    pub properties: serde_json::Value,
+    /// The Airlock capabilities both sides agreed on; `None` with an AWS agent.
+    pub airlock: Option<AirlockCapabilities>,
+}
+
+/// Things a session reports besides output, when [`SessionOptions::events`] asks for them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SessionEvent {
+    /// The handshake was answered (sent before any output).
+    Handshake(HandshakeInfo),
+    /// The agent sent a Flag payload (e.g. `ConnectToPortError`).
+    Flag(Flag),
 }
 
 /// Bytes the remote side printed, kept apart by stream.
@@ -93,6 +118,11 @@ pub struct SessionOptions {
     pub max_payload: u32,
     /// Frames in flight offered to an Airlock agent.
     pub window: u32,
+    /// Per-stream credit offered for Airlock's multiplexing of port sessions; 0 offers none
+    /// (the session then uses smux v1, as with AWS agents).
+    pub mux_window: u32,
+    /// Receives [`SessionEvent`]s (the handshake's outcome, flags).
+    pub events: Option<mpsc::Sender<SessionEvent>>,
 }
 
 impl Default for SessionOptions {
@@ -104,6 +134,8 @@ impl Default for SessionOptions {
             api: None,
             max_payload: 256 * 1024,
             window: 64,
+            mux_window: 0,
+            events: None,
         }
     }
 }
@@ -140,7 +172,8 @@ pub async fn run(
     output: mpsc::Sender<Output>,
 ) -> Result<Outcome, SessionError> {
     let client_id = uuid::Uuid::new_v4().to_string();
-    let mut ws = open(&grant, &grant.token_value, &client_id, &opts).await?;
+    // Writes go through their own task, so this loop always keeps reading (see SplitWs).
+    let mut ws = SplitWs::new(open(&grant, &grant.token_value, &client_id, &opts).await?);
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Client));
     let mut ready = false;
     let mut negotiated = false;
@@ -171,8 +204,30 @@ pub async fn run(
                             digest: false,
                             exit_code: true,
                             no_pty: opts.no_pty,
+                            mux: u32::from(opts.mux_window > 0),
+                            mux_window: opts.mux_window,
                         };
                         let agreed = req.airlock.map(|theirs| ours.negotiate(&theirs));
+                        if let Some(events) = &opts.events {
+                            let session = req
+                                .requested_client_actions
+                                .iter()
+                                .find(|a| a.action_type == airlock_proto::SESSION_TYPE_ACTION)
+                                .and_then(|a| {
+                                    serde_json::from_value::<SessionTypeRequest>(
+                                        a.action_parameters.clone(),
+                                    )
+                                    .ok()
+                                })
+                                .unwrap_or_default();
+                            let info = HandshakeInfo {
+                                agent_version: req.agent_version.clone(),
+                                session_type: session.session_type,
+                                properties: session.properties,
+                                airlock: agreed,
+                            };
+                            let _ = events.send(SessionEvent::Handshake(info)).await;
+                        }
                         let actions = req
                             .requested_client_actions
                             .iter()
@@ -239,8 +294,16 @@ pub async fn run(
                     }
                     PayloadType::EXIT_CODE => exit_code = parse_exit_code(&payload),
                     PayloadType::FLAG => {
-                        if let Ok(Flag::ConnectToPortError) = Flag::decode(&payload) {
-                            tracing::warn!("the agent could not connect to the destination port");
+                        if let Ok(flag) = Flag::decode(&payload) {
+                            match &opts.events {
+                                Some(events) => {
+                                    let _ = events.send(SessionEvent::Flag(flag)).await;
+                                }
+                                None if flag == Flag::ConnectToPortError => tracing::warn!(
+                                    "the agent could not connect to the destination port"
+                                ),
+                                None => {}
+                            }
                         }
                     }
                     _ => {}
@@ -250,7 +313,7 @@ pub async fn run(
                         let reason = serde_json::from_slice::<ChannelClosed>(&frame.payload)
                             .map(|c| c.output)
                             .unwrap_or_default();
-                        let _ = ws.close(None).await;
+                        ws.close().await;
                         return Ok(Outcome { exit_code, reason });
                     }
                 }
@@ -270,23 +333,13 @@ pub async fn run(
         if !pending.is_empty() && pending_ctl.is_empty() {
             ch.send_stream(PayloadType::OUTPUT, &mut pending, now);
         }
-        let mut wrote = false;
-        while let Some(frame) = ch.poll_transmit(Instant::now()) {
-            wrote = true;
-            if let Err(e) = ws.feed(Message::Binary(frame)).await {
-                tracing::debug!("data channel write failed: {e}");
-                break;
-            }
-        }
-        if wrote {
-            let _ = ws.flush().await;
-        }
+        let tx_blocked = ws.transmit(&mut ch);
 
         let deadline = ch.poll_timeout();
         let accepting =
             ready && input_open && pending.is_empty() && pending_ctl.is_empty() && ch.can_send();
         tokio::select! {
-            msg = ws.next() => match msg {
+            msg = ws.stream.next() => match msg {
                 Some(Ok(Message::Binary(b))) => {
                     tracing::trace!(len = b.len(), "frame received");
                     if let Err(e) = ch.handle_bytes(b, Instant::now()) {
@@ -300,14 +353,14 @@ pub async fn run(
                 Some(Ok(Message::Close(frame))) => {
                     let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
                     if reason.is_empty() || reason == "Bye" {
-                        ws = resume(&grant, &client_id, &opts, &reason).await?;
+                        ws = SplitWs::new(resume(&grant, &client_id, &opts, &reason).await?);
                     } else {
                         return Err(SessionError::Refused(reason));
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => ws = resume(&grant, &client_id, &opts, &e.to_string()).await?,
-                None => ws = resume(&grant, &client_id, &opts, "connection closed").await?,
+                Some(Err(e)) => ws = SplitWs::new(resume(&grant, &client_id, &opts, &e.to_string()).await?),
+                None => ws = SplitWs::new(resume(&grant, &client_id, &opts, "connection closed").await?),
             },
             inp = input.recv(), if accepting => match inp {
                 Some(Input::Data(b)) => {
@@ -321,6 +374,9 @@ pub async fn run(
                         pending_ctl.push_back((PayloadType::SIZE, Bytes::from(body)));
                     }
                 }
+                Some(Input::Flag(flag)) => {
+                    pending_ctl.push_back((PayloadType::FLAG, Bytes::copy_from_slice(&flag.encode())));
+                }
                 Some(Input::Eof) | None => {
                     input_open = false;
                     if negotiated && opts.no_pty {
@@ -332,7 +388,8 @@ pub async fn run(
                 }
             },
             _ = sleep_until(deadline) => ch.handle_timeout(Instant::now()),
-            _ = keepalive.tick() => { let _ = ws.send(Message::Ping(Bytes::from_static(b"keepalive"))).await; }
+            _ = room(&ws.tx), if tx_blocked => {}
+            _ = keepalive.tick() => { let _ = ws.tx.try_send(Message::Ping(Bytes::from_static(b"keepalive"))); }
         }
     }
 }
@@ -377,4 +434,9 @@ async fn resume(
         delay = (delay * 2).min(Duration::from_secs(5));
     }
     Err(SessionError::Lost(format!("{why}; resume failed: {last}")))
+}
+
+/// Resolves when the writer's queue has room (the permit is released at once).
+async fn room(tx: &mpsc::Sender<Message>) {
+    let _ = tx.reserve().await;
 }

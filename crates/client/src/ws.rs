@@ -2,11 +2,18 @@
 //! or through an HTTPS proxy (`HTTPS_PROXY`/`HTTP_PROXY` with `NO_PROXY`) by HTTP CONNECT.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
+
+use airlock_proto::ReliableChannel;
 
 /// A connected WebSocket.
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -166,6 +173,90 @@ pub async fn connect(
                 source: Box::new(e),
             })?;
     Ok(ws)
+}
+
+/// Messages queued to a [`SplitWs`] writer before the owner holds further frames back.
+pub const WRITER_QUEUE: usize = 32;
+
+/// A WebSocket whose writes run in a task of their own, so its owner never waits on the
+/// socket and always keeps reading. A data-channel pump that both reads and writes one
+/// socket can otherwise deadlock when both ends of a session send bulk data at once: each
+/// blocks writing to a relay that is blocked writing to the other. (It also lets encryption
+/// and decryption run on two cores.)
+pub struct SplitWs {
+    /// Incoming messages.
+    pub stream: SplitStream<WsStream>,
+    /// Outgoing messages, written in order by the writer task.
+    pub tx: mpsc::Sender<Message>,
+    writer: tokio::task::JoinHandle<Option<SplitSink<WsStream, Message>>>,
+}
+
+impl SplitWs {
+    /// Splits `ws` and starts its writer task.
+    pub fn new(ws: WsStream) -> SplitWs {
+        let (mut sink, stream) = ws.split();
+        let (tx, mut rx) = mpsc::channel::<Message>(WRITER_QUEUE);
+        let writer = tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                let closing = matches!(m, Message::Close(_));
+                if sink.feed(m).await.is_err() {
+                    return None;
+                }
+                while let Ok(m) = rx.try_recv() {
+                    if sink.feed(m).await.is_err() {
+                        return None;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return None;
+                }
+                if closing {
+                    let _ = sink.close().await;
+                    return None;
+                }
+            }
+            Some(sink)
+        });
+        SplitWs { stream, tx, writer }
+    }
+
+    /// Moves every frame `ch` has to send into the writer's queue while it has room. Returns
+    /// true when frames are left waiting for room (then wait on [`SplitWs::room`]).
+    pub fn transmit(&self, ch: &mut ReliableChannel) -> bool {
+        while self.tx.capacity() > 0 {
+            match ch.poll_transmit(Instant::now()) {
+                Some(frame) => {
+                    if self.tx.try_send(Message::Binary(frame)).is_err() {
+                        // The writer is gone; the reader will see the connection end.
+                        return false;
+                    }
+                }
+                None => return false,
+            }
+        }
+        ch.wants_transmit()
+    }
+
+    /// Resolves when the writer's queue has room again.
+    pub async fn room(&self) {
+        let _ = self.tx.reserve().await;
+    }
+
+    /// Waits until everything queued is written, and returns the whole socket again (`None`
+    /// if it failed or was closed).
+    pub async fn join(self) -> Option<WsStream> {
+        let SplitWs { stream, tx, writer } = self;
+        drop(tx);
+        let sink = writer.await.ok().flatten()?;
+        sink.reunite(stream).ok()
+    }
+
+    /// Queues a close frame and stops the writer once it is sent.
+    pub async fn close(self) {
+        let _ = self.tx.send(Message::Close(None)).await;
+        let SplitWs { writer, .. } = self;
+        let _ = writer.await;
+    }
 }
 
 #[cfg(test)]

@@ -289,7 +289,9 @@ impl Frame {
 pub struct DecodeOptions {
     /// Frames longer than this are refused with [`FrameError::TooLong`] before hashing.
     pub max_frame_len: usize,
-    /// Check `PayloadDigest` (skip only between Airlock peers that negotiated no digests).
+    /// Check every `PayloadDigest`. When false (only between Airlock peers that negotiated no
+    /// digests, whose frames carry 32 zero bytes there), a digest that is not all zeros is
+    /// still checked: it costs nothing on such a channel and catches a corrupted frame.
     pub verify_digest: bool,
 }
 
@@ -311,7 +313,8 @@ impl Default for DecodeOptions {
 /// `pause_publication` which the plugin accepts unchecked:
 /// [`FrameError::BadHeaderLength`], [`FrameError::EmptyMessageType`],
 /// [`FrameError::ZeroCreatedDate`], [`FrameError::PayloadLengthMismatch`] and,
-/// when `PayloadLength != 0` and `opts.verify_digest`, [`FrameError::DigestMismatch`].
+/// when `PayloadLength != 0` and `opts.verify_digest` (or the digest is not all zeros),
+/// [`FrameError::DigestMismatch`].
 pub fn decode(buf: Bytes, opts: &DecodeOptions) -> Result<Frame, FrameError> {
     let len = buf.len();
     if len < FRAME_HEADER_LEN {
@@ -374,7 +377,7 @@ pub fn decode(buf: Bytes, opts: &DecodeOptions) -> Result<Frame, FrameError> {
                 actual: payload.len(),
             });
         }
-        if payload_length != 0 && opts.verify_digest {
+        if payload_length != 0 && (opts.verify_digest || digest != [0u8; 32]) {
             let actual: [u8; 32] = Sha256::digest(&payload).into();
             if actual != digest {
                 return Err(FrameError::DigestMismatch {

@@ -73,6 +73,7 @@ json_payload!(
     AgentTaskComplete,
     AgentTaskAcknowledge,
     AirlockCapabilities,
+    PortConnectionRecord,
 );
 
 /// Payload of an `acknowledge` frame: which stream frame is acknowledged.
@@ -484,6 +485,14 @@ pub struct AirlockCapabilities {
     /// the shell without a PTY, so there is no prompt and no echo, as `ssh` without `-t` does.
     #[serde(alias = "noPty", default)]
     pub no_pty: bool,
+    /// Version of Airlock's stream multiplexing ([`crate::mux`], `MuxKind::Airlock`) offered
+    /// for port sessions; 0 = none, and then smux v1 is used as with AWS peers.
+    #[serde(alias = "mux", default)]
+    pub mux: u32,
+    /// Initial credit, in bytes, each side grants the other per multiplexed stream: what one
+    /// stream may have in flight before the receiver has written it out.
+    #[serde(alias = "muxWindow", default)]
+    pub mux_window: u32,
 }
 
 impl Default for AirlockCapabilities {
@@ -497,6 +506,8 @@ impl Default for AirlockCapabilities {
             digest: true,
             exit_code: false,
             no_pty: false,
+            mux: 0,
+            mux_window: 0,
         }
     }
 }
@@ -508,7 +519,8 @@ impl AirlockCapabilities {
     /// The result of negotiation between our offer (`self`) and the peer's:
     /// the lower version, payload size and window (a 0 window yields to the
     /// other side's), digests if either side wants them, exit codes only if both
-    /// support them. Symmetric, so both peers arrive at the same values.
+    /// support them, Airlock mux only if both offer it (the lower version, the smaller
+    /// per-stream window). Symmetric, so both peers arrive at the same values.
     pub fn negotiate(&self, peer: &AirlockCapabilities) -> AirlockCapabilities {
         let window = match (self.window, peer.window) {
             (0, w) | (w, 0) => w,
@@ -521,8 +533,48 @@ impl AirlockCapabilities {
             digest: self.digest || peer.digest,
             exit_code: self.exit_code && peer.exit_code,
             no_pty: self.no_pty || peer.no_pty,
+            mux: self.mux.min(peer.mux),
+            mux_window: match (self.mux_window, peer.mux_window) {
+                (0, w) | (w, 0) => w,
+                (a, b) => a.min(b),
+            },
         }
     }
+}
+
+/// `Topic` of the `agent_task_reply` frames (an [`MgsPayload`] whose `Content` is a
+/// [`PortConnectionRecord`]) by which an Airlock agent reports each forwarded connection.
+pub const PORT_CONNECTION_TOPIC: &str = "airlock_port_connection";
+
+/// The audit record of one connection forwarded by a port session, sent by the agent to the
+/// server when the connection ends, so port-forward and SSH traffic is never unlogged. The
+/// server trusts only what the agent can know (bytes, times, how it ended); who ran the
+/// session it takes from its own records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortConnectionRecord {
+    /// The session that carried the connection.
+    pub session_id: String,
+    /// The session's owner as the task named it (informational).
+    pub session_owner: String,
+    /// Stream id within the session (0 for single-connection modes).
+    pub stream_id: u32,
+    /// `host:port` the agent connected to.
+    pub destination: String,
+    /// `airlock-mux`, `smux`, `basic` or `stream`.
+    pub mode: String,
+    /// Bytes from the client written to the target.
+    pub bytes_to_target: u64,
+    /// Bytes from the target sent to the client.
+    pub bytes_from_target: u64,
+    /// Unix epoch milliseconds when the connection was opened.
+    pub started_at: u64,
+    /// How long it lasted, in milliseconds.
+    pub duration_ms: u64,
+    /// How it ended, in words (`closed`, `cannot connect to …`, `session ended`, …).
+    pub end_reason: String,
+    /// Whether it ended in an error.
+    pub failed: bool,
 }
 
 /// PayloadType 10 values (protocol.md §4.2), sent as a 4-byte big-endian integer.
@@ -642,6 +694,8 @@ mod tests {
             digest: false,
             exit_code: true,
             no_pty: false,
+            mux: 1,
+            mux_window: 1 << 20,
         };
         let b = AirlockCapabilities {
             version: 2,
@@ -650,8 +704,12 @@ mod tests {
             digest: true,
             exit_code: false,
             no_pty: false,
+            mux: 0,
+            mux_window: 0,
         };
         assert_eq!(a.negotiate(&b), b.negotiate(&a));
+        assert_eq!(a.negotiate(&b).mux, 0);
+        assert_eq!(a.negotiate(&a).mux_window, 1 << 20);
         let n = a.negotiate(&b);
         assert_eq!((n.version, n.max_payload, n.window), (1, 16384, 64));
         assert!(n.digest && !n.exit_code);

@@ -184,6 +184,7 @@ fn window_limits_frames_in_flight_after_shrinking() {
         digest: true,
         exit_code: false,
         no_pty: false,
+        ..AirlockCapabilities::default()
     });
     assert_eq!(ch.config().max_payload, 4096);
     let sent = drain(&mut ch, now);
@@ -524,6 +525,7 @@ fn digest_negotiation_changes_encoding_and_verification() {
         digest: false,
         exit_code: true,
         no_pty: false,
+        ..AirlockCapabilities::default()
     };
     let mut a = ReliableChannel::new(ChannelConfig::new(Role::Agent).with_capabilities(&caps));
     assert_eq!(a.config().window, None);

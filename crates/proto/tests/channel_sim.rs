@@ -270,6 +270,7 @@ fn arb_caps() -> impl Strategy<Value = AirlockCapabilities> {
             digest,
             exit_code: true,
             no_pty: false,
+            ..AirlockCapabilities::default()
         })
 }
 
@@ -341,7 +342,7 @@ proptest! {
             agent_bytes: 30_000,
             window: Some(window),
             caps_mode: CapsMode::Aws,
-            caps: AirlockCapabilities { version: 1, max_payload: 1024, window: 0, digest: true, exit_code: false, no_pty: false },
+            caps: AirlockCapabilities { version: 1, max_payload: 1024, window: 0, digest: true, exit_code: false, no_pty: false, ..AirlockCapabilities::default() },
             flaky_receiver: flaky,
         })?;
     }
@@ -365,6 +366,7 @@ fn perfect_network_fast_path() {
             digest: true,
             exit_code: false,
             no_pty: false,
+            ..AirlockCapabilities::default()
         },
         flaky_receiver: false,
     })

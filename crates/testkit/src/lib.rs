@@ -121,6 +121,30 @@ impl TestServer {
     /// Registers and starts an agent, and waits until it is connected.
     pub async fn agent(&self) -> TestAgent {
         let (id, code) = self.activation(1).await;
+        self.agent_from(id, code).await
+    }
+
+    /// Registers and starts an agent from an activation carrying `tags`
+    /// (`[{"Key": …, "Value": …}]`, which the instance inherits), and waits until it is connected.
+    pub async fn agent_tagged(&self, tags: serde_json::Value) -> TestAgent {
+        let out = self
+            .api()
+            .call(
+                "AmazonSSM.CreateActivation",
+                &json!({ "IamRole": "Test", "RegistrationLimit": 1, "Tags": tags }),
+            )
+            .await
+            .unwrap();
+        self.agent_from(
+            out["ActivationId"].as_str().unwrap().into(),
+            out["ActivationCode"].as_str().unwrap().into(),
+        )
+        .await
+    }
+
+    /// Registers an agent with an activation id and code, starts it, and waits until it is
+    /// connected.
+    pub async fn agent_from(&self, id: String, code: String) -> TestAgent {
         let state = airlock_agent::register(&airlock_agent::Registration {
             server: self.url.clone(),
             activation_id: id,
@@ -150,6 +174,87 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
         }
+    }
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, for up to `timeout`; panics naming
+/// `what` otherwise. For conditions that become true asynchronously (a status recorded, a
+/// relay dropped), without sleeping longer than needed.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl TestServer {
+    /// Creates a user (admin or not) with an access key, and returns a profile signing as it.
+    pub async fn user(&self, name: &str, admin: bool) -> Profile {
+        let api = self.api();
+        api.call(
+            "Airlock.CreateUser",
+            &json!({ "UserName": name, "Admin": admin }),
+        )
+        .await
+        .expect("CreateUser");
+        let key = api
+            .call("Airlock.CreateAccessKey", &json!({ "UserName": name }))
+            .await
+            .expect("CreateAccessKey");
+        Profile {
+            access_key_id: key["AccessKey"]["AccessKeyId"].as_str().unwrap().into(),
+            secret_access_key: key["AccessKey"]["SecretAccessKey"].as_str().unwrap().into(),
+            ..self.admin.clone()
+        }
+    }
+
+    /// DescribeSessions for `state` (`Active` or `History`), as the admin.
+    pub async fn sessions(&self, state: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .api()
+            .call(
+                "AmazonSSM.DescribeSessions",
+                &json!({ "State": state, "MaxResults": 200 }),
+            )
+            .await
+            .expect("DescribeSessions");
+        out["Sessions"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The session `id` as DescribeSessions lists it under `state`, if it does.
+    pub async fn session(&self, state: &str, id: &str) -> Option<serde_json::Value> {
+        self.sessions(state)
+            .await
+            .into_iter()
+            .find(|s| s["SessionId"] == id)
+    }
+
+    /// Waits (up to 10 s) until DescribeSessions History lists `id`, and returns it.
+    pub async fn wait_history(&self, id: &str) -> serde_json::Value {
+        eventually(
+            &format!("session {id} in History"),
+            Duration::from_secs(10),
+            || self.session("History", id),
+        )
+        .await
+    }
+
+    /// Waits (up to 10 s) until the gateway holds no relay for any session.
+    pub async fn wait_no_relays(&self) {
+        eventually("no relay left", Duration::from_secs(10), || async {
+            (self.state().hub.relay_count() == 0).then_some(())
+        })
+        .await
     }
 }
 
@@ -251,6 +356,25 @@ impl TestSession {
                 }
                 Ok(None) => panic!("session output ended before {needle:?}; saw {text:?}"),
                 Err(_) => panic!("timed out waiting for {needle:?}; saw {text:?}"),
+            }
+        }
+    }
+
+    /// Reads output until `parse` finds what it looks for in everything seen so far (stdout and
+    /// stderr together), up to `timeout`.
+    pub async fn wait_for<T>(&mut self, timeout: Duration, parse: impl Fn(&str) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let text = String::from_utf8_lossy(&self.seen).into_owned();
+            if let Some(v) = parse(&text) {
+                return v;
+            }
+            match tokio::time::timeout_at(deadline, self.output.recv()).await {
+                Ok(Some(Output::Stdout(b))) | Ok(Some(Output::Stderr(b))) => {
+                    self.seen.extend_from_slice(&b)
+                }
+                Ok(None) => panic!("session output ended while waiting; saw {text:?}"),
+                Err(_) => panic!("timed out waiting; saw {text:?}"),
             }
         }
     }

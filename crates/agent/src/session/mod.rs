@@ -1,7 +1,9 @@
 //! One session on the host: opens the session's data channel back to the server (outbound),
-//! runs the agent end of the handshake, starts the shell, and pumps bytes both ways through
-//! the [`ReliableChannel`] until the shell exits or the server closes the channel.
+//! runs the agent end of the handshake, then either starts the shell and pumps bytes both ways
+//! through the [`ReliableChannel`] until the shell exits or the server closes the channel, or,
+//! for documents whose `sessionType` is `Port`, runs a [`port`] session.
 
+pub mod port;
 pub mod shell;
 
 use std::time::{Duration, Instant};
@@ -16,8 +18,8 @@ use airlock_client::ws::WsStream;
 use airlock_proto::{
     exit_code_payload, AgentSessionState, AgentTaskPayload, AirlockCapabilities, ChannelConfig,
     Event, Flag, HandshakeComplete, HandshakeRequest, HandshakeResponse, MessageType,
-    OpenDataChannelInput, PayloadType, ReliableChannel, RequestedClientAction, Role,
-    SessionTypeRequest, SizeData,
+    OpenDataChannelInput, PayloadType, PortConnectionRecord, ReliableChannel,
+    RequestedClientAction, Role, SessionTypeRequest, SizeData,
 };
 
 use crate::runas::RunAs;
@@ -56,6 +58,10 @@ pub struct SessionContext {
     pub max_payload: u32,
     /// Window offered to Airlock clients.
     pub window: u32,
+    /// Per-stream credit offered to Airlock clients for multiplexed port sessions (0: none).
+    pub mux_window: u32,
+    /// Where port sessions send the record of each forwarded connection (to the server).
+    pub records: Option<tokio::sync::mpsc::Sender<PortConnectionRecord>>,
 }
 
 /// Runs a shell session to its end.
@@ -101,7 +107,7 @@ pub async fn run(
     }
 }
 
-async fn send_all(ws: &mut WsStream, ch: &mut ReliableChannel) -> anyhow::Result<()> {
+pub(crate) async fn send_all(ws: &mut WsStream, ch: &mut ReliableChannel) -> anyhow::Result<()> {
     let now = Instant::now();
     let mut wrote = false;
     while let Some(frame) = ch.poll_transmit(now) {
@@ -114,7 +120,7 @@ async fn send_all(ws: &mut WsStream, ch: &mut ReliableChannel) -> anyhow::Result
     Ok(())
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
@@ -122,16 +128,31 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn state_frame(session_id: &str, state: &str, exit_code: Option<i32>) -> airlock_proto::Frame {
+    state_frame_with_error(session_id, state, exit_code, None)
+}
+
+/// `agent_session_state`, with Airlock's extra keys: `ExitCode` (the gateway records it) and
+/// `Error` (the session failed; the gateway shows it to the client). Other readers ignore them.
+fn state_frame_with_error(
+    session_id: &str,
+    state: &str,
+    exit_code: Option<i32>,
+    error: Option<&str>,
+) -> airlock_proto::Frame {
     let mut frame = AgentSessionState {
         schema_version: 1,
         session_state: state.to_owned(),
         session_id: session_id.to_owned(),
     }
     .to_frame();
-    if let Some(code) = exit_code {
-        // The gateway records the exit status from here; other readers ignore the extra key.
+    if exit_code.is_some() || error.is_some() {
         let mut v: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or_default();
-        v["ExitCode"] = serde_json::json!(code);
+        if let Some(code) = exit_code {
+            v["ExitCode"] = serde_json::json!(code);
+        }
+        if let Some(e) = error {
+            v["Error"] = serde_json::json!(e);
+        }
         frame.payload = Bytes::from(v.to_string());
     }
     frame
@@ -176,6 +197,21 @@ async fn run_inner(
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Agent));
     ch.send_control(state_frame(&task.session_id, "Connected", None));
 
+    // Port documents name their session type; everything else is a shell.
+    let is_port = task
+        .document_content
+        .get("sessionType")
+        .and_then(|t| t.as_str())
+        == Some("Port");
+    let properties = if is_port {
+        task.document_content
+            .get("properties")
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    } else {
+        serde_json::Value::Null
+    };
+
     // Handshake: the agent asks, the client answers; Airlock clients also answer our offer.
     let offer = AirlockCapabilities {
         version: AirlockCapabilities::VERSION,
@@ -184,12 +220,14 @@ async fn run_inner(
         digest: false,
         exit_code: true,
         no_pty: false,
+        mux: u32::from(ctx.mux_window > 0),
+        mux_window: ctx.mux_window,
     };
     let request = HandshakeRequest {
         agent_version: airlock_proto::AGENT_VERSION.to_owned(),
         requested_client_actions: vec![RequestedClientAction::session_type(&SessionTypeRequest {
-            session_type: "Standard_Stream".into(),
-            properties: serde_json::Value::Null,
+            session_type: if is_port { "Port" } else { "Standard_Stream" }.into(),
+            properties: properties.clone(),
         })],
         airlock: Some(offer),
     };
@@ -200,6 +238,7 @@ async fn run_inner(
         started,
     )?;
     let agreed: Option<AirlockCapabilities>;
+    let client_version: String;
     let mut size = (80u16, 24u16);
     let deadline = started + HANDSHAKE_TIMEOUT;
     'handshake: loop {
@@ -214,6 +253,7 @@ async fn run_inner(
                         .map_err(|e| anyhow::anyhow!("malformed HandshakeResponse: {e}"))?;
                     tracing::debug!(client_version = resp.client_version, "handshake answered");
                     agreed = resp.airlock.map(|theirs| offer.negotiate(&theirs));
+                    client_version = resp.client_version;
                     break 'handshake;
                 }
                 Event::Data {
@@ -260,6 +300,10 @@ async fn run_inner(
         ch.apply_capabilities(caps);
     }
 
+    if is_port {
+        return run_port(ctx, task, ws, &mut ch, &properties, &client_version, agreed, cancel).await;
+    }
+
     let mut sh = if no_pty {
         shell::spawn_pipes(&ctx.run_as)?
     } else {
@@ -282,10 +326,76 @@ async fn run_inner(
             Instant::now(),
         );
     }
-    // Wait (bounded) for the client to acknowledge everything, then tell the gateway we are done.
+    conclude(&mut ws, &mut ch, &task.session_id, Some(code), None).await?;
+    Ok(Some(code))
+}
+
+/// Runs a port session after the handshake, then ends it like a shell session: drained,
+/// `Terminating` (with the error, if any), and the channel closed.
+#[allow(clippy::too_many_arguments)]
+async fn run_port(
+    ctx: &SessionContext,
+    task: &AgentTaskPayload,
+    ws: WsStream,
+    ch: &mut ReliableChannel,
+    properties: &serde_json::Value,
+    client_version: &str,
+    agreed: Option<AirlockCapabilities>,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<i32>> {
+    let (end, ws) = match port::params(properties) {
+        Err(e) => (port::PortEnd::Finished(Some(e)), Some(ws)),
+        Ok(p) => {
+            let mode = port::Mode::choose(&p, client_version, agreed.as_ref());
+            tracing::info!(
+                session_id = task.session_id,
+                mode = mode.name(),
+                target = airlock_client::mux::display_target(&p.host, p.port),
+                "port session starting"
+            );
+            let recorder = port::Recorder {
+                tx: ctx.records.clone(),
+                session_id: task.session_id.clone(),
+                owner: task.session_owner.clone(),
+                mode: mode.name(),
+            };
+            let window = agreed.map_or(0, |a| a.mux_window);
+            port::run(ws, ch, &p, mode, window, recorder, cancel).await?
+        }
+    };
+    match (end, ws) {
+        (port::PortEnd::Closed, Some(mut ws)) => {
+            let _ = ws.close(None).await;
+            Ok(None)
+        }
+        (port::PortEnd::Closed, None) => Ok(None),
+        (port::PortEnd::Finished(error), ws) => {
+            if let Some(e) = &error {
+                tracing::warn!(session_id = task.session_id, "port session failed: {e}");
+            }
+            if let Some(mut ws) = ws {
+                conclude(&mut ws, ch, &task.session_id, None, error.as_deref()).await?;
+            }
+            match error {
+                Some(e) => Err(anyhow::anyhow!(e)),
+                None => Ok(None),
+            }
+        }
+    }
+}
+
+/// Waits (bounded) for the client to acknowledge everything, tells the gateway the session is
+/// over, and waits briefly for it to close the channel.
+async fn conclude(
+    ws: &mut WsStream,
+    ch: &mut ReliableChannel,
+    session_id: &str,
+    code: Option<i32>,
+    error: Option<&str>,
+) -> anyhow::Result<()> {
     let drain_until = Instant::now() + DRAIN_TIMEOUT;
     while ch.outstanding() > 0 && Instant::now() < drain_until {
-        send_all(&mut ws, &mut ch).await?;
+        send_all(ws, ch).await?;
         tokio::select! {
             m = ws.next() => match m {
                 Some(Ok(Message::Binary(b))) => { let _ = ch.handle_bytes(b, Instant::now()); }
@@ -297,8 +407,13 @@ async fn run_inner(
         }
         while ch.poll_event().is_some() {}
     }
-    ch.send_control(state_frame(&task.session_id, "Terminating", Some(code)));
-    send_all(&mut ws, &mut ch).await?;
+    ch.send_control(state_frame_with_error(
+        session_id,
+        "Terminating",
+        code,
+        error,
+    ));
+    send_all(ws, ch).await?;
     // The gateway answers with channel_closed; wait briefly for it so nothing is cut short.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Some(Ok(m)) = ws.next().await {
@@ -308,7 +423,7 @@ async fn run_inner(
         }
     })
     .await;
-    Ok(Some(code))
+    Ok(())
 }
 
 fn clamp(v: u32) -> u16 {

@@ -1,0 +1,337 @@
+//! `airlock port-forward` and `airlock ssh-proxy`: reach a port on (or behind) a host that has
+//! no port open, through one port session.
+//!
+//! - `port-forward` listens locally and carries every connection it accepts as one stream of
+//!   the session (Airlock's mux with an Airlock agent, smux v1 with an AWS one). It prints the
+//!   address it bound, shows live counts on a terminal, and on Ctrl-C tells the agent the
+//!   session is over before it exits.
+//! - `ssh-proxy` relays stdin/stdout to the host's SSH port (`AWS-StartSSHSession`), for
+//!   `ssh -o ProxyCommand='airlock ssh-proxy --target %h'`, and so for scp and rsync.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Args;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use airlock_client::mux::{MuxStats, StreamReport};
+use airlock_client::port::{self, ForwardOptions, DEFAULT_MUX_WINDOW};
+use airlock_client::session::{run, Input, Output, SessionEvent, SessionOptions, FLAG_INPUT_EOF};
+use airlock_client::{ApiClient, Profile, StreamGrant};
+use airlock_proto::Flag;
+
+use crate::Format;
+
+/// `airlock port-forward`.
+#[derive(Args, Debug)]
+pub struct PortForwardArgs {
+    /// Instance id (mi-…).
+    #[arg(long)]
+    pub target: String,
+    /// Port to reach on the target (or on --remote-host, from the target).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub remote_port: u16,
+    /// A host reachable from the target (name or address); default: the target itself.
+    #[arg(long)]
+    pub remote_host: Option<String>,
+    /// Local port to listen on; 0 or absent: any free port.
+    #[arg(long, default_value_t = 0)]
+    pub local_port: u16,
+    /// Local address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub local_address: IpAddr,
+    /// Why you are connecting (recorded).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// `airlock ssh-proxy`.
+#[derive(Args, Debug)]
+pub struct SshProxyArgs {
+    /// Instance id (mi-…), e.g. `%h` in a ProxyCommand.
+    #[arg(long)]
+    pub target: String,
+    /// SSH port on the target.
+    #[arg(long, default_value_t = 22, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Why you are connecting (recorded).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// Waits for Ctrl-C or SIGTERM, then cancels `token`.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        token.cancel();
+    });
+}
+
+/// `airlock port-forward`.
+pub async fn port_forward(a: PortForwardArgs, format: Format) -> anyhow::Result<i32> {
+    let api = ApiClient::new(Profile::load()?)?;
+    let bind = SocketAddr::new(a.local_address, a.local_port);
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
+    let local = listener.local_addr()?;
+    let (document, mut params) = match &a.remote_host {
+        Some(h) => (
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            serde_json::json!({ "host": [h] }),
+        ),
+        None => ("AWS-StartPortForwardingSession", serde_json::json!({})),
+    };
+    params["portNumber"] = serde_json::json!([a.remote_port.to_string()]);
+    params["localPortNumber"] = serde_json::json!([local.port().to_string()]);
+    let mut input = serde_json::json!({
+        "Target": a.target,
+        "DocumentName": document,
+        "Parameters": params,
+    });
+    if let Some(r) = &a.reason {
+        input["Reason"] = r.clone().into();
+    }
+    let grant = api.start_session(&input).await?;
+    let remote = format!(
+        "{}:{}",
+        a.remote_host.as_deref().unwrap_or(&a.target),
+        a.remote_port
+    );
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "LocalAddress": local.to_string(),
+                "SessionId": grant.session_id,
+                "Remote": remote,
+            })
+        ),
+        Format::Text => println!(
+            "Forwarding {local} -> {remote} (session {}). Ctrl-C to stop.",
+            grant.session_id
+        ),
+    }
+    let stop = CancellationToken::new();
+    cancel_on_signal(stop.clone());
+    let code = serve(grant, api, listener, stop, std::io::stderr().is_terminal()).await?;
+    Ok(code)
+}
+
+/// Runs a forward on `listener` until `stop` or the session's end; prints failures of single
+/// connections and, when `live`, a status line. Returns the exit code.
+async fn serve(
+    grant: StreamGrant,
+    api: ApiClient,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+    live: bool,
+) -> anyhow::Result<i32> {
+    let (rep_tx, mut rep_rx) = mpsc::channel::<StreamReport>(256);
+    let hooks = port::new_hooks(Some(rep_tx));
+    let stats = hooks.stats.clone();
+    let opts = SessionOptions {
+        tls: api.tls(),
+        api: Some(api),
+        mux_window: DEFAULT_MUX_WINDOW,
+        ..Default::default()
+    };
+    let fwd = ForwardOptions {
+        hooks,
+        max_streams: 0,
+    };
+    let reports = tokio::spawn(async move {
+        while let Some(r) = rep_rx.recv().await {
+            if r.failed {
+                clear_line(live);
+                eprintln!("connection from {}: {}", r.destination, r.end);
+            }
+        }
+    });
+    let status_stop = CancellationToken::new();
+    let status = live.then(|| tokio::spawn(status_line(stats.clone(), status_stop.clone())));
+    let stopped = stop.clone();
+    let result = port::forward(grant, opts, listener, fwd, stop).await;
+    status_stop.cancel();
+    if let Some(s) = status {
+        let _ = s.await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), reports).await;
+    clear_line(live);
+    let summary = format!(
+        "{} connection(s), {} sent, {} received",
+        stats.total.load(Ordering::Relaxed),
+        human(stats.sent.load(Ordering::Relaxed)),
+        human(stats.received.load(Ordering::Relaxed))
+    );
+    let outcome = result?;
+    if stopped.is_cancelled() {
+        eprintln!("Stopped: {summary}.");
+        return Ok(0);
+    }
+    if outcome.reason.is_empty() {
+        eprintln!("The session ended: {summary}.");
+        Ok(0)
+    } else {
+        eprintln!("The session ended: {} ({summary}).", outcome.reason);
+        Ok(1)
+    }
+}
+
+fn clear_line(live: bool) {
+    if live {
+        eprint!("\r\x1b[K");
+    }
+}
+
+/// Bytes for people: 1.2 MB, 340 kB, 12 B.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["kB", "MB", "GB", "TB", "PB"];
+    if n < 1000 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1000.0;
+    let mut unit = UNITS[0];
+    for u in UNITS.iter().skip(1) {
+        if v < 1000.0 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+async fn status_line(stats: std::sync::Arc<MuxStats>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last = String::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let line = format!(
+            "{} open, {} total | sent {} | received {}",
+            stats.open.load(Ordering::Relaxed),
+            stats.total.load(Ordering::Relaxed),
+            human(stats.sent.load(Ordering::Relaxed)),
+            human(stats.received.load(Ordering::Relaxed)),
+        );
+        if line != last {
+            eprint!("\r\x1b[K{line}");
+            last = line;
+        }
+    }
+}
+
+/// `airlock ssh-proxy`.
+pub async fn ssh_proxy(a: SshProxyArgs) -> anyhow::Result<i32> {
+    let api = ApiClient::new(Profile::load()?)?;
+    let mut input = serde_json::json!({
+        "Target": a.target,
+        "DocumentName": "AWS-StartSSHSession",
+        "Parameters": { "portNumber": [a.port.to_string()] },
+    });
+    if let Some(r) = &a.reason {
+        input["Reason"] = r.clone().into();
+    }
+    let grant = api.start_session(&input).await?;
+    stdio_stream(grant, api).await
+}
+
+/// Relays stdin and stdout, unchanged, over a standard-stream port session until it ends.
+pub async fn stdio_stream(grant: StreamGrant, api: ApiClient) -> anyhow::Result<i32> {
+    let terminate_api = Some(api.clone());
+    let session_id = grant.session_id.clone();
+    let (ev_tx, mut ev_rx) = mpsc::channel::<SessionEvent>(8);
+    let opts = SessionOptions {
+        tls: api.tls(),
+        api: Some(api),
+        // Tells an Airlock agent that stdin EOF means "half-close the target".
+        no_pty: true,
+        events: Some(ev_tx),
+        ..Default::default()
+    };
+    let (in_tx, in_rx) = mpsc::channel::<Input>(16);
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(64);
+    let session = tokio::spawn(run(grant, opts, in_rx, out_tx));
+    let airlock_agent = tokio::spawn(async move {
+        while let Some(ev) = ev_rx.recv().await {
+            if let SessionEvent::Handshake(h) = ev {
+                return h.airlock.is_some();
+            }
+        }
+        false
+    });
+    let stdin_task = tokio::spawn(async move {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match stdin.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let chunk = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                    if in_tx.send(Input::Data(chunk)).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+        Some(in_tx)
+    });
+    let mut out_task = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(o) = out_rx.recv().await {
+            if let Output::Stdout(b) = o {
+                if stdout.write_all(&b).await.is_err() || stdout.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    tokio::pin!(stdin_task);
+    let mut session = session;
+    let mut airlock_agent = Some(airlock_agent);
+    let mut keep_input = None;
+    let outcome = loop {
+        tokio::select! {
+            r = &mut session => break r,
+            r = &mut stdin_task, if keep_input.is_none() => {
+                let Ok(Some(in_tx)) = r else { continue };
+                let is_airlock = match airlock_agent.take() {
+                    Some(h) => matches!(tokio::time::timeout(Duration::from_secs(30), h).await, Ok(Ok(true))),
+                    None => false,
+                };
+                if !is_airlock {
+                    // An AWS agent cannot be told of a half close: like the plugin, end here.
+                    if let Some(api) = &terminate_api {
+                        let _ = api.terminate_session(&session_id).await;
+                    }
+                    session.abort();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut out_task).await;
+                    return Ok(0);
+                }
+                // Airlock agents half-close the target and the session ends when it closes.
+                let _ = in_tx.send(Input::Flag(Flag::Other(FLAG_INPUT_EOF))).await;
+                keep_input = Some(in_tx);
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut out_task).await;
+    drop(keep_input);
+    match outcome {
+        Ok(Ok(o)) if o.reason.is_empty() => Ok(0),
+        Ok(Ok(o)) => {
+            eprintln!("airlock: {}", o.reason);
+            Ok(1)
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(anyhow::anyhow!("the session task failed: {e}")),
+    }
+}
