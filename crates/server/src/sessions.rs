@@ -6,9 +6,8 @@ use std::sync::Arc;
 use axum::extract::ws::Message;
 use bytes::Bytes;
 
-use airlock_proto::{ChannelClosed, Frame, MessageType, PayloadType};
+use airlock_proto::ChannelClosed;
 
-use crate::gateway::hub::Side;
 use crate::state::AppState;
 
 /// How a session ends.
@@ -33,29 +32,12 @@ pub async fn mark_status(state: &Arc<AppState>, session_id: &str, status: &str) 
 }
 
 /// Builds the `channel_closed` frame the plugin understands (`Output` empty prints the plain
-/// "Exiting session" line).
+/// "Exiting session" line), shaped as MGS sends it (epoch-ms CreatedDate, the target as
+/// DestinationId).
 pub fn channel_closed_frame(session_id: &str, destination: &str, output: &str) -> Bytes {
-    let created = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let body = ChannelClosed {
-        message_id: uuid::Uuid::new_v4().to_string(),
-        created_date: created,
-        destination_id: destination.to_owned(),
-        session_id: session_id.to_owned(),
-        message_type: "channel_closed".to_owned(),
-        schema_version: 1,
-        output: output.to_owned(),
-    };
-    let payload = serde_json::to_vec(&body).unwrap_or_default();
-    Frame::new(
-        MessageType::ChannelClosed,
-        0,
-        0,
-        PayloadType::NONE,
-        Bytes::from(payload),
-    )
-    .encode(true)
+    ChannelClosed::new(session_id, destination, output)
+        .to_frame()
+        .encode(true)
 }
 
 /// Ends a session exactly once: records it, revokes its tokens, sends `channel_closed` to
@@ -80,15 +62,13 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
     } else {
         String::new()
     };
+    let target = match state.store.session(session_id).await {
+        Ok(Some(s)) => s.target,
+        _ => String::new(),
+    };
     if let Some(relay) = state.hub.existing_relay(session_id) {
         relay
-            .finish(|side| {
-                let dest = match side {
-                    Side::Client => "client",
-                    Side::Agent => "agent",
-                };
-                Message::Binary(channel_closed_frame(session_id, dest, &output))
-            })
+            .finish(|_| Message::Binary(channel_closed_frame(session_id, &target, &output)))
             .await;
         state.hub.remove_relay(session_id);
     }
