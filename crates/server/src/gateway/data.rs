@@ -268,6 +268,25 @@ async fn authorize_client(
     }
 }
 
+/// Writes `first` and what else is queued already, then flushes once: under load the relay
+/// puts many frames (data and their acks) into one write instead of one write each.
+async fn write_batch(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> bool {
+    if sink.feed(first).await.is_err() {
+        return false;
+    }
+    for _ in 0..SIDE_QUEUE {
+        let Ok(m) = rx.try_recv() else { break };
+        if sink.feed(m).await.is_err() {
+            return false;
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Message>,
@@ -277,7 +296,7 @@ async fn write_loop(
         tokio::select! {
             biased;
             msg = rx.recv() => match msg {
-                Some(m) => if sink.send(m).await.is_err() { return },
+                Some(m) => if !write_batch(&mut sink, m, &mut rx).await { return },
                 None => break,
             },
             _ = cancel.cancelled() => {
