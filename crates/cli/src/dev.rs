@@ -108,6 +108,7 @@ pub async fn run(a: DevArgs, format: Format) -> anyhow::Result<i32> {
         secret_access_key,
         region: "us-east-1".to_owned(),
         ca_file: None,
+        session_token: None,
     };
     let config_path = airlock_client::config::default_config_path();
     let name = profile_name(&config_path, &profile.endpoint);

@@ -113,7 +113,7 @@ impl ApiClient {
         let creds = airlock_sigv4::Credentials {
             access_key_id: self.profile.access_key_id.clone(),
             secret_access_key: self.profile.secret_access_key.clone(),
-            session_token: None,
+            session_token: self.profile.session_token.clone(),
         };
         let req = airlock_sigv4::Request {
             method: "POST",

@@ -51,6 +51,9 @@ pub struct Profile {
     pub region: String,
     /// A PEM file of certificates to trust (e.g. the server's self-signed certificate).
     pub ca_file: Option<PathBuf>,
+    /// Session token of temporary credentials (`airlock admin session-token`), signed as
+    /// `X-Amz-Security-Token`.
+    pub session_token: Option<String>,
 }
 
 impl std::fmt::Debug for Profile {
@@ -116,6 +119,7 @@ impl Profile {
                 secret_access_key: secret,
                 region: region.unwrap_or_else(|| "us-east-1".to_owned()),
                 ca_file: env("AIRLOCK_CA_FILE").map(PathBuf::from),
+                session_token: env("AIRLOCK_SESSION_TOKEN"),
             });
         }
         let name = env("AIRLOCK_PROFILE").unwrap_or_else(|| "default".to_owned());
@@ -156,6 +160,7 @@ impl Profile {
             ca_file: env("AIRLOCK_CA_FILE")
                 .or_else(|| p.get("ca_file").cloned())
                 .map(PathBuf::from),
+            session_token: env("AIRLOCK_SESSION_TOKEN").or_else(|| p.get("session_token").cloned()),
         })
     }
 
@@ -181,6 +186,9 @@ impl Profile {
         p.insert("region".to_owned(), self.region.clone());
         if let Some(ca) = &self.ca_file {
             p.insert("ca_file".to_owned(), ca.display().to_string());
+        }
+        if let Some(t) = &self.session_token {
+            p.insert("session_token".to_owned(), t.clone());
         }
         profiles.insert(name.to_owned(), p);
         let mut text = String::new();
@@ -222,6 +230,7 @@ mod tests {
             secret_access_key: "s3cret".into(),
             region: "eu-west-1".into(),
             ca_file: None,
+            session_token: None,
         };
         p.save(&path, "default").unwrap();
         let loaded = Profile::load_from(&path, |_| None).unwrap();

@@ -83,6 +83,7 @@ impl TestServer {
             secret_access_key: boot.secret_access_key,
             region: "us-east-1".into(),
             ca_file: server.tls_cert_path.clone(),
+            session_token: None,
         };
         TestServer {
             url: server.url.clone(),
