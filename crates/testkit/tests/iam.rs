@@ -2228,3 +2228,63 @@ async fn secrets_are_sealed_at_rest_under_a_separate_master_key() {
     // And the sealed secrets still verify signatures.
     ok(&server.api(), "Airlock.ListUsers", json!({})).await;
 }
+
+/// The SDK signs with temporary credentials when its profile carries a session token, and the
+/// policy sees them as temporary (aws:TokenIssueTime present).
+#[tokio::test]
+async fn the_client_sdk_signs_with_a_session_token() {
+    let server = TestServer::start().await;
+    let alice = user_with_policy(
+        &server,
+        "tokenalice",
+        json!([{
+            "Effect": "Allow",
+            "Action": "ssm:GetConnectionStatus",
+            "Resource": "*",
+            "Condition": { "Null": { "aws:TokenIssueTime": "false" } }
+        }]),
+    )
+    .await;
+    // Long-term keys: the key is absent, so the statement does not allow.
+    let (status, code, _) = call_err(
+        &alice,
+        "AmazonSSM.GetConnectionStatus",
+        json!({ "Target": "mi-00000000000000000" }),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (400, "AccessDeniedException"));
+    let out = ok(
+        &alice,
+        "Airlock.GetSessionToken",
+        json!({ "DurationSeconds": 900 }),
+    )
+    .await;
+    let c = &out["Credentials"];
+    let temp = ApiClient::new(airlock_client::Profile {
+        access_key_id: c["AccessKeyId"].as_str().unwrap().into(),
+        secret_access_key: c["SecretAccessKey"].as_str().unwrap().into(),
+        session_token: Some(c["SessionToken"].as_str().unwrap().into()),
+        ..alice.profile().clone()
+    })
+    .unwrap();
+    let status = ok(
+        &temp,
+        "AmazonSSM.GetConnectionStatus",
+        json!({ "Target": "mi-00000000000000000" }),
+    )
+    .await;
+    assert_eq!(status["Status"], "notconnected");
+    // A wrong token with the right key is refused.
+    let forged = ApiClient::new(airlock_client::Profile {
+        session_token: Some("not-the-token".into()),
+        ..temp.profile().clone()
+    })
+    .unwrap();
+    let (_, code, _) = call_err(
+        &forged,
+        "AmazonSSM.GetConnectionStatus",
+        json!({ "Target": "mi-00000000000000000" }),
+    )
+    .await;
+    assert_eq!(code, "UnrecognizedClientException");
+}
