@@ -403,3 +403,37 @@ impl TestSession {
         (outcome, String::from_utf8_lossy(&self.seen).into_owned())
     }
 }
+
+/// The built `airlock` binary of this target directory, built first if needed: black-box tests
+/// run it as a user would. Call it from a test (it locates the binary next to the test's own).
+pub fn airlock_binary() -> PathBuf {
+    use std::path::Path;
+    use std::process::Command;
+    // A test runs from <target>/<profile>/deps/; the binary lives in <target>/<profile>/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cargo
+        .args(["build", "--quiet", "-p", "airlock-cli", "--bin", "airlock"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Cargo gives a test its package's CARGO_PKG_*/CARGO_MANIFEST_* variables; some build
+    // scripts (ring's) track them, so passing them on would rebuild half the tree, twice.
+    for (k, _) in std::env::vars_os() {
+        if let Some(k) = k.to_str() {
+            if k.starts_with("CARGO_") && k != "CARGO_HOME" {
+                cargo.env_remove(k);
+            }
+        }
+    }
+    let status = cargo
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("a target directory"),
+        )
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building airlock failed");
+    let bin = profile_dir.join("airlock");
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}

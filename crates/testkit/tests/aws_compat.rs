@@ -369,3 +369,81 @@ async fn the_aws_cli_lists_instances_and_reports_access_denied() {
     );
     agent.stop().await;
 }
+
+/// `aws ssm start-session --endpoint-url …` runs `session-manager-plugin`; with `airlock` on
+/// PATH under that name, the AWS CLI's own session goes through Airlock's client end to end.
+#[tokio::test]
+async fn the_aws_cli_starts_a_session_with_airlock_as_its_plugin() {
+    let Some(aws) = aws_cli().await else { return };
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let dir = TempDir::new();
+    let plugin_dir = dir.0.join("bin");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::os::unix::fs::symlink(&bin, plugin_dir.join("session-manager-plugin")).unwrap();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = tokio::process::Command::new(&aws);
+    cmd.args([
+        "ssm",
+        "start-session",
+        "--endpoint-url",
+        &server.url,
+        "--region",
+        "us-east-1",
+        "--target",
+        &agent.instance_id,
+    ])
+    .env("PATH", path)
+    .env("HOME", &dir.0)
+    .env("AWS_CONFIG_FILE", dir.0.join("aws-config"))
+    .env("AWS_SHARED_CREDENTIALS_FILE", dir.0.join("aws-credentials"))
+    .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
+    .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+    .env_remove("AWS_SESSION_TOKEN")
+    .env_remove("AWS_PROFILE")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("NO_PROXY", "127.0.0.1")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo through-the-plugin $((20+22))\nexit 5\n")
+            .await
+            .unwrap();
+    }
+    let out = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("aws finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "aws failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("Starting session with SessionId: admin-"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("through-the-plugin 42"), "{stdout}");
+    assert!(
+        stdout.contains("Exiting session with sessionId: admin-"),
+        "{stdout}"
+    );
+    // The shell's own status is on the record even though the plugin exits 0, as AWS's does.
+    let history = server
+        .api()
+        .call("AmazonSSM.DescribeSessions", &json!({ "State": "History" }))
+        .await
+        .unwrap();
+    assert_eq!(history["Sessions"][0]["ExitCode"], 5, "{history}");
+}

@@ -13,33 +13,7 @@ use airlock_testkit::TempDir;
 
 /// The `airlock` binary of this build, built (or brought up to date) first.
 fn airlock_binary() -> PathBuf {
-    // This test runs from <target>/<profile>/deps/; the binary lives in <target>/<profile>/.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .args(["build", "--quiet", "-p", "airlock-cli", "--bin", "airlock"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    // Cargo gives this test its package's CARGO_PKG_*/CARGO_MANIFEST_* variables; some build
-    // scripts (ring's) track them, so passing them on would rebuild half the tree, twice.
-    for (k, _) in std::env::vars_os() {
-        if let Some(k) = k.to_str() {
-            if k.starts_with("CARGO_") && k != "CARGO_HOME" {
-                cargo.env_remove(k);
-            }
-        }
-    }
-    let status = cargo
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("a target directory"),
-        )
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building airlock failed");
-    let bin = profile_dir.join("airlock");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
+    airlock_testkit::airlock_binary()
 }
 
 fn free_port() -> u16 {
