@@ -301,7 +301,17 @@ async fn run_inner(
     }
 
     if is_port {
-        return run_port(ctx, task, ws, &mut ch, &properties, &client_version, agreed, cancel).await;
+        return run_port(
+            ctx,
+            task,
+            ws,
+            &mut ch,
+            &properties,
+            &client_version,
+            agreed,
+            cancel,
+        )
+        .await;
     }
 
     let mut sh = if no_pty {
@@ -535,7 +545,18 @@ async fn read_chunk<R: tokio::io::AsyncRead + Unpin + ?Sized>(
     buf.reserve(max);
     match r.read_buf(buf).await {
         Ok(0) | Err(_) => None,
-        Ok(_) => Some(buf.split().freeze()),
+        Ok(mut last) => {
+            // A full terminal buffer (4 KiB) means more is waiting: take what is ready now, up
+            // to one payload, so bulk output goes in few frames (and few acks). A keystroke's
+            // echo is a short read and still goes out at once.
+            while last >= 4096 && buf.len() < max {
+                match futures_util::FutureExt::now_or_never(r.read_buf(buf)) {
+                    Some(Ok(n)) if n > 0 => last = n,
+                    _ => break,
+                }
+            }
+            Some(buf.split().freeze())
+        }
     }
 }
 
