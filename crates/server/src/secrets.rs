@@ -69,7 +69,10 @@ impl MasterKey {
         h.update(b"airlock-audit-chain-v1");
         h.update(&raw);
         let audit: [u8; 32] = h.finalize().into();
-        Ok(MasterKey(ChaCha20Poly1305::new(Key::from_slice(&raw)), audit))
+        Ok(MasterKey(
+            ChaCha20Poly1305::new(Key::from_slice(&raw)),
+            audit,
+        ))
     }
 
     /// The key of the audit chain's HMAC, derived from the master key: someone who can write

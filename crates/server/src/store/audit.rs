@@ -86,7 +86,8 @@ pub struct AuditVerification {
 /// the previous hash and every field, length-prefixed so no two records collide.
 pub fn record_hash(key: &[u8; 32], prev_hash: &str, seq: i64, time: i64, e: &AuditEvent) -> String {
     use hmac::Mac;
-    let mut h = <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
+    let mut h =
+        <hmac::Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable_hmac());
     let fields: [&str; 10] = [
         &e.event,
         &e.principal,
@@ -251,7 +252,14 @@ impl Store {
                     "its previous-hash link does not match the record before it".into(),
                 ));
             }
-            if record_hash(self.key.audit_key(), &rec.prev_hash, rec.seq, rec.time, &rec.event) != rec.hash {
+            if record_hash(
+                self.key.audit_key(),
+                &rec.prev_hash,
+                rec.seq,
+                rec.time,
+                &rec.event,
+            ) != rec.hash
+            {
                 return Ok(bad(
                     "its contents do not match its hash: the record was altered".into(),
                 ));
