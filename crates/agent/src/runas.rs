@@ -142,6 +142,8 @@ pub fn resolve_requested(name: &str) -> Result<RunAs, RunAsError> {
     } else if user.uid == me {
         Ok(from_user(user, false))
     } else {
-        Err(RunAsError::NoSuchUser(format!("{name} (the agent does not run as root, so it can only run sessions as itself)")))
+        Err(RunAsError::NoSuchUser(format!(
+            "{name} (the agent does not run as root, so it can only run sessions as itself)"
+        )))
     }
 }

@@ -85,7 +85,9 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<i32> {
     }
     let endpoint = arg(6);
     let (access_key_id, secret_access_key) = aws_credentials(&arg(4)).unwrap_or_default();
-    let session_token = std::env::var("AWS_SESSION_TOKEN").ok().filter(|t| !t.is_empty());
+    let session_token = std::env::var("AWS_SESSION_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
     let api = ApiClient::new(Profile {
         endpoint: if endpoint.is_empty() {
             format!("https://ssm.{region}.amazonaws.com")

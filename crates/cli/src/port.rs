@@ -269,6 +269,7 @@ pub async fn stdio_stream(grant: StreamGrant, api: ApiClient) -> anyhow::Result<
         }
         false
     });
+    let signal_tx = in_tx.clone();
     let stdin_task = tokio::spawn(async move {
         let mut stdin = tokio::io::stdin();
         let mut buf = vec![0u8; 256 * 1024];
@@ -299,9 +300,22 @@ pub async fn stdio_stream(grant: StreamGrant, api: ApiClient) -> anyhow::Result<
     let mut session = session;
     let mut airlock_agent = Some(airlock_agent);
     let mut keep_input = None;
+    let signalled = end_signal();
+    tokio::pin!(signalled);
     let outcome = loop {
         tokio::select! {
             r = &mut session => break r,
+            _ = &mut signalled => {
+                // ssh ends its ProxyCommand with SIGHUP: end the session properly so the agent
+                // closes the target connection (and records it) instead of leaving it open.
+                let _ = signal_tx.send(Input::Flag(Flag::TerminateSession)).await;
+                if let Some(api) = &terminate_api {
+                    let _ = api.terminate_session(&session_id).await;
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
+                session.abort();
+                return Ok(0);
+            }
             r = &mut stdin_task, if keep_input.is_none() => {
                 let Ok(Some(in_tx)) = r else { continue };
                 let is_airlock = match airlock_agent.take() {
@@ -333,5 +347,26 @@ pub async fn stdio_stream(grant: StreamGrant, api: ApiClient) -> anyhow::Result<
         }
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(anyhow::anyhow!("the session task failed: {e}")),
+    }
+}
+
+/// Resolves on SIGHUP, SIGTERM or SIGINT.
+async fn end_signal() {
+    use tokio::signal::unix::{signal, Signal, SignalKind};
+    async fn recv(s: &mut Option<Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = recv(&mut hup) => {}
+        _ = recv(&mut term) => {}
+        _ = recv(&mut int) => {}
     }
 }

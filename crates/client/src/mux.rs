@@ -221,8 +221,11 @@ struct Entry {
     queued: Arc<AtomicUsize>,
     /// Bytes written out and not yet returned to the peer as credit.
     unreturned: u64,
-    /// We sent FIN or RESET: nothing more goes out for it.
+    /// We sent FIN or RESET: no more data goes out for it.
     local_done: bool,
+    /// Reset either way: nothing at all goes out for it any more (not even credit, which a
+    /// half-closed stream still grants for the other direction).
+    reset: bool,
 }
 
 /// Shared with stream tasks.
@@ -235,14 +238,28 @@ struct Shared {
     cancel: CancellationToken,
 }
 
+/// What the engine takes from its inbound queue: the session's received stream bytes, or
+/// something else to skip (so a pump's own item type can feed the engine without a task in
+/// between to convert it).
+pub trait MuxInput: Send + 'static {
+    /// The multiplexed bytes this item carries, if any.
+    fn into_mux_bytes(self) -> Option<Bytes>;
+}
+
+impl MuxInput for Bytes {
+    fn into_mux_bytes(self) -> Option<Bytes> {
+        Some(self)
+    }
+}
+
 /// Runs a multiplexed session until `inbound` closes (the session ended), `cancel` fires, or
 /// the peer breaks the protocol. Client role: each socket from `incoming` becomes a stream.
 /// Server role: each stream the peer opens is connected to `config.target`. On return every
 /// stream task has ended and every socket is closed.
-pub async fn run(
+pub async fn run<I: MuxInput, O: From<MuxOut> + Send + 'static>(
     config: MuxConfig,
-    mut inbound: mpsc::Receiver<Bytes>,
-    outbound: mpsc::Sender<MuxOut>,
+    mut inbound: mpsc::Receiver<I>,
+    outbound: mpsc::Sender<O>,
     mut incoming: Option<mpsc::Receiver<TcpStream>>,
     hooks: MuxHooks,
     cancel: CancellationToken,
@@ -283,9 +300,11 @@ pub async fn run(
         tokio::select! {
             _ = cancel.cancelled() => break Ok(()),
             m = inbound.recv() => match m {
-                Some(b) => {
-                    if let Err(e) = engine.on_input(b) {
-                        break Err(e);
+                Some(item) => {
+                    if let Some(b) = item.into_mux_bytes() {
+                        if let Err(e) = engine.on_input(b) {
+                            break Err(e);
+                        }
                     }
                 }
                 None => break Ok(()),
@@ -294,7 +313,7 @@ pub async fn run(
             permit = outbound.reserve(), if !engine.outq.is_empty() => match permit {
                 Ok(p) => {
                     if let Some(item) = engine.next_out() {
-                        p.send(item);
+                        p.send(O::from(item));
                     }
                 }
                 Err(_) => break Ok(()),
@@ -309,7 +328,7 @@ pub async fn run(
     };
     // Flush what is queued (FINs, RESETs) if the pump still listens, then stop every stream.
     while let Some(item) = engine.next_out() {
-        if outbound.try_send(item).is_err() {
+        if outbound.try_send(O::from(item)).is_err() {
             break;
         }
     }
@@ -385,9 +404,7 @@ impl Engine {
         self.outq_bytes -= first.len();
         let max = self.config.max_payload;
         let small = |b: &Bytes| b.len() < COALESCE_BELOW;
-        let next_fits = |q: &VecDeque<OutItem>, len: usize| {
-            matches!(q.front(), Some(OutItem::Bytes(n)) if small(n) && len + n.len() <= max)
-        };
+        let next_fits = |q: &VecDeque<OutItem>, len: usize| matches!(q.front(), Some(OutItem::Bytes(n)) if small(n) && len + n.len() <= max);
         if !small(&first) || !next_fits(&self.outq, first.len()) {
             return Some(MuxOut::Data(first));
         }
@@ -463,6 +480,7 @@ impl Engine {
             MuxFrame::Reset { stream, reason } => {
                 if let Some(e) = self.streams.get_mut(&stream) {
                     e.local_done = true;
+                    e.reset = true;
                     let _ = e.down.send(Down::Reset(reason));
                 }
             }
@@ -491,6 +509,7 @@ impl Engine {
     fn reset(&mut self, stream: u32, why: &str) {
         if let Some(e) = self.streams.get_mut(&stream) {
             let _ = e.down.send(Down::Reset(why.to_owned()));
+            e.reset = true;
             if !e.local_done {
                 e.local_done = true;
                 self.refuse(stream, why);
@@ -507,7 +526,7 @@ impl Engine {
             return;
         };
         e.unreturned += n as u64;
-        if e.unreturned >= threshold && !e.local_done {
+        if e.unreturned >= threshold && !e.reset {
             let credit = u32::try_from(e.unreturned).unwrap_or(u32::MAX);
             e.unreturned -= u64::from(credit);
             self.push_frame(&MuxFrame::Window { stream: id, credit });
@@ -537,6 +556,7 @@ impl Engine {
             }
             Up::Reset(id, why) => {
                 if let Some(e) = self.streams.get_mut(&id) {
+                    e.reset = true;
                     if !e.local_done {
                         e.local_done = true;
                         self.refuse(id, &why);
@@ -546,6 +566,7 @@ impl Engine {
             Up::DialFailed(id, why) => {
                 if let Some(e) = self.streams.get_mut(&id) {
                     e.local_done = true;
+                    e.reset = true;
                 }
                 match self.config.kind {
                     MuxKind::Airlock => self.push_frame(&MuxFrame::Reset {
@@ -599,6 +620,7 @@ impl Engine {
             queued,
             unreturned: 0,
             local_done: false,
+            reset: false,
         }
     }
 }
@@ -670,8 +692,12 @@ pub fn describe_io(e: &std::io::Error) -> String {
         None => text,
     };
     match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => "connection refused (nothing listens on that port)".into(),
-        _ if text.contains("failed to lookup address") || text.contains("Name or service not known") => {
+        std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (nothing listens on that port)".into()
+        }
+        _ if text.contains("failed to lookup address")
+            || text.contains("Name or service not known") =>
+        {
             "unknown host (the name does not resolve)".into()
         }
         _ => text,
@@ -726,7 +752,11 @@ impl StreamTask {
         };
         let (end, failed) = match sock {
             Err(why) => {
-                let _ = self.shared.up.send(Up::DialFailed(self.id, why.clone())).await;
+                let _ = self
+                    .shared
+                    .up
+                    .send(Up::DialFailed(self.id, why.clone()))
+                    .await;
                 (why, true)
             }
             Ok(sock) => self.relay(sock, down, &sent, &received).await,
@@ -765,10 +795,13 @@ impl StreamTask {
         let smux = self.shared.kind == MuxKind::Smux1;
         let read_half = async {
             let hl = self.shared.kind.header_len();
+            // One allocation, reused: each read is split off, and once the frames made of
+            // earlier reads are sent and dropped, `reserve` takes the same memory back.
+            let mut buf = BytesMut::new();
             loop {
                 let credit = self.credit.wait().await;
                 let want = credit.min(self.shared.max_frame);
-                let mut buf = BytesMut::with_capacity(hl + want);
+                buf.reserve(hl + want);
                 buf.resize(hl, 0);
                 let mut limited = (&mut rd).take(want as u64);
                 match limited.read_buf(&mut buf).await {
@@ -784,7 +817,8 @@ impl StreamTask {
                             .stats
                             .sent
                             .fetch_add(n as u64, Ordering::Relaxed);
-                        if self.shared.up.send(Up::Data(self.id, buf)).await.is_err() {
+                        let chunk = buf.split();
+                        if self.shared.up.send(Up::Data(self.id, chunk)).await.is_err() {
                             return HalfEnd::Cancelled;
                         }
                     }

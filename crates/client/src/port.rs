@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +18,7 @@ use airlock_proto::version;
 use airlock_proto::{Flag, MuxError, MuxKind};
 
 use crate::api::StreamGrant;
-use crate::mux::{self, MuxConfig, MuxHooks, MuxOut, MuxRole};
+use crate::mux::{self, MuxConfig, MuxHooks, MuxRole};
 use crate::session::{self, Input, Outcome, Output, SessionError, SessionEvent, SessionOptions};
 
 /// Per-stream credit Airlock offers: enough for one stream to fill a loopback or LAN path
@@ -78,7 +77,7 @@ pub async fn forward(
     let (ev_tx, mut ev_rx) = mpsc::channel::<SessionEvent>(16);
     opts.events = Some(ev_tx);
     let (in_tx, in_rx) = mpsc::channel::<Input>(16);
-    let (out_tx, mut out_rx) = mpsc::channel::<Output>(64);
+    let (out_tx, out_rx) = mpsc::channel::<Output>(64);
     let mut session = tokio::spawn(session::run(grant, opts, in_rx, out_tx));
 
     // Accept from the start: early connections wait in the queue until the mux runs.
@@ -134,30 +133,6 @@ pub async fn forward(
     }
     tracing::debug!(?kind, max_payload, "port session ready");
 
-    // Bridges between the session's queues and the engine's.
-    let (inb_tx, inb_rx) = mpsc::channel::<Bytes>(64);
-    let (outb_tx, mut outb_rx) = mpsc::channel::<MuxOut>(16);
-    let inbound = tokio::spawn(async move {
-        while let Some(o) = out_rx.recv().await {
-            if let Output::Stdout(b) = o {
-                if inb_tx.send(b).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let to_session = in_tx.clone();
-    let outbound = tokio::spawn(async move {
-        while let Some(m) = outb_rx.recv().await {
-            let input = match m {
-                MuxOut::Data(b) => Input::Data(b),
-                MuxOut::Flag(f) => Input::Flag(f),
-            };
-            if to_session.send(input).await.is_err() {
-                break;
-            }
-        }
-    });
     let flags = tokio::spawn(async move {
         while let Some(ev) = ev_rx.recv().await {
             if ev == SessionEvent::Flag(Flag::ConnectToPortError) {
@@ -169,10 +144,11 @@ pub async fn forward(
     });
 
     let mux_cancel = CancellationToken::new();
+    // The engine reads the session's output and writes its input directly.
     let engine = mux::run(
         config,
-        inb_rx,
-        outb_tx,
+        out_rx,
+        in_tx.clone(),
         Some(sock_rx),
         fwd.hooks.clone(),
         mux_cancel.clone(),
@@ -213,10 +189,8 @@ pub async fn forward(
     accept_stop.cancel();
     let _ = acceptor.await;
     drop(in_tx);
-    inbound.abort();
-    outbound.abort();
     flags.abort();
-    let _ = tokio::join!(inbound, outbound, flags);
+    let _ = flags.await;
     result
 }
 

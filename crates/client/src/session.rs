@@ -440,3 +440,22 @@ async fn resume(
 async fn room(tx: &mpsc::Sender<Message>) {
     let _ = tx.reserve().await;
 }
+
+impl crate::mux::MuxInput for Output {
+    /// Port sessions carry multiplexed bytes on stdout only.
+    fn into_mux_bytes(self) -> Option<Bytes> {
+        match self {
+            Output::Stdout(b) => Some(b),
+            Output::Stderr(_) => None,
+        }
+    }
+}
+
+impl From<crate::mux::MuxOut> for Input {
+    fn from(m: crate::mux::MuxOut) -> Input {
+        match m {
+            crate::mux::MuxOut::Data(b) => Input::Data(b),
+            crate::mux::MuxOut::Flag(f) => Input::Flag(f),
+        }
+    }
+}

@@ -556,36 +556,1134 @@ async fn a_slow_reader_does_not_stall_a_fast_stream() {
     agent.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zz_debug() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            std::env::var("DBG").unwrap_or("warn".into()),
-        ))
-        .try_init();
-    let (server, agent) = setup().await;
-    let n: u64 = std::env::var("N")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(16 << 20);
-    let tport = hashing_target(n, None).await;
-    let api = server.api();
-    let fwd = forward(&api, &agent.instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
-    let stats = fwd.hooks.stats.clone();
-    let mon = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            eprintln!(
-                "sent {} received {}",
-                stats.sent.load(std::sync::atomic::Ordering::Relaxed),
-                stats.received.load(std::sync::atomic::Ordering::Relaxed)
-            );
-        }
+// ---------------------------------------------------------------------------------------------
+// The real plugin's port traffic, replayed against the agent
+
+fn captures_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("AIRLOCK_CAPTURES_DIR") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/plugin-captures")
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// What the plugin sent in a capture: its opening text frame and its stream frames (not its
+/// acks, which name the scripted server's MessageIds), exactly as recorded.
+struct PluginTraffic {
+    open: Value,
+    inputs: Vec<Vec<u8>>,
+}
+
+fn plugin_traffic(file: &str) -> PluginTraffic {
+    let path = captures_dir().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} (set AIRLOCK_CAPTURES_DIR): {e}",
+            path.display()
+        )
     });
-    let took = tokio::time::timeout(
-        Duration::from_secs(30),
-        sha_roundtrip(fwd.addr, n, n, 3, true),
+    let mut open = Value::Null;
+    let mut inputs = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["dir"] != "plugin->server" {
+            continue;
+        }
+        match v["kind"].as_str() {
+            Some("text") => open = v["decoded"]["json"].clone(),
+            Some("binary") if v["decoded"]["MessageType"] == "input_stream_data" => {
+                let raw = unhex(v["hex"].as_str().unwrap());
+                assert_eq!(
+                    v["decoded"]["SequenceNumber"].as_i64().unwrap() as usize,
+                    inputs.len(),
+                    "input frames in sequence"
+                );
+                inputs.push(raw);
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        open.is_object() && !inputs.is_empty(),
+        "{file} holds plugin traffic"
+    );
+    PluginTraffic { open, inputs }
+}
+
+type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// A stand-in for the plugin: sends recorded frames byte for byte, acks what the agent sends
+/// (with the plugin's ack format), and keeps the agent's stream frames in order.
+struct ReplayPlugin {
+    ws: RawWs,
+    /// Stream frames from the agent by sequence number (duplicates dropped).
+    outputs: std::collections::BTreeMap<i64, Frame>,
+    /// `channel_closed`'s Output once it arrived.
+    closed: Option<String>,
+}
+
+impl ReplayPlugin {
+    async fn connect(grant: &airlock_client::StreamGrant, mut open: Value) -> ReplayPlugin {
+        let (mut ws, _) = tokio_tungstenite::connect_async(grant.stream_url.as_str())
+            .await
+            .expect("data channel");
+        open["TokenValue"] = json!(grant.token_value);
+        ws.send(Message::Text(open.to_string().into()))
+            .await
+            .unwrap();
+        ReplayPlugin {
+            ws,
+            outputs: Default::default(),
+            closed: None,
+        }
+    }
+
+    async fn send(&mut self, raw: Vec<u8>) {
+        self.ws
+            .send(Message::Binary(Bytes::from(raw)))
+            .await
+            .unwrap();
+    }
+
+    /// Reads (and acks) until `done` holds, for up to 10 s.
+    async fn until(&mut self, what: &str, done: impl Fn(&ReplayPlugin) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("timed out waiting for {what}; got {:?}", self.summary())
+                });
+            let Some(Ok(Message::Binary(b))) = m else {
+                if matches!(m, Some(Ok(Message::Ping(_))) | Some(Ok(Message::Pong(_)))) {
+                    continue;
+                }
+                panic!(
+                    "the data channel ended waiting for {what}: {m:?}; got {:?}",
+                    self.summary()
+                );
+            };
+            let f = decode(b, &DecodeOptions::default())
+                .expect("the agent's frames decode and their digests verify");
+            match f.message_type {
+                MessageType::OutputStreamData => {
+                    let ack = AcknowledgeContent::for_frame(&f).to_frame().encode(true);
+                    self.ws.send(Message::Binary(ack)).await.unwrap();
+                    self.outputs.entry(f.sequence_number).or_insert(f);
+                }
+                MessageType::ChannelClosed => {
+                    let c = airlock_proto::ChannelClosed::from_payload(&f.payload).unwrap();
+                    self.closed = Some(c.output);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn summary(&self) -> Vec<(i64, u32, String)> {
+        self.outputs
+            .values()
+            .map(|f| {
+                (
+                    f.sequence_number,
+                    f.payload_type.0,
+                    String::from_utf8_lossy(&f.payload)
+                        .chars()
+                        .take(80)
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn of_type(&self, pt: PayloadType) -> Vec<Bytes> {
+        self.outputs
+            .values()
+            .filter(|f| f.payload_type == pt)
+            .map(|f| f.payload.clone())
+            .collect()
+    }
+
+    /// The Output payloads so far, concatenated in sequence order.
+    fn output_bytes(&self) -> Vec<u8> {
+        self.of_type(PayloadType::OUTPUT).concat()
+    }
+
+    fn handshake_request(&self) -> Option<HandshakeRequest> {
+        self.of_type(PayloadType::HANDSHAKE_REQUEST)
+            .first()
+            .map(|p| HandshakeRequest::from_payload(p).unwrap())
+    }
+}
+
+fn session_properties(req: &HandshakeRequest) -> Value {
+    assert_eq!(req.agent_version, "3.3.9999.0");
+    let action = &req.requested_client_actions[0];
+    assert_eq!(action.action_type, "SessionType");
+    assert_eq!(action.action_parameters["SessionType"], "Port");
+    action.action_parameters["Properties"].clone()
+}
+
+async fn port_records(
+    server: &TestServer,
+    session_id: &str,
+    n: usize,
+) -> Vec<airlock_server::port_audit::PortConnection> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rows = airlock_server::port_audit::list(&server.state().store, Some(session_id), 100)
+            .await
+            .unwrap();
+        if rows.len() >= n {
+            return rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} port connection records for {session_id}; have {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn session_status(server: &TestServer, id: &str) -> String {
+    server
+        .state()
+        .store
+        .session(id)
+        .await
+        .unwrap()
+        .map(|s| s.status)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_capture_port_mux_replays_against_the_agent() {
+    let (server, agent) = setup().await;
+    const REPLY: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let (tport, seen) = scripted_target(b"", Some(REPLY)).await;
+    let traffic = plugin_traffic("port-mux.jsonl");
+    let grant = server
+        .api()
+        .start_session(&json!({
+            "Target": agent.instance_id,
+            "DocumentName": "AWS-StartPortForwardingSession",
+            "Parameters": {"portNumber": [tport.to_string()], "localPortNumber": ["18950"]},
+        }))
+        .await
+        .unwrap();
+    let mut p = ReplayPlugin::connect(&grant, traffic.open.clone()).await;
+    p.until("the HandshakeRequest", |p| p.handshake_request().is_some())
+        .await;
+    assert_eq!(
+        session_properties(&p.handshake_request().unwrap()),
+        json!({"portNumber": tport.to_string(), "type": "LocalPortForwarding", "localPortNumber": "18950"})
+    );
+    let mut inputs = traffic.inputs.into_iter();
+    p.send(inputs.next().unwrap()).await; // seq 0: HandshakeResponse, ClientVersion 1.2.677.0
+    p.until("HandshakeComplete", |p| {
+        !p.of_type(PayloadType::HANDSHAKE_COMPLETE).is_empty()
+    })
+    .await;
+    // Client 1: SYN 3, then PSH "GET / HTTP/1.0"; the agent answers on stream 3 with the reply and FIN.
+    p.send(inputs.next().unwrap()).await;
+    p.send(inputs.next().unwrap()).await;
+    let mut expected = vec![1u8, 2, REPLY.len() as u8, 0, 3, 0, 0, 0];
+    expected.extend_from_slice(REPLY);
+    expected.extend_from_slice(&[1, 1, 0, 0, 3, 0, 0, 0]);
+    p.until("the reply and FIN on stream 3", |p| {
+        p.output_bytes().len() >= expected.len()
+    })
+    .await;
+    assert_eq!(
+        p.output_bytes(),
+        expected,
+        "the smux bytes the capture's server sent"
+    );
+    assert_eq!(seen.get()[0].received, b"GET / HTTP/1.0\r\n\r\n");
+    // The plugin's FIN 3; client 2: SYN 5, PSH "second", FIN 5 after a second.
+    for _ in 0..3 {
+        p.send(inputs.next().unwrap()).await;
+    }
+    wait_until(
+        "the target to see \"second\"",
+        Duration::from_secs(10),
+        || {
+            seen.get()
+                .get(1)
+                .filter(|c| c.received == b"second")
+                .map(|_| ())
+        },
     )
     .await;
-    eprintln!("took {took:?}");
-    mon.abort();
+    p.send(inputs.next().unwrap()).await; // FIN 5
+    wait_until(
+        "the target to see stream 5 closed",
+        Duration::from_secs(10),
+        || seen.get().get(1).filter(|c| c.eof).map(|_| ()),
+    )
+    .await;
+    // Whatever the agent sent after the first reply concerns stream 5 only, and is at most its FIN.
+    let mut dec = MuxDecoder::new(MuxKind::Smux1, 65535);
+    let mut frames = Vec::new();
+    dec.decode(Bytes::from(p.output_bytes()), &mut frames)
+        .unwrap();
+    assert!(
+        frames[2..]
+            .iter()
+            .all(|f| *f == MuxFrame::Fin { stream: 5 }),
+        "{frames:?}"
+    );
+    assert!(
+        p.of_type(PayloadType::FLAG).is_empty(),
+        "no flags: both dials succeeded"
+    );
+    // Ctrl-C: Flag TerminateSession. The agent ends the session; the server closes the channel.
+    p.send(inputs.next().unwrap()).await;
+    assert!(inputs.next().is_none());
+    p.until("channel_closed", |p| p.closed.is_some()).await;
+    assert_eq!(p.closed.as_deref(), Some(""));
+    assert_eq!(
+        session_status(&server, &grant.session_id).await,
+        "Terminated"
+    );
+    let recs = port_records(&server, &grant.session_id, 2).await;
+    let dest = format!("localhost:{tport}");
+    assert_eq!(
+        recs.iter()
+            .map(|r| (
+                r.stream_id,
+                r.destination.as_str(),
+                r.bytes_to_target,
+                r.bytes_from_target,
+                r.mode.as_str()
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            (3, dest.as_str(), 18, 40, "smux"),
+            (5, dest.as_str(), 6, 0, "smux")
+        ]
+    );
+    let owner = server
+        .state()
+        .store
+        .session(&grant.session_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .owner;
+    assert!(owner.ends_with(":user/admin"), "{owner}");
+    assert!(recs
+        .iter()
+        .all(|r| r.owner == owner && r.target == agent.instance_id));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_capture_port_basic_replays_against_the_agent() {
+    let (server, agent) = setup().await;
+    const REPLY: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let (tport, seen) = scripted_target(b"", Some(REPLY)).await;
+    let traffic = plugin_traffic("port-basic-oldagent.jsonl");
+    let api = server.api();
+    let grant = api
+        .start_session(&json!({
+            "Target": agent.instance_id,
+            "DocumentName": "AWS-StartPortForwardingSession",
+            "Parameters": {"portNumber": [tport.to_string()], "localPortNumber": ["18950"]},
+        }))
+        .await
+        .unwrap();
+    let mut p = ReplayPlugin::connect(&grant, traffic.open.clone()).await;
+    p.until("the HandshakeRequest", |p| p.handshake_request().is_some())
+        .await;
+    let mut inputs = traffic.inputs.into_iter();
+    // The plugin used basic mode because the capture's server claimed an old agent. Our agent
+    // claims a new one, so it picks basic mode from the other side of the rule (§6.3): a client
+    // older than 1.1.70. The recorded HandshakeResponse is re-encoded with that version.
+    let mut hs = decode(
+        Bytes::from(inputs.next().unwrap()),
+        &DecodeOptions::default(),
+    )
+    .unwrap();
+    let mut resp = airlock_proto::HandshakeResponse::from_payload(&hs.payload).unwrap();
+    assert_eq!(resp.client_version, "1.2.677.0");
+    resp.client_version = "1.1.61.0".into();
+    hs.payload = resp.to_payload();
+    p.send(hs.encode(true).to_vec()).await;
+    p.until("HandshakeComplete", |p| {
+        !p.of_type(PayloadType::HANDSHAKE_COMPLETE).is_empty()
+    })
+    .await;
+    // Raw bytes: the request, answered raw (no smux header).
+    p.send(inputs.next().unwrap()).await;
+    p.until("the raw reply", |p| p.output_bytes().len() >= REPLY.len())
+        .await;
+    assert_eq!(p.output_bytes(), REPLY);
+    p.send(inputs.next().unwrap()).await; // DisconnectToPort
+    p.send(inputs.next().unwrap()).await; // "second": the agent dials again
+    wait_until(
+        "the second connection to carry \"second\"",
+        Duration::from_secs(10),
+        || {
+            seen.get()
+                .get(1)
+                .filter(|c| c.received == b"second")
+                .map(|_| ())
+        },
+    )
+    .await;
+    p.send(inputs.next().unwrap()).await; // DisconnectToPort
+    wait_until(
+        "the second connection closed",
+        Duration::from_secs(10),
+        || seen.get().get(1).filter(|c| c.eof).map(|_| ()),
+    )
+    .await;
+    assert!(inputs.next().is_none());
+    assert!(
+        p.of_type(PayloadType::FLAG).is_empty(),
+        "no flags in basic mode (they would go into the TCP stream)"
+    );
+    // Ctrl-C in basic mode: the plugin calls TerminateSession and waits for channel_closed.
+    api.terminate_session(&grant.session_id).await.unwrap();
+    p.until("channel_closed", |p| p.closed.is_some()).await;
+    let recs = port_records(&server, &grant.session_id, 2).await;
+    assert_eq!(recs[0].mode, "basic");
+    assert_eq!(
+        (recs[0].bytes_to_target, recs[0].bytes_from_target),
+        (18, 40)
+    );
+    assert_eq!(
+        (recs[1].bytes_to_target, recs[1].end_reason.as_str()),
+        (6, "closed by the client")
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_capture_port_standard_stream_replays_against_the_agent() {
+    let (server, agent) = setup().await;
+    const BANNER: &[u8] = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n";
+    let (tport, seen) = scripted_target(BANNER, None).await;
+    let traffic = plugin_traffic("port-standard-stream.jsonl");
+    let api = server.api();
+    let grant = api
+        .start_session(&json!({
+            "Target": agent.instance_id,
+            "DocumentName": "AWS-StartSSHSession",
+            "Parameters": {"portNumber": [tport.to_string()]},
+        }))
+        .await
+        .unwrap();
+    let mut p = ReplayPlugin::connect(&grant, traffic.open.clone()).await;
+    p.until("the HandshakeRequest", |p| p.handshake_request().is_some())
+        .await;
+    // No `type`: a standard stream.
+    assert_eq!(
+        session_properties(&p.handshake_request().unwrap()),
+        json!({"portNumber": tport.to_string()})
+    );
+    let mut inputs = traffic.inputs.into_iter();
+    p.send(inputs.next().unwrap()).await;
+    p.until("the server's banner", |p| {
+        p.output_bytes().len() >= BANNER.len()
+    })
+    .await;
+    assert_eq!(p.output_bytes(), BANNER);
+    p.send(inputs.next().unwrap()).await; // the client's banner
+    wait_until(
+        "the client's banner at the target",
+        Duration::from_secs(10),
+        || (seen.get()[0].received == b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\r\n").then_some(()),
+    )
+    .await;
+    assert!(inputs.next().is_none());
+    // stdin EOF: the plugin just goes away. Ending the session closes the target connection.
+    drop(p);
+    api.terminate_session(&grant.session_id).await.unwrap();
+    wait_until(
+        "the target connection closed",
+        Duration::from_secs(10),
+        || seen.get()[0].eof.then_some(()),
+    )
+    .await;
+    let recs = port_records(&server, &grant.session_id, 1).await;
+    assert_eq!(recs[0].mode, "stream");
+    assert_eq!(
+        (recs[0].bytes_to_target, recs[0].bytes_from_target),
+        (40, 40)
+    );
+    agent.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input and faults
+
+/// A port with nothing listening on it.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_out_of_range_are_refused_with_a_clear_error() {
+    let (server, agent) = setup().await;
+    let api = server.api();
+    let start = |doc: &str, params: Value| {
+        let api = api.clone();
+        let body =
+            json!({ "Target": agent.instance_id, "DocumentName": doc, "Parameters": params });
+        async move { api.start_session(&body).await.unwrap_err().to_string() }
+    };
+    let cases = [
+        (
+            "AWS-StartPortForwardingSession",
+            json!({"portNumber": ["0"]}),
+            "portNumber must be a port number from 1 to 65535, not '0'",
+        ),
+        (
+            "AWS-StartPortForwardingSession",
+            json!({"portNumber": ["65536"]}),
+            "not '65536'",
+        ),
+        (
+            "AWS-StartPortForwardingSession",
+            json!({"portNumber": ["http"]}),
+            "not 'http'",
+        ),
+        (
+            "AWS-StartPortForwardingSession",
+            json!({"localPortNumber": ["-1"]}),
+            "localPortNumber must be a port number from 0 to 65535",
+        ),
+        (
+            "AWS-StartSSHSession",
+            json!({"portNumber": ["99999"]}),
+            "not '99999'",
+        ),
+        (
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            json!({"portNumber": ["5432"]}),
+            "requires the parameter host",
+        ),
+        (
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            json!({"host": ["db internal"], "portNumber": ["5432"]}),
+            "host must be a host name or an IP address",
+        ),
+        (
+            "AWS-StartPortForwardingSession",
+            json!({"portNumber": ["80"], "hots": ["x"]}),
+            "hots is not a parameter",
+        ),
+        (
+            "AWS-StartPortForwardingSession",
+            json!({"portNumber": ["80", "81"]}),
+            "takes exactly one value",
+        ),
+    ];
+    for (doc, params, want) in cases {
+        let e = start(doc, params.clone()).await;
+        assert!(
+            e.contains("InvalidParameters") && e.contains(want),
+            "{doc} {params}: {e}"
+        );
+    }
+    // Nothing was started on the agent's side.
+    assert!(server
+        .state()
+        .store
+        .list_sessions(false, &Default::default(), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_target_port_fails_its_connection_only() {
+    let (server, agent) = setup().await;
+    // The target accepts one connection (an echo), then stops listening.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tport = l.local_addr().unwrap().port();
+    let echo = tokio::spawn(async move {
+        let (c, _) = l.accept().await.unwrap();
+        drop(l);
+        let (mut r, mut w) = c.into_split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    let api = server.api();
+    let mut fwd = forward(&api, &agent.instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
+    let mut live = TcpStream::connect(fwd.addr).await.unwrap();
+    live.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    live.read_exact(&mut b).await.unwrap();
+    wait_until("the listener closed", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", tport))
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    // The next connection is refused at the target: closed at once, with a reason.
+    let mut refused = TcpStream::connect(fwd.addr).await.unwrap();
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(10), refused.read_to_end(&mut sink))
+        .await
+        .expect("the refused connection is closed promptly");
+    assert!(sink.is_empty(), "{r:?}");
+    let rep = fwd.next_report(Duration::from_secs(5)).await;
+    assert!(rep.failed, "{rep:?}");
+    assert!(
+        rep.end
+            .contains(&format!("cannot connect to localhost:{tport}"))
+            && rep.end.contains("connection refused"),
+        "{}",
+        rep.end
+    );
+    // The first connection is untouched.
+    live.write_all(b"still here").await.unwrap();
+    let mut b = [0u8; 10];
+    live.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"still here");
+    // The agent's record says the same.
+    let recs = port_records(&server, &fwd.session_id, 1).await;
+    assert!(
+        recs[0].failed && recs[0].end_reason.contains("connection refused"),
+        "{recs:?}"
+    );
+    drop(live);
+    fwd.stop().await.unwrap();
+    let _ = echo.await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_client_vanishing_mid_transfer_leaves_the_others_untouched() {
+    let (server, agent) = setup().await;
+    let tport = hashing_target(64 << 20, None).await;
+    let api = server.api();
+    let mut fwd = forward(&api, &agent.instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
+    let fast = tokio::spawn(sha_roundtrip(fwd.addr, 32 << 20, 64 << 20, 9, true));
+    // A client that reads 1 MiB of its download, then vanishes (reset: unread data pending).
+    let mut gone = TcpStream::connect(fwd.addr).await.unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    gone.read_exact(&mut buf).await.unwrap();
+    gone.set_zero_linger().unwrap();
+    drop(gone);
+    tokio::time::timeout(Duration::from_secs(60), fast)
+        .await
+        .expect("the other stream finishes")
+        .unwrap();
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        reports.push(fwd.next_report(Duration::from_secs(10)).await);
+    }
+    let vanished = reports
+        .iter()
+        .find(|r| r.sent == 0)
+        .expect("the vanished client's report");
+    assert!(
+        vanished.failed && vanished.end.contains("local connection failed"),
+        "{vanished:?}"
+    );
+    // The agent closed the target side of it too: both records are in.
+    let recs = port_records(&server, &fwd.session_id, 2).await;
+    assert!(
+        recs.iter().any(|r| r.end_reason.contains("reset by peer")),
+        "{recs:?}"
+    );
+    fwd.stop().await.unwrap();
+    agent.stop().await;
+}
+
+/// The `airlock` binary of this build, built (or brought up to date) first.
+fn airlock_binary() -> PathBuf {
+    // This test runs from <target>/<profile>/deps/; the binary lives in <target>/<profile>/.
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "airlock-cli", "--bin", "airlock"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("a target directory"),
+        )
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building airlock failed");
+    let bin = profile_dir.join("airlock");
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+/// `airlock agent run` as a process of its own, registered with `server`, so that it can die
+/// the way agents do: SIGKILL, every socket closed at once without a word.
+async fn agent_process(server: &TestServer, dir: &Path) -> (String, tokio::process::Child) {
+    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
+    let (id, code) = server.activation(1).await;
+    let state = dir.join("agent.json");
+    let st = tokio::process::Command::new(&bin)
+        .args([
+            "agent",
+            "register",
+            "--server",
+            &server.url,
+            "--activation-id",
+            &id,
+        ])
+        .args(["--activation-code", &code])
+        .arg("--state")
+        .arg(&state)
+        .env("HOME", dir)
+        .env("AIRLOCK_LOG", "warn")
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success(), "airlock agent register");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let instance_id = v["InstanceId"].as_str().unwrap().to_owned();
+    let child = tokio::process::Command::new(&bin)
+        .args(["agent", "run", "--state"])
+        .arg(&state)
+        .env("HOME", dir)
+        .env("AIRLOCK_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    server.wait_online(&instance_id).await;
+    (instance_id, child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_dying_mid_stream_ends_the_forward_with_a_reason() {
+    let server = TestServer::start().await;
+    let dir = TempDir::new();
+    let (instance_id, mut agent) = agent_process(&server, &dir.0).await;
+    let tport = hashing_target(1 << 30, None).await;
+    let api = server.api();
+    let fwd = forward(&api, &instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
+    let mut c = TcpStream::connect(fwd.addr).await.unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    c.read_exact(&mut buf).await.unwrap();
+    // The agent process dies.
+    agent.start_kill().unwrap();
+    let _ = agent.wait().await;
+    let outcome = tokio::time::timeout(Duration::from_secs(20), fwd.task)
+        .await
+        .expect("the forward ends when the agent dies")
+        .unwrap()
+        .expect("an orderly end");
+    assert!(outcome.reason.contains("agent"), "{outcome:?}");
+    // The local connection is closed, not left hanging.
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the local connection is closed");
+    assert_eq!(session_status(&server, &fwd.session_id).await, "Failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_forward_tells_the_agent_and_closes_its_connections() {
+    let (server, agent) = setup().await;
+    let (tport, seen) = scripted_target(b"hello", None).await;
+    let api = server.api();
+    let fwd = forward(&api, &agent.instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
+    let mut c = TcpStream::connect(fwd.addr).await.unwrap();
+    let mut b = [0u8; 5];
+    c.read_exact(&mut b).await.unwrap();
+    let id = fwd.session_id.clone();
+    let outcome = fwd.stop().await.unwrap();
+    assert_eq!(outcome.reason, "");
+    wait_until(
+        "the target connection closed",
+        Duration::from_secs(10),
+        || seen.get()[0].eof.then_some(()),
+    )
+    .await;
+    assert_eq!(session_status(&server, &id).await, "Terminated");
+    let recs = port_records(&server, &id, 1).await;
+    assert_eq!(recs[0].end_reason, "session ended");
+    assert_eq!(recs[0].bytes_from_target, 5);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_and_tasks_return_to_their_baseline() {
+    // Short tokens: the server watches each new session until its agent token expires.
+    let server = TestServer::start_with(|c| c.token_ttl = Duration::from_secs(1)).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let echo = echo_target().await;
+    let round = || async {
+        let mut fwd = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
+        let mut tasks = Vec::new();
+        for i in 0..20u8 {
+            let addr = fwd.addr;
+            tasks.push(tokio::spawn(async move {
+                let mut c = TcpStream::connect(addr).await.unwrap();
+                c.write_all(&[i; 1000]).await.unwrap();
+                let mut b = [0u8; 1000];
+                c.read_exact(&mut b).await.unwrap();
+                if i % 2 == 0 {
+                    // Half of them vanish without a clean close.
+                    c.set_zero_linger().unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for _ in 0..20 {
+            fwd.next_report(Duration::from_secs(10)).await;
+        }
+        // And a refused one on a second session.
+        let mut bad = forward(
+            &api,
+            &agent.instance_id,
+            closed_port(),
+            None,
+            DEFAULT_MUX_WINDOW,
+        )
+        .await;
+        let mut c = TcpStream::connect(bad.addr).await.unwrap();
+        let _ = c.read(&mut [0u8; 1]).await;
+        bad.next_report(Duration::from_secs(10)).await;
+        fwd.stop().await.unwrap();
+        bad.stop().await.unwrap();
+    };
+    // A first round warms up what is made once (connection pools, caches).
+    round().await;
+    server.wait_no_relays().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fds, tasks) = (fd_count(), alive_tasks());
+    for _ in 0..3 {
+        round().await;
+    }
+    server.wait_no_relays().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (f, t) = (fd_count(), alive_tasks());
+        if f <= fds && t <= tasks {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "descriptors {fds} -> {f}, tasks {tasks} -> {t} after three more rounds"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// SSH through `airlock ssh-proxy`, and `airlock port-forward` as a person runs it
+
+/// A local OpenSSH server on a loopback port, with a fresh host key and one authorised client
+/// key; killed on drop. `None` when sshd is not installed (`scripts/test` installs it).
+struct Sshd {
+    port: u16,
+    key: PathBuf,
+    user: String,
+    child: std::process::Child,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sshd(dir: &Path) -> Option<Sshd> {
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())?;
+    let keygen = |path: &Path| {
+        let st = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ssh-keygen");
+    };
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("id"));
+    std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).unwrap();
+    let port = closed_port();
+    let user = String::from_utf8(
+        std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
+         PidFile {dir}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n",
+        dir = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    // sshd wants its privilege-separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let child = std::process::Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "sshd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(Sshd {
+        port,
+        key: dir.join("id"),
+        user,
+        child,
+    })
+}
+
+/// `ssh` (or `scp`) through `airlock ssh-proxy`, as the README's ~/.ssh/config stanza does.
+fn ssh_via_airlock(
+    program: &str,
+    bin: &Path,
+    server: &TestServer,
+    sshd: &Sshd,
+) -> std::process::Command {
+    let mut c = std::process::Command::new(program);
+    c.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+    ])
+    .args(["-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"])
+    .arg("-o")
+    .arg(format!(
+        "ProxyCommand={} ssh-proxy --target %h --port {}",
+        bin.display(),
+        sshd.port
+    ))
+    .arg("-i")
+    .arg(&sshd.key)
+    .env("AIRLOCK_ENDPOINT", &server.url)
+    .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+    .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+    .env("AIRLOCK_LOG", "warn");
+    if program == "ssh" {
+        c.args(["-l", &sshd.user]);
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_and_scp_through_ssh_proxy_to_a_local_openssh_server() {
+    let dir = TempDir::new();
+    let Some(sshd) = sshd(&dir.0) else {
+        eprintln!("SKIPPED: no sshd (scripts/test installs openssh-server)");
+        return;
+    };
+    let (server, agent) = setup().await;
+    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
+    let target = agent.instance_id.clone();
+    // A command over SSH.
+    let mut ssh = ssh_via_airlock("ssh", &bin, &server, &sshd);
+    ssh.arg(&target).arg("echo hello-over-airlock; uname -s");
+    let out = tokio::task::spawn_blocking(move || ssh.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("hello-over-airlock") && stdout.contains("Linux"),
+        "ssh: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // scp of 4 MiB there and back, byte for byte.
+    let src = dir.0.join("src.bin");
+    let mut data = vec![0u8; 4 << 20];
+    for (i, chunk) in data.chunks_mut(BLOCK).enumerate() {
+        pattern_block(42, i as u64, chunk);
+    }
+    std::fs::write(&src, &data).unwrap();
+    let remote = dir.0.join("remote.bin");
+    let back = dir.0.join("back.bin");
+    for (from, to) in [
+        (
+            src.display().to_string(),
+            format!("{}@{target}:{}", sshd.user, remote.display()),
+        ),
+        (
+            format!("{}@{target}:{}", sshd.user, remote.display()),
+            back.display().to_string(),
+        ),
+    ] {
+        let mut scp = ssh_via_airlock("scp", &bin, &server, &sshd);
+        scp.arg("-q").arg(&from).arg(&to);
+        let out = tokio::task::spawn_blocking(move || scp.output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scp {from} {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(std::fs::read(&back).unwrap() == data, "scp round trip");
+    // Each SSH connection is audited as a standard stream to the SSH port.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let recs = loop {
+        let recs = airlock_server::port_audit::list(&server.state().store, None, 100)
+            .await
+            .unwrap();
+        if recs.iter().filter(|r| r.mode == "stream").count() >= 3 {
+            break recs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three SSH connection records; have {recs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ssh_recs: Vec<_> = recs.iter().filter(|r| r.mode == "stream").collect();
+    assert!(ssh_recs
+        .iter()
+        .all(|r| r.destination == format!("localhost:{}", sshd.port)));
+    assert!(
+        ssh_recs.iter().any(|r| r.bytes_to_target > 4 << 20),
+        "{ssh_recs:?}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_proxy_to_a_closed_port_says_why() {
+    let (server, agent) = setup().await;
+    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
+    let port = closed_port();
+    let out = tokio::process::Command::new(&bin)
+        .args([
+            "ssh-proxy",
+            "--target",
+            &agent.instance_id,
+            "--port",
+            &port.to_string(),
+        ])
+        .env("AIRLOCK_ENDPOINT", &server.url)
+        .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .stdin(std::process::Stdio::piped())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot connect to localhost:{port}"))
+            && stderr.contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing but SSH bytes on stdout");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_command_prints_its_address_serves_and_stops_on_ctrl_c() {
+    let (server, agent) = setup().await;
+    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
+    let echo = echo_target().await;
+    let mut child = tokio::process::Command::new(&bin)
+        .args([
+            "--output",
+            "json",
+            "port-forward",
+            "--target",
+            &agent.instance_id,
+        ])
+        .args(["--remote-port", &echo.to_string()])
+        .env("AIRLOCK_ENDPOINT", &server.url)
+        .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let mut first = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
+    let addr: SocketAddr = v["LocalAddress"].as_str().unwrap().parse().unwrap();
+    let session_id = v["SessionId"].as_str().unwrap().to_owned();
+    // Several connections at once through the one session.
+    let mut tasks = Vec::new();
+    for i in 0..5u8 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(&[i; 5000]).await.unwrap();
+            let mut b = vec![0u8; 5000];
+            c.read_exact(&mut b).await.unwrap();
+            assert!(b.iter().all(|x| *x == i));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Ctrl-C: the agent is told, the session ends as Terminated, the command exits 0.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("Stopped: 5 connection(s)"), "{stderr}");
+    assert!(
+        !stderr.contains('\r'),
+        "no live status line when stderr is not a terminal: {stderr:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session_status(&server, &session_id).await != "Terminated" {
+        assert!(Instant::now() < deadline, "session recorded as Terminated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop().await;
 }

@@ -237,8 +237,7 @@ pub async fn run(
                 Mode::Airlock => (MuxKind::Airlock, window),
                 _ => (MuxKind::Smux1, 0),
             };
-            let mut config =
-                MuxConfig::new(kind, MuxRole::Server, ch.config().max_payload, window);
+            let mut config = MuxConfig::new(kind, MuxRole::Server, ch.config().max_payload, window);
             config.target = Some((p.host.clone(), p.port));
             if mode == (Mode::Smux { keepalive: true }) {
                 config.keepalive = Some(SMUX_KEEPALIVE);

@@ -185,7 +185,13 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
 /// A `start_publication` / `pause_publication` frame for the agent (never an empty payload:
 /// the AWS agent's parser cannot take one).
 fn publication(kind: MessageType) -> Message {
-    let frame = airlock_proto::Frame::new(kind, 0, 0, airlock_proto::PayloadType::NONE, bytes::Bytes::from_static(b"{}"));
+    let frame = airlock_proto::Frame::new(
+        kind,
+        0,
+        0,
+        airlock_proto::PayloadType::NONE,
+        bytes::Bytes::from_static(b"{}"),
+    );
     Message::Binary(frame.encode(true))
 }
 
