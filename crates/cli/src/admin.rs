@@ -172,36 +172,39 @@ fn client() -> anyhow::Result<ApiClient> {
     Ok(ApiClient::new(Profile::load()?)?)
 }
 
+/// Calls a paginated operation until it returns no NextToken and collects `list_key`.
+async fn fetch_all(
+    api: &ApiClient,
+    target: &str,
+    mut input: Value,
+    list_key: &str,
+) -> anyhow::Result<Vec<Value>> {
+    let mut all = Vec::new();
+    loop {
+        let out = api.call(target, &input).await?;
+        all.extend(
+            out.get(list_key)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        match out.get("NextToken").and_then(Value::as_str) {
+            Some(t) => input["NextToken"] = json!(t),
+            None => return Ok(all),
+        }
+    }
+}
+
 /// `airlock sessions …`.
 pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32> {
     let api = client()?;
     match c {
         SessionsCommand::List { state, target } => {
-            let mut all = Vec::new();
-            let mut token: Option<String> = None;
-            loop {
-                let mut input = json!({ "State": state, "MaxResults": 200 });
-                if let Some(t) = &target {
-                    input["Filters"] = json!([{ "key": "Target", "value": t }]);
-                }
-                if let Some(t) = &token {
-                    input["NextToken"] = json!(t);
-                }
-                let out = api.call("AmazonSSM.DescribeSessions", &input).await?;
-                all.extend(
-                    out.get("Sessions")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default(),
-                );
-                token = out
-                    .get("NextToken")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned);
-                if token.is_none() {
-                    break;
-                }
+            let mut input = json!({ "State": state, "MaxResults": 200 });
+            if let Some(t) = &target {
+                input["Filters"] = json!([{ "key": "Target", "value": t }]);
             }
+            let all = fetch_all(&api, "AmazonSSM.DescribeSessions", input, "Sessions").await?;
             let rows = all
                 .iter()
                 .map(|x| {
@@ -247,30 +250,13 @@ pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32>
 pub async fn instances(c: InstancesCommand, format: Format) -> anyhow::Result<i32> {
     let api = client()?;
     let InstancesCommand::List = c;
-    let mut all = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut input = json!({ "MaxResults": 50 });
-        if let Some(t) = &token {
-            input["NextToken"] = json!(t);
-        }
-        let out = api
-            .call("AmazonSSM.DescribeInstanceInformation", &input)
-            .await?;
-        all.extend(
-            out.get("InstanceInformationList")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-        );
-        token = out
-            .get("NextToken")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
-    }
+    let all = fetch_all(
+        &api,
+        "AmazonSSM.DescribeInstanceInformation",
+        json!({ "MaxResults": 50 }),
+        "InstanceInformationList",
+    )
+    .await?;
     let rows = all
         .iter()
         .map(|x| {
