@@ -62,9 +62,10 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
     } else {
         String::new()
     };
-    let target = match state.store.session(session_id).await {
-        Ok(Some(s)) => s.target,
-        _ => String::new(),
+    // One read of the row serves the channel_closed frames and the audit record.
+    let (target, owner) = match state.store.session(session_id).await {
+        Ok(Some(s)) => (s.target, s.owner),
+        _ => (String::new(), String::new()),
     };
     if let Some(relay) = state.hub.existing_relay(session_id) {
         relay
@@ -73,23 +74,13 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
         state.hub.remove_relay(session_id);
     }
     if how.notify_agent {
-        if let Ok(Some(s)) = state.store.session(session_id).await {
-            if let Some(agent) = state.hub.agent(&s.target) {
-                let frame = channel_closed_frame(session_id, &s.target, &output);
-                let _ = agent.tx.try_send(Message::Binary(frame));
-            }
+        if let Some(agent) = state.hub.agent(&target) {
+            let frame = channel_closed_frame(session_id, &target, &output);
+            let _ = agent.tx.try_send(Message::Binary(frame));
         }
     }
     if ended {
         tracing::info!(session_id, status = how.status, exit_code = ?how.exit_code, "session ended: {}", how.reason);
-        let owner = state
-            .store
-            .session(session_id)
-            .await
-            .ok()
-            .flatten()
-            .map(|s| s.owner)
-            .unwrap_or_default();
         let event = crate::store::audit::AuditEvent {
             event: "session-end".into(),
             principal: owner,
