@@ -176,21 +176,64 @@ fn client() -> anyhow::Result<ApiClient> {
 async fn fetch_all(
     api: &ApiClient,
     target: &str,
-    mut input: Value,
+    input: Value,
     list_key: &str,
 ) -> anyhow::Result<Vec<Value>> {
-    let mut all = Vec::new();
+    Ok(fetch_pages(api, target, input, list_key, None).await?.items)
+}
+
+/// Items of a paginated listing, and where to resume when it stopped early.
+pub struct Gathered {
+    /// The items, in the order the server returned them.
+    pub items: Vec<Value>,
+    /// Set when `max_items` stopped the listing before its end (`--starting-token`).
+    pub next_token: Option<String>,
+}
+
+/// Calls a paginated operation and collects `list_key` until it returns no NextToken or, with
+/// `max_items`, until that many items are in. Each call then asks for no more than are still
+/// wanted (`MaxResults` in `input` stays the page cap), so the NextToken handed back resumes
+/// right after the last item shown, as the AWS CLI's `--max-items` does.
+pub async fn fetch_pages(
+    api: &ApiClient,
+    target: &str,
+    mut input: Value,
+    list_key: &str,
+    max_items: Option<usize>,
+) -> anyhow::Result<Gathered> {
+    let page_cap = input.get("MaxResults").and_then(Value::as_u64);
+    let mut items = Vec::new();
     loop {
+        if let Some(max) = max_items {
+            let left = max.saturating_sub(items.len()) as u64;
+            input["MaxResults"] = json!(page_cap.map_or(left, |cap| cap.min(left)));
+        }
         let out = api.call(target, &input).await?;
-        all.extend(
+        items.extend(
             out.get(list_key)
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
         );
-        match out.get("NextToken").and_then(Value::as_str) {
-            Some(t) => input["NextToken"] = json!(t),
-            None => return Ok(all),
+        let token = out.get("NextToken").and_then(Value::as_str);
+        match (token, max_items) {
+            (Some(t), Some(max)) if items.len() >= max => {
+                items.truncate(max);
+                return Ok(Gathered {
+                    items,
+                    next_token: Some(t.to_owned()),
+                });
+            }
+            (Some(t), _) => input["NextToken"] = json!(t),
+            (None, _) => {
+                if let Some(max) = max_items {
+                    items.truncate(max);
+                }
+                return Ok(Gathered {
+                    items,
+                    next_token: None,
+                });
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ mod iam;
 mod output;
 mod plugin;
 mod port;
+mod port_connections;
 mod session;
 
 use std::net::SocketAddr;
@@ -69,6 +70,9 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(iam::AuditCommand),
+    /// The connections port sessions forwarded (port forwarding, SSH over a session).
+    #[command(subcommand)]
+    PortConnections(port_connections::PortConnectionsCommand),
 }
 
 /// `airlock dev`.
@@ -222,6 +226,7 @@ fn main() -> ExitCode {
             Command::Admin(c) => admin::admin(c, format).await,
             Command::Policy(iam::PolicyTool::Simulate(a)) => iam::simulate(a, format).await,
             Command::Audit(c) => iam::audit(c, format).await,
+            Command::PortConnections(c) => port_connections::run(c, format).await,
         }
     })
 }

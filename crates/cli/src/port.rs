@@ -7,10 +7,14 @@
 //!   session is over before it exits.
 //! - `ssh-proxy` relays stdin/stdout to the host's SSH port (`AWS-StartSSHSession`), for
 //!   `ssh -o ProxyCommand='airlock ssh-proxy --target %h'`, and so for scp and rsync.
+//!
+//! [`serve`] and [`stdio_stream`] also run the port documents when the AWS CLI starts
+//! `airlock` as its `session-manager-plugin` (`plugin.rs`), so both front ends behave alike.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -23,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use airlock_client::mux::{MuxStats, StreamReport};
 use airlock_client::port::{self, ForwardOptions, DEFAULT_MUX_WINDOW};
 use airlock_client::session::{run, Input, Output, SessionEvent, SessionOptions, FLAG_INPUT_EOF};
-use airlock_client::{ApiClient, Profile, StreamGrant};
+use airlock_client::{ApiClient, Outcome, Profile, StreamGrant};
 use airlock_proto::Flag;
 
 use crate::Format;
@@ -120,19 +124,75 @@ pub async fn port_forward(a: PortForwardArgs, format: Format) -> anyhow::Result<
     }
     let stop = CancellationToken::new();
     cancel_on_signal(stop.clone());
-    let code = serve(grant, api, listener, stop, std::io::stderr().is_terminal()).await?;
-    Ok(code)
+    let live = std::io::stderr().is_terminal();
+    let served = serve(grant, api, listener, stop, Voice::Airlock { live }).await?;
+    let stats = &served.stats;
+    let summary = format!(
+        "{} connection(s), {} sent, {} received",
+        stats.total.load(Ordering::Relaxed),
+        human(stats.sent.load(Ordering::Relaxed)),
+        human(stats.received.load(Ordering::Relaxed))
+    );
+    if served.stopped {
+        eprintln!("Stopped: {summary}.");
+        return Ok(0);
+    }
+    if served.outcome.reason.is_empty() {
+        eprintln!("The session ended: {summary}.");
+        Ok(0)
+    } else {
+        eprintln!("The session ended: {} ({summary}).", served.outcome.reason);
+        Ok(1)
+    }
 }
 
-/// Runs a forward on `listener` until `stop` or the session's end; prints failures of single
-/// connections and, when `live`, a status line. Returns the exit code.
-async fn serve(
+/// Who a running forward talks to, and so what it prints while it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Voice {
+    /// `airlock port-forward`: each failed connection on stderr, and a live status line when
+    /// stderr is a terminal (`live`).
+    Airlock {
+        /// Show the status line.
+        live: bool,
+    },
+    /// `session-manager-plugin` for the AWS CLI: the real plugin's lines on stdout (the first
+    /// connection accepted; a connection the destination could not take, with the reason).
+    Plugin {
+        /// The session, as the plugin names it.
+        session_id: String,
+    },
+}
+
+/// How a forward ended, for the caller to tell its user.
+#[derive(Debug)]
+pub struct Served {
+    /// `stop` fired (Ctrl-C): the agent was told and the session ended here.
+    pub stopped: bool,
+    /// How the session ended (a reason when the far side ended it abnormally).
+    pub outcome: Outcome,
+    /// Connections and bytes moved.
+    pub stats: Arc<MuxStats>,
+}
+
+/// Why a forwarded connection failed, in the user's terms: the agent's reason when it reset
+/// the stream (the destination cannot be reached, or reset it), else the local failure.
+pub fn failure_reason(r: &StreamReport) -> &str {
+    r.end.strip_prefix(PEER_RESET).unwrap_or(&r.end)
+}
+
+/// How the engine words the end of a stream the agent reset (with the agent's reason after it).
+const PEER_RESET: &str = "reset by peer: ";
+
+/// Runs a forward on `listener` until `stop` or the session's end, on the engine of
+/// [`airlock_client::port`], telling `voice` about connections as they fail. Shared by
+/// `airlock port-forward` and the plugin mode so that both serve connections the same way.
+pub async fn serve(
     grant: StreamGrant,
     api: ApiClient,
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
-    live: bool,
-) -> anyhow::Result<i32> {
+    voice: Voice,
+) -> anyhow::Result<Served> {
     let (rep_tx, mut rep_rx) = mpsc::channel::<StreamReport>(256);
     let hooks = port::new_hooks(Some(rep_tx));
     let stats = hooks.stats.clone();
@@ -146,16 +206,45 @@ async fn serve(
         hooks,
         max_streams: 0,
     };
+    let live = voice == Voice::Airlock { live: true };
+    let report_voice = voice.clone();
     let reports = tokio::spawn(async move {
         while let Some(r) = rep_rx.recv().await {
-            if r.failed {
-                clear_line(live);
-                eprintln!("connection from {}: {}", r.destination, r.end);
+            if !r.failed {
+                continue;
+            }
+            match &report_voice {
+                Voice::Airlock { live } => {
+                    clear_line(*live);
+                    eprintln!(
+                        "connection from {} failed: {}",
+                        r.destination,
+                        failure_reason(&r)
+                    );
+                }
+                // Like the real plugin, only what the destination did: the local client knows
+                // what it did itself.
+                Voice::Plugin { .. } => {
+                    if let Some(why) = r.end.strip_prefix(PEER_RESET) {
+                        println!("\nConnection to destination port failed: {why}");
+                    }
+                }
             }
         }
     });
     let status_stop = CancellationToken::new();
-    let status = live.then(|| tokio::spawn(status_line(stats.clone(), status_stop.clone())));
+    let status = match &voice {
+        Voice::Airlock { live: true } => Some(tokio::spawn(status_line(
+            stats.clone(),
+            status_stop.clone(),
+        ))),
+        Voice::Airlock { live: false } => None,
+        Voice::Plugin { session_id } => Some(tokio::spawn(first_connection(
+            stats.clone(),
+            session_id.clone(),
+            status_stop.clone(),
+        ))),
+    };
     let stopped = stop.clone();
     let result = port::forward(grant, opts, listener, fwd, stop).await;
     status_stop.cancel();
@@ -164,23 +253,25 @@ async fn serve(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), reports).await;
     clear_line(live);
-    let summary = format!(
-        "{} connection(s), {} sent, {} received",
-        stats.total.load(Ordering::Relaxed),
-        human(stats.sent.load(Ordering::Relaxed)),
-        human(stats.received.load(Ordering::Relaxed))
-    );
-    let outcome = result?;
-    if stopped.is_cancelled() {
-        eprintln!("Stopped: {summary}.");
-        return Ok(0);
-    }
-    if outcome.reason.is_empty() {
-        eprintln!("The session ended: {summary}.");
-        Ok(0)
-    } else {
-        eprintln!("The session ended: {} ({summary}).", outcome.reason);
-        Ok(1)
+    Ok(Served {
+        stopped: stopped.is_cancelled(),
+        outcome: result?,
+        stats,
+    })
+}
+
+/// Prints the real plugin's line for the first connection accepted (it prints it once only).
+async fn first_connection(stats: Arc<MuxStats>, session_id: String, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if stats.total.load(Ordering::Relaxed) > 0 {
+            println!("\nConnection accepted for session [{session_id}]");
+            return;
+        }
     }
 }
 
@@ -208,7 +299,7 @@ pub fn human(n: u64) -> String {
     format!("{v:.1} {unit}")
 }
 
-async fn status_line(stats: std::sync::Arc<MuxStats>, stop: CancellationToken) {
+async fn status_line(stats: Arc<MuxStats>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last = String::new();
     loop {
@@ -351,7 +442,7 @@ pub async fn stdio_stream(grant: StreamGrant, api: ApiClient) -> anyhow::Result<
 }
 
 /// Resolves on SIGHUP, SIGTERM or SIGINT.
-async fn end_signal() {
+pub async fn end_signal() {
     use tokio::signal::unix::{signal, Signal, SignalKind};
     async fn recv(s: &mut Option<Signal>) {
         match s {

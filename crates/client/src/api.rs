@@ -1,5 +1,5 @@
 //! The SigV4-signed API client: AWS JSON 1.1 calls to an Airlock (or AWS) endpoint, with
-//! typed wrappers for the session operations.
+//! typed wrappers for the session operations and the port-connection record.
 
 use std::sync::Arc;
 
@@ -43,6 +43,77 @@ pub struct StreamGrant {
     pub token_value: String,
     /// Where to open the data channel.
     pub stream_url: String,
+}
+
+/// Filters and paging of `Airlock.ListPortConnections`; `None` fields are left out (no filter,
+/// the server's default page size, the first page).
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListPortConnectionsInput {
+    /// Only this session's connections.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Only connections through this managed instance (`mi-…`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Only sessions of this user (a user name or a principal ARN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Only connections started at or after this time (epoch seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<f64>,
+    /// Only connections started at or before this time (epoch seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<f64>,
+    /// Largest page (1–1000; the server's default is 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_results: Option<u32>,
+    /// Where the previous page stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
+}
+
+/// One connection a port session forwarded, as the server recorded it when it ended.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortConnectionInfo {
+    /// The session that carried it.
+    pub session_id: String,
+    /// The managed instance the session ran on.
+    pub target: String,
+    /// Who ran the session (principal ARN).
+    pub owner: String,
+    /// Stream id within the session.
+    pub stream_id: u64,
+    /// `host:port` the agent connected to.
+    pub destination: String,
+    /// How the session carried it: `airlock-mux`, `smux`, `basic` or `stream`.
+    pub mode: String,
+    /// Bytes from the client to the destination.
+    pub bytes_to_target: u64,
+    /// Bytes from the destination to the client.
+    pub bytes_from_target: u64,
+    /// When it started (epoch seconds).
+    pub start_date: f64,
+    /// When it ended (epoch seconds).
+    pub end_date: f64,
+    /// How long it lasted, in milliseconds.
+    pub duration_ms: u64,
+    /// How it ended (`closed`, `session ended`, or the error).
+    pub end_reason: String,
+    /// Whether it ended in an error.
+    pub failed: bool,
+}
+
+/// One page of `Airlock.ListPortConnections`, newest first.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ListPortConnectionsOutput {
+    /// The records of this page.
+    pub connections: Vec<PortConnectionInfo>,
+    /// Set when there are more: pass it back as `next_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_token: Option<String>,
 }
 
 /// A signing client for one profile.
@@ -198,6 +269,23 @@ impl ApiClient {
         serde_json::from_value(v).map_err(|e| ApiError::Transport {
             endpoint: self.profile.endpoint.clone(),
             message: format!("unexpected ResumeSession answer: {e}"),
+        })
+    }
+
+    /// `Airlock.ListPortConnections`: one page of the connections port sessions forwarded,
+    /// so an SDK user can audit port forwarding and SSH traffic without parsing JSON.
+    pub async fn list_port_connections(
+        &self,
+        input: &ListPortConnectionsInput,
+    ) -> Result<ListPortConnectionsOutput, ApiError> {
+        let body = serde_json::to_value(input).map_err(|e| ApiError::Transport {
+            endpoint: self.profile.endpoint.clone(),
+            message: format!("cannot encode the request: {e}"),
+        })?;
+        let v = self.call("Airlock.ListPortConnections", &body).await?;
+        serde_json::from_value(v).map_err(|e| ApiError::Transport {
+            endpoint: self.profile.endpoint.clone(),
+            message: format!("unexpected ListPortConnections answer: {e}"),
         })
     }
 

@@ -10,7 +10,10 @@ pub mod session;
 pub mod tls;
 pub mod ws;
 
-pub use api::{ApiClient, ApiError, StreamGrant};
+pub use api::{
+    ApiClient, ApiError, ListPortConnectionsInput, ListPortConnectionsOutput, PortConnectionInfo,
+    StreamGrant,
+};
 pub use config::Profile;
 pub use session::{
     HandshakeInfo, Input, Outcome, Output, SessionError, SessionEvent, SessionOptions,

@@ -2,7 +2,8 @@
 //! session, which the incumbent never logs). Agents report each connection when it ends, on
 //! their control channel (`agent_task_reply`, topic [`PORT_CONNECTION_TOPIC`]); the server
 //! checks that the session is one of that agent's, takes the owner from its own session row,
-//! logs the record and keeps it in `port_connections`.
+//! logs the record and keeps it in `port_connections`, where `Airlock.ListPortConnections`
+//! ([`crate::api::port_connections`]) reads them back.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -147,41 +148,88 @@ pub async fn list(
     session_id: Option<&str>,
     limit: i64,
 ) -> Result<Vec<PortConnection>, StoreError> {
-    let rows = match session_id {
-        Some(id) => {
-            sqlx::query(
-                "SELECT * FROM (SELECT * FROM port_connections WHERE session_id = ? \
-                 ORDER BY id DESC LIMIT ?) ORDER BY id",
-            )
-            .bind(id)
-            .bind(limit)
-            .fetch_all(&store.pool)
-            .await?
-        }
-        None => sqlx::query(
-            "SELECT * FROM (SELECT * FROM port_connections ORDER BY id DESC LIMIT ?) ORDER BY id",
-        )
-        .bind(limit)
-        .fetch_all(&store.pool)
-        .await?,
+    let filter = PortConnectionFilter {
+        session_id: session_id.map(str::to_owned),
+        ..Default::default()
     };
+    let mut rows: Vec<PortConnection> = search(store, &filter, None, limit)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    rows.reverse();
+    Ok(rows)
+}
+
+/// What `ListPortConnections` narrows the records to; `None` matches everything. Times are
+/// epoch ms and apply to when a connection started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortConnectionFilter {
+    /// Only this session's connections.
+    pub session_id: Option<String>,
+    /// Only connections through this managed instance.
+    pub target: Option<String>,
+    /// Only sessions of this principal (ARN).
+    pub owner: Option<String>,
+    /// Started at or after.
+    pub since: Option<i64>,
+    /// Started at or before.
+    pub until: Option<i64>,
+}
+
+/// Records matching `filter`, newest first, at most `limit`, each with its row id; with
+/// `before`, only rows older than that id (keyset paging: rows added meanwhile do not shift
+/// the pages).
+pub async fn search(
+    store: &Store,
+    filter: &PortConnectionFilter,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<(i64, PortConnection)>, StoreError> {
+    let mut sql = String::from("SELECT * FROM port_connections WHERE 1 = 1");
+    for (set, clause) in [
+        (filter.session_id.is_some(), " AND session_id = ?"),
+        (filter.target.is_some(), " AND target = ?"),
+        (filter.owner.is_some(), " AND owner = ?"),
+        (filter.since.is_some(), " AND started_at >= ?"),
+        (filter.until.is_some(), " AND started_at <= ?"),
+        (before.is_some(), " AND id < ?"),
+    ] {
+        if set {
+            sql.push_str(clause);
+        }
+    }
+    sql.push_str(" ORDER BY id DESC LIMIT ?");
+    let mut q = sqlx::query(&sql);
+    for v in [&filter.session_id, &filter.target, &filter.owner]
+        .into_iter()
+        .flatten()
+    {
+        q = q.bind(v);
+    }
+    for v in [filter.since, filter.until, before].into_iter().flatten() {
+        q = q.bind(v);
+    }
+    let rows = q.bind(limit).fetch_all(&store.pool).await?;
     rows.iter()
-        .map(|r| {
-            Ok(PortConnection {
-                session_id: r.try_get("session_id")?,
-                owner: r.try_get("owner")?,
-                target: r.try_get("target")?,
-                stream_id: r.try_get("stream_id")?,
-                destination: r.try_get("destination")?,
-                mode: r.try_get("mode")?,
-                bytes_to_target: r.try_get("bytes_to_target")?,
-                bytes_from_target: r.try_get("bytes_from_target")?,
-                started_at: r.try_get("started_at")?,
-                duration_ms: r.try_get("duration_ms")?,
-                end_reason: r.try_get("end_reason")?,
-                failed: r.try_get("failed")?,
-            })
-        })
+        .map(|r| Ok((r.try_get("id")?, row_to_record(r)?)))
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(StoreError::from)
+}
+
+fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> Result<PortConnection, sqlx::Error> {
+    Ok(PortConnection {
+        session_id: r.try_get("session_id")?,
+        owner: r.try_get("owner")?,
+        target: r.try_get("target")?,
+        stream_id: r.try_get("stream_id")?,
+        destination: r.try_get("destination")?,
+        mode: r.try_get("mode")?,
+        bytes_to_target: r.try_get("bytes_to_target")?,
+        bytes_from_target: r.try_get("bytes_from_target")?,
+        started_at: r.try_get("started_at")?,
+        duration_ms: r.try_get("duration_ms")?,
+        end_reason: r.try_get("end_reason")?,
+        failed: r.try_get("failed")?,
+    })
 }

@@ -5,6 +5,10 @@
 //!
 //! The interpreter is `$AIRLOCK_TEST_PYTHON` (`scripts/test` sets it to a venv with boto3 and
 //! awscli), else `python3` when it can import boto3; the CLI is `$AIRLOCK_TEST_AWS`, else `aws`.
+//! With `airlock` on PATH as `session-manager-plugin`, `aws ssm start-session` runs shells,
+//! the port-forwarding documents (local port, connections echoed back, Ctrl-C) and the SSH
+//! document (stdin/stdout) through Airlock's client.
+//!
 //! Under `CI=true` a missing tool fails the test; elsewhere it is reported and the test returns.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -381,14 +385,7 @@ async fn the_aws_cli_starts_a_session_with_airlock_as_its_plugin() {
     let server = TestServer::start().await;
     let agent = server.agent().await;
     let dir = TempDir::new();
-    let plugin_dir = dir.0.join("bin");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    std::os::unix::fs::symlink(&bin, plugin_dir.join("session-manager-plugin")).unwrap();
-    let path = format!(
-        "{}:{}",
-        plugin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = plugin_on_path(&bin, &dir);
     let mut cmd = tokio::process::Command::new(&aws);
     cmd.args([
         "ssm",
@@ -446,4 +443,398 @@ async fn the_aws_cli_starts_a_session_with_airlock_as_its_plugin() {
         .await
         .unwrap();
     assert_eq!(history["Sessions"][0]["ExitCode"], 5, "{history}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Port documents through the AWS CLI, with `airlock` as its plugin
+
+/// Echoes every connection back, closing its write side at the client's EOF.
+async fn echo_target() -> u16 {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((c, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut r, mut w) = c.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// A directory holding `session-manager-plugin` → the airlock binary, and a PATH that finds it
+/// first.
+fn plugin_on_path(bin: &std::path::Path, dir: &TempDir) -> String {
+    let plugin_dir = dir.0.join("bin");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::os::unix::fs::symlink(bin, plugin_dir.join("session-manager-plugin")).unwrap();
+    format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// `aws ssm start-session --target … <extra>` as the admin, with airlock as the plugin, in a
+/// process group of its own (so that a test can press Ctrl-C as a terminal does: SIGINT to the
+/// whole group; the AWS CLI ignores it while its plugin runs).
+fn aws_start_session(
+    aws: &PathBuf,
+    server: &TestServer,
+    target: &str,
+    extra: &[&str],
+    path: &str,
+    dir: &TempDir,
+) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(aws);
+    cmd.args([
+        "ssm",
+        "start-session",
+        "--endpoint-url",
+        &server.url,
+        "--region",
+        "us-east-1",
+        "--target",
+        target,
+    ])
+    .args(extra)
+    .env("PATH", path)
+    .env("HOME", &dir.0)
+    .env("AWS_CONFIG_FILE", dir.0.join("aws-config"))
+    .env("AWS_SHARED_CREDENTIALS_FILE", dir.0.join("aws-credentials"))
+    .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
+    .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+    .env_remove("AWS_SESSION_TOKEN")
+    .env_remove("AWS_PROFILE")
+    .env_remove("SSM_PLUGIN_LOCAL_HOST")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("NO_PROXY", "127.0.0.1")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0)
+    .kill_on_drop(true);
+    cmd.spawn().unwrap()
+}
+
+/// Reads the child's stdout line by line until a line contains `needle`; returns all so far.
+async fn read_until(
+    lines: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
+    seen: &mut String,
+    needle: &str,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let found = tokio::time::timeout(TOOL_TIMEOUT, async {
+        while !seen.contains(needle) {
+            let mut line = String::new();
+            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return false;
+            }
+            seen.push_str(&line);
+        }
+        true
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "{needle:?} never came; stdout so far:\n{seen}"
+    );
+}
+
+/// Presses Ctrl-C on the AWS CLI's process group and returns its exit status, the rest of its
+/// stdout, and its stderr.
+async fn ctrl_c(
+    mut child: tokio::process::Child,
+    mut lines: tokio::io::BufReader<tokio::process::ChildStdout>,
+) -> (std::process::ExitStatus, String, String) {
+    use tokio::io::AsyncReadExt;
+    let pgid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (rest, err, status) = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut rest = String::new();
+        let mut err = String::new();
+        let _ = lines.read_to_string(&mut rest).await;
+        let _ = stderr.read_to_string(&mut err).await;
+        (rest, err, child.wait().await.unwrap())
+    })
+    .await
+    .expect("the AWS CLI ends after Ctrl-C");
+    (status, rest, err)
+}
+
+/// Sends `n` bytes of a pattern through `port` and checks they come back unchanged.
+async fn round_trip(port: u16, seed: u8, n: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
+    let c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut r, mut w) = c.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|_| w) });
+    let mut got = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut got))
+        .await
+        .expect("the echo comes back in time")
+        .unwrap();
+    assert!(
+        got == data,
+        "{n} bytes through port {port} came back changed"
+    );
+    drop(writer.await.unwrap().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_forwards_a_port_with_airlock_as_its_plugin() {
+    let Some(aws) = aws_cli().await else { return };
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let echo = echo_target().await;
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = TempDir::new();
+    let path = plugin_on_path(&bin, &dir);
+    let params = format!("portNumber={echo},localPortNumber={local}");
+    let mut child = aws_start_session(
+        &aws,
+        &server,
+        &agent.instance_id,
+        &[
+            "--document-name",
+            "AWS-StartPortForwardingSession",
+            "--parameters",
+            &params,
+        ],
+        &path,
+        &dir,
+    );
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    read_until(&mut lines, &mut seen, "Waiting for connections...").await;
+    let sid = seen
+        .split("Starting session with SessionId: ")
+        .nth(1)
+        .and_then(|s| s.lines().next())
+        .unwrap_or_else(|| panic!("no session id in {seen:?}"))
+        .to_owned();
+    assert!(sid.starts_with("admin-"), "{seen}");
+    // The real plugin's lines, in its order (port-mux.terminal.txt).
+    assert!(
+        seen.contains(&format!(
+            "\nStarting session with SessionId: {sid}\nPort {local} opened for sessionId {sid}.\nWaiting for connections...\n"
+        )),
+        "{seen:?}"
+    );
+    // Two connections at once, and a larger one: each comes back unchanged.
+    let a = tokio::spawn(round_trip(local, 1, 5_000));
+    let b = tokio::spawn(round_trip(local, 2, 7_000));
+    a.await.unwrap();
+    b.await.unwrap();
+    round_trip(local, 3, 1 << 20).await;
+    read_until(
+        &mut lines,
+        &mut seen,
+        &format!("Connection accepted for session [{sid}]"),
+    )
+    .await;
+    let (status, rest, stderr) = ctrl_c(child, lines).await;
+    let all = seen + &rest;
+    assert!(status.success(), "aws: {status}\n{all}\n{stderr}");
+    assert!(
+        all.contains(&format!(
+            "Terminate signal received, exiting.\n\n\nExiting session with sessionId: {sid}.\n"
+        )),
+        "{all:?}"
+    );
+    assert_eq!(
+        all.matches("Connection accepted").count(),
+        1,
+        "once, as the real plugin: {all:?}"
+    );
+    // Ctrl-C told the agent: the session ended as Terminated and its connections are recorded.
+    let api = server.api();
+    let mut status = String::new();
+    for _ in 0..200 {
+        status = server
+            .state()
+            .store
+            .session(&sid)
+            .await
+            .unwrap()
+            .map(|s| s.status)
+            .unwrap_or_default();
+        if status == "Terminated" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "Terminated");
+    let mut sizes = Vec::new();
+    for _ in 0..200 {
+        let page = api
+            .list_port_connections(&airlock_client::ListPortConnectionsInput {
+                session_id: Some(sid.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        sizes = page
+            .connections
+            .iter()
+            .map(|c| (c.bytes_to_target, c.bytes_from_target))
+            .collect();
+        if sizes.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sizes.sort();
+    assert_eq!(
+        sizes,
+        vec![(5_000, 5_000), (7_000, 7_000), (1 << 20, 1 << 20)],
+        "the recorded connections"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_picks_a_free_port_and_says_why_a_remote_host_fails() {
+    let Some(aws) = aws_cli().await else { return };
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let dir = TempDir::new();
+    let path = plugin_on_path(&bin, &dir);
+    // No localPortNumber: any free port, which the plugin names.
+    let mut child = aws_start_session(
+        &aws,
+        &server,
+        &agent.instance_id,
+        &[
+            "--document-name",
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            "--parameters",
+            "host=no-such-host.invalid,portNumber=5432",
+        ],
+        &path,
+        &dir,
+    );
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    read_until(&mut lines, &mut seen, "Waiting for connections...").await;
+    let port: u16 = seen
+        .split("Port ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {seen:?}"));
+    assert_ne!(port, 0);
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio::io::AsyncReadExt::read_to_end(&mut c, &mut sink),
+    )
+    .await
+    .expect("the connection is closed promptly")
+    .ok();
+    read_until(
+        &mut lines,
+        &mut seen,
+        "Connection to destination port failed: cannot connect to no-such-host.invalid:5432: unknown host (the name does not resolve)",
+    )
+    .await;
+    let (status, rest, stderr) = ctrl_c(child, lines).await;
+    assert!(status.success(), "aws: {status}\n{seen}{rest}\n{stderr}");
+    assert!(
+        rest.contains("Exiting session with sessionId: admin-"),
+        "{rest}"
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_pipes_stdin_and_stdout_for_an_ssh_document() {
+    let Some(aws) = aws_cli().await else { return };
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let echo = echo_target().await;
+    let dir = TempDir::new();
+    let path = plugin_on_path(&bin, &dir);
+    let params = format!("portNumber={echo}");
+    let mut child = aws_start_session(
+        &aws,
+        &server,
+        &agent.instance_id,
+        &[
+            "--document-name",
+            "AWS-StartSSHSession",
+            "--parameters",
+            &params,
+        ],
+        &path,
+        &dir,
+    );
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"SSH-2.0-test\r\nbytes both ways\n")
+            .await
+            .unwrap();
+        // Dropping stdin is EOF: the target's side is half-closed, the echo ends, and so
+        // does the session.
+    }
+    let out = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("aws finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "aws failed:\n{stdout}\n{stderr}");
+    // The plugin's one line, then exactly the target's bytes (port-standard-stream).
+    let sid = stdout
+        .strip_prefix("\nStarting session with SessionId: ")
+        .and_then(|s| s.split('\n').next())
+        .unwrap_or_else(|| panic!("{stdout:?}"));
+    assert_eq!(
+        stdout,
+        format!("\nStarting session with SessionId: {sid}\nSSH-2.0-test\r\nbytes both ways\n")
+    );
+    let api = server.api();
+    let query = airlock_client::ListPortConnectionsInput {
+        session_id: Some(sid.to_owned()),
+        ..Default::default()
+    };
+    let recs = airlock_testkit::eventually(
+        "the connection's record",
+        Duration::from_secs(10),
+        || async {
+            let c = api.list_port_connections(&query).await.unwrap().connections;
+            (!c.is_empty()).then_some(c)
+        },
+    )
+    .await;
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].mode, "stream");
+    assert_eq!(recs[0].bytes_to_target, 30);
+    agent.stop().await;
 }

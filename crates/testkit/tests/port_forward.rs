@@ -1205,24 +1205,10 @@ async fn a_local_client_vanishing_mid_transfer_leaves_the_others_untouched() {
     agent.stop().await;
 }
 
-/// The `airlock` binary of this build, built (or brought up to date) first.
+/// The `airlock` binary of this build, built (or brought up to date) first, by the testkit's
+/// helper (which keeps Cargo from rebuilding dependencies for the test's environment).
 fn airlock_binary() -> PathBuf {
-    // This test runs from <target>/<profile>/deps/; the binary lives in <target>/<profile>/.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "airlock-cli", "--bin", "airlock"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("a target directory"),
-        )
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building airlock failed");
-    let bin = profile_dir.join("airlock");
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
+    airlock_testkit::airlock_binary()
 }
 
 /// `airlock agent run` as a process of its own, registered with `server`, so that it can die
@@ -1680,6 +1666,566 @@ async fn port_forward_command_prints_its_address_serves_and_stops_on_ctrl_c() {
         !stderr.contains('\r'),
         "no live status line when stderr is not a terminal: {stderr:?}"
     );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session_status(&server, &session_id).await != "Terminated" {
+        assert!(Instant::now() < deadline, "session recorded as Terminated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The record read back: Airlock.ListPortConnections, its SDK call and `airlock port-connections`
+
+/// Runs the `airlock` binary signing as `profile`; returns (exit code, stdout, stderr).
+async fn airlock_as(
+    bin: &Path,
+    profile: &airlock_client::Profile,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .env("AIRLOCK_ENDPOINT", &profile.endpoint)
+        .env("AIRLOCK_ACCESS_KEY_ID", &profile.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &profile.secret_access_key)
+        .env_remove("AIRLOCK_PROFILE")
+        .env_remove("AIRLOCK_SESSION_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("airlock finishes")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends `n` bytes of `byte` through `addr` (an echo behind a forward), reads them back, closes.
+async fn echo_through(addr: SocketAddr, byte: u8, n: usize) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(&vec![byte; n]).await.unwrap();
+    let mut b = vec![0u8; n];
+    c.read_exact(&mut b).await.unwrap();
+    assert!(b.iter().all(|x| *x == byte));
+}
+
+/// The service error code and message of a call that must fail.
+fn service_error<T: std::fmt::Debug>(r: Result<T, airlock_client::ApiError>) -> (String, String) {
+    match r {
+        Err(airlock_client::ApiError::Service { code, message, .. }) => (code, message),
+        other => panic!("expected a service error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_port_connections_shows_each_connection_to_whom_may_see_it() {
+    use airlock_client::{ListPortConnectionsInput as Query, PortConnectionInfo};
+    let (server, agent) = setup().await;
+    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
+    let echo = echo_target().await;
+    let api = server.api();
+    let mut fwd = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
+    echo_through(fwd.addr, 1, 1000).await;
+    echo_through(fwd.addr, 2, 300).await;
+    for _ in 0..2 {
+        fwd.next_report(Duration::from_secs(10)).await;
+    }
+    let sid = fwd.session_id.clone();
+    port_records(&server, &sid, 2).await;
+    let admin_arn = "arn:aws:iam::000000000000:user/admin";
+
+    // The SDK: both connections, newest first, with what they carried and where to.
+    let by_session = Query {
+        session_id: Some(sid.clone()),
+        ..Default::default()
+    };
+    let page = api.list_port_connections(&by_session).await.unwrap();
+    assert_eq!(page.next_token, None);
+    let conns: Vec<PortConnectionInfo> = page.connections;
+    assert_eq!(conns.len(), 2, "{conns:?}");
+    let dest = format!("localhost:{echo}");
+    for (c, n) in conns.iter().zip([300u64, 1000]) {
+        assert_eq!(c.session_id, sid);
+        assert_eq!(c.target, agent.instance_id);
+        assert_eq!(c.owner, admin_arn);
+        assert_eq!(c.destination, dest);
+        assert_eq!(c.mode, "airlock-mux");
+        assert_eq!((c.bytes_to_target, c.bytes_from_target), (n, n), "{c:?}");
+        assert!(!c.failed && !c.end_reason.is_empty(), "{c:?}");
+        assert!(c.start_date > 1.7e9 && c.end_date >= c.start_date, "{c:?}");
+    }
+    // Filters: by target, by owner (name or ARN), by time; others' see nothing.
+    for (q, want) in [
+        (
+            Query {
+                target: Some(agent.instance_id.clone()),
+                ..Default::default()
+            },
+            2,
+        ),
+        (
+            Query {
+                owner: Some("admin".into()),
+                ..Default::default()
+            },
+            2,
+        ),
+        (
+            Query {
+                owner: Some(admin_arn.into()),
+                since: Some(conns[1].start_date - 1.0),
+                ..Default::default()
+            },
+            2,
+        ),
+        (
+            Query {
+                owner: Some("somebody-else".into()),
+                ..Default::default()
+            },
+            0,
+        ),
+        (
+            Query {
+                target: Some("mi-00000000000000000".into()),
+                ..Default::default()
+            },
+            0,
+        ),
+        (
+            Query {
+                until: Some(conns[1].start_date - 60.0),
+                ..Default::default()
+            },
+            0,
+        ),
+    ] {
+        let got = api.list_port_connections(&q).await.unwrap().connections;
+        assert_eq!(got.len(), want, "{q:?}: {got:?}");
+    }
+    // Pages: one at a time, the token leads to the older one and no further.
+    let first = api
+        .list_port_connections(&Query {
+            max_results: Some(1),
+            ..by_session.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(first.connections, conns[..1]);
+    let second = api
+        .list_port_connections(&Query {
+            max_results: Some(1),
+            next_token: first.next_token.clone(),
+            ..by_session.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.connections, conns[1..]);
+    assert_eq!(second.next_token, None);
+    // Bad input is refused with AWS's error codes, never half-answered.
+    for (body, code, text) in [
+        (
+            json!({ "MaxResults": 0 }),
+            "ValidationException",
+            "between 1 and 1000",
+        ),
+        (
+            json!({ "MaxResults": 1001 }),
+            "ValidationException",
+            "between 1 and 1000",
+        ),
+        (
+            json!({ "NextToken": "garbage" }),
+            "InvalidNextToken",
+            "isn't valid",
+        ),
+        (
+            json!({ "Targt": "mi-1" }),
+            "SerializationException",
+            "Targt",
+        ),
+        (
+            json!({ "SessionId": "" }),
+            "ValidationException",
+            "length between 1 and 96",
+        ),
+        (
+            json!({ "Since": "yesterday" }),
+            "SerializationException",
+            "",
+        ),
+    ] {
+        let (c, m) = service_error(api.call("Airlock.ListPortConnections", &body).await);
+        assert!(c == code && m.contains(text), "{body}: {c}: {m}");
+    }
+
+    // The CLI: JSON for scripts, a table for people, --max-items with a token to go on.
+    let (code, out, err) = airlock_as(
+        &bin,
+        &server.admin,
+        &[
+            "--output",
+            "json",
+            "port-connections",
+            "list",
+            "--session-id",
+            &sid,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+    let listed: Vec<PortConnectionInfo> = serde_json::from_value(v["Connections"].clone()).unwrap();
+    assert_eq!(listed, conns);
+    let (code, out, err) = airlock_as(
+        &bin,
+        &server.admin,
+        &[
+            "--output",
+            "json",
+            "port-connections",
+            "list",
+            "--max-items",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Connections"].as_array().unwrap().len(), 1, "{v}");
+    let token = v["NextToken"]
+        .as_str()
+        .expect("a token to continue")
+        .to_owned();
+    let (code, out, err) = airlock_as(
+        &bin,
+        &server.admin,
+        &[
+            "--output",
+            "json",
+            "port-connections",
+            "list",
+            "--starting-token",
+            &token,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["Connections"][0]["BytesToTarget"], 1000, "{v}");
+    assert!(v.get("NextToken").is_none(), "{v}");
+    let (code, out, err) = airlock_as(
+        &bin,
+        &server.admin,
+        &["port-connections", "list", "--target", &agent.instance_id],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("STARTED") && lines[0].contains("DESTINATION"),
+        "{out}"
+    );
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[1].contains(&sid) && lines[1].contains(&dest) && lines[1].contains("300 B"),
+        "{out}"
+    );
+    assert!(lines[1].contains(" admin "), "the owner by name: {out}");
+
+    // Without the permission: AccessDeniedException, from the SDK and from the CLI.
+    let nobody = server.user("nobody", false).await;
+    let (c, m) = service_error(
+        ApiClient::new(nobody.clone())
+            .unwrap()
+            .list_port_connections(&Query::default())
+            .await,
+    );
+    assert_eq!(c, "AccessDeniedException");
+    assert_eq!(
+        m,
+        "User: arn:aws:iam::000000000000:user/nobody is not authorized to perform: \
+         airlock:ListPortConnections on resource: arn:aws:ssm:us-east-1:000000000000:session/* \
+         because no identity-based policy allows the airlock:ListPortConnections action"
+    );
+    let (code, _, err) = airlock_as(&bin, &nobody, &["port-connections", "list"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("AccessDeniedException"), "{err}");
+
+    // A policy on the session ARN: carol reads her own sessions' connections, no one else's.
+    let carol = server.user("carol", false).await;
+    let doc = json!({ "Version": "2012-10-17", "Statement": [
+        { "Effect": "Allow", "Action": "ssm:StartSession", "Resource": "*" },
+        { "Effect": "Allow", "Action": ["ssm:TerminateSession", "ssm:ResumeSession",
+            "airlock:ListPortConnections"],
+          "Resource": "arn:aws:ssm:*:*:session/${aws:username}-*" },
+    ]});
+    api.call(
+        "Airlock.PutUserPolicy",
+        &json!({ "UserName": "carol", "PolicyName": "own", "PolicyDocument": doc }),
+    )
+    .await
+    .unwrap();
+    let carol_api = ApiClient::new(carol).unwrap();
+    let mut own = forward(
+        &carol_api,
+        &agent.instance_id,
+        echo,
+        None,
+        DEFAULT_MUX_WINDOW,
+    )
+    .await;
+    echo_through(own.addr, 3, 10).await;
+    own.next_report(Duration::from_secs(10)).await;
+    port_records(&server, &own.session_id, 1).await;
+    let mine = carol_api
+        .list_port_connections(&Query {
+            session_id: Some(own.session_id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .connections;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].owner, "arn:aws:iam::000000000000:user/carol");
+    assert_eq!(mine[0].bytes_from_target, 10);
+    for q in [by_session.clone(), Query::default()] {
+        let (c, _) = service_error(carol_api.list_port_connections(&q).await);
+        assert_eq!(c, "AccessDeniedException", "{q:?}");
+    }
+
+    // Every call, allowed or denied, is on the audit trail.
+    let audit = api
+        .call(
+            "Airlock.ListAuditEvents",
+            &json!({ "Action": "airlock:ListPortConnections", "MaxResults": 1000 }),
+        )
+        .await
+        .unwrap();
+    let events = audit["Events"].as_array().unwrap();
+    let has = |who: &str, decision: &str, resource: &str| {
+        events.iter().any(|e| {
+            e["Principal"].as_str().is_some_and(|p| p.ends_with(who))
+                && e["Decision"] == decision
+                && e["Resource"] == resource
+        })
+    };
+    let session_arn = |id: &str| format!("arn:aws:ssm:us-east-1:000000000000:session/{id}");
+    assert!(has("user/admin", "Allow", &session_arn(&sid)), "{audit}");
+    assert!(has("user/admin", "Allow", &session_arn("*")), "{audit}");
+    assert!(has("user/nobody", "Deny", &session_arn("*")), "{audit}");
+    assert!(
+        has("user/carol", "Allow", &session_arn(&own.session_id)),
+        "{audit}"
+    );
+    assert!(has("user/carol", "Deny", &session_arn(&sid)), "{audit}");
+    own.stop().await.unwrap();
+    fwd.stop().await.unwrap();
+    agent.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A remote host that does not resolve
+
+/// A name that never resolves (RFC 6761 reserves `.invalid`).
+const UNKNOWN_HOST: &str = "no-such-host.invalid";
+
+/// Connects to a forward whose destination cannot be reached and waits for the forward to
+/// close the connection (nothing is ever received on it).
+async fn refused_locally(addr: SocketAddr) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut sink))
+        .await
+        .expect("the connection is closed promptly");
+    assert!(sink.is_empty(), "{r:?}: {sink:?}");
+}
+
+/// Echoes `msg` through a connection that must stay up.
+async fn still_echoes(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).await.unwrap();
+    let mut b = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut b))
+        .await
+        .expect("the other forward still answers")
+        .unwrap();
+    assert_eq!(b, msg);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
+    // Short tokens: the server watches each new session until its agent token expires.
+    let server = TestServer::start_with(|c| c.token_ttl = Duration::from_secs(1)).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let echo = echo_target().await;
+    // A working forward beside it, with one connection open across all the failures.
+    let good = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
+    let mut live = TcpStream::connect(good.addr).await.unwrap();
+    still_echoes(&mut live, b"before").await;
+    let want =
+        format!("cannot connect to {UNKNOWN_HOST}:5432: unknown host (the name does not resolve)");
+    let round = |n: u8| {
+        let (api, want, target) = (api.clone(), want.clone(), agent.instance_id.clone());
+        async move {
+            let mut bad =
+                forward(&api, &target, 5432, Some(UNKNOWN_HOST), DEFAULT_MUX_WINDOW).await;
+            // Three at once, then one more: each is closed at once and reported with the reason.
+            let first: Vec<_> = (0..3)
+                .map(|_| tokio::spawn(refused_locally(bad.addr)))
+                .collect();
+            for t in first {
+                t.await.unwrap();
+            }
+            for _ in 0..3 {
+                let rep = bad.next_report(Duration::from_secs(10)).await;
+                assert!(rep.failed, "{rep:?}");
+                assert_eq!(port_failure(&rep), want, "{rep:?}");
+            }
+            // The forward goes on: the session is not ended by its connections failing.
+            assert!(!bad.task.is_finished(), "round {n}: the forward ended");
+            refused_locally(bad.addr).await;
+            let rep = bad.next_report(Duration::from_secs(10)).await;
+            assert_eq!(port_failure(&rep), want, "{rep:?}");
+            let id = bad.session_id.clone();
+            let outcome = bad.stop().await.expect("the forward stops cleanly");
+            assert_eq!(outcome.reason, "", "round {n}");
+            id
+        }
+    };
+    // The server's record says where, and why each one failed.
+    let id = round(0).await;
+    port_records(&server, &id, 4).await;
+    let recs = api
+        .list_port_connections(&airlock_client::ListPortConnectionsInput {
+            session_id: Some(id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .connections;
+    assert_eq!(recs.len(), 4, "{recs:?}");
+    for r in &recs {
+        assert!(r.failed, "{r:?}");
+        assert_eq!(r.destination, format!("{UNKNOWN_HOST}:5432"));
+        assert_eq!(r.end_reason, want);
+        assert_eq!((r.bytes_to_target, r.bytes_from_target), (0, 0));
+    }
+    still_echoes(&mut live, b"between").await;
+
+    // Descriptors and tasks come back to where they were after the first round (which warmed
+    // up what is made once: the resolver, connection pools).
+    let settle = || async {
+        eventually_relays(&server, 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    settle().await;
+    let (fds, tasks) = (fd_count(), alive_tasks());
+    for n in 1..=3 {
+        round(n).await;
+        still_echoes(&mut live, &[n; 100]).await;
+    }
+    settle().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (f, t) = (fd_count(), alive_tasks());
+        if f <= fds && t <= tasks {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "descriptors {fds} -> {f}, tasks {tasks} -> {t} after three more rounds"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(live);
+    good.stop().await.unwrap();
+    agent.stop().await;
+}
+
+/// The reason a stream failed, as `airlock port-forward` shows it.
+fn port_failure(rep: &StreamReport) -> String {
+    rep.end
+        .strip_prefix("reset by peer: ")
+        .unwrap_or(&rep.end)
+        .to_owned()
+}
+
+/// Waits (up to 10 s) until the gateway holds at most `n` relays.
+async fn eventually_relays(server: &TestServer, n: usize) {
+    wait_until(
+        "the relays of ended sessions dropped",
+        Duration::from_secs(10),
+        || (server.state().hub.relay_count() <= n).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_forward_command_says_why_a_connection_to_an_unknown_host_failed() {
+    let (server, agent) = setup().await;
+    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
+    let mut child = tokio::process::Command::new(&bin)
+        .args([
+            "--output",
+            "json",
+            "port-forward",
+            "--target",
+            &agent.instance_id,
+        ])
+        .args(["--remote-host", UNKNOWN_HOST, "--remote-port", "5432"])
+        .env("AIRLOCK_ENDPOINT", &server.url)
+        .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout);
+    let mut first = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut first),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
+    let addr: SocketAddr = v["LocalAddress"].as_str().unwrap().parse().unwrap();
+    assert_eq!(v["Remote"], format!("{UNKNOWN_HOST}:5432"));
+    let session_id = v["SessionId"].as_str().unwrap().to_owned();
+    refused_locally(addr).await;
+    refused_locally(addr).await;
+    // Each failure is told as it happens (the reports follow the close closely).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let said = format!(
+        "failed: cannot connect to {UNKNOWN_HOST}:5432: unknown host (the name does not resolve)"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("connection from 127.0.0.1:") && l.ends_with(&said))
+            .count(),
+        2,
+        "{stderr}"
+    );
+    assert!(stderr.contains("Stopped: 2 connection(s)"), "{stderr}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while session_status(&server, &session_id).await != "Terminated" {
         assert!(Instant::now() < deadline, "session recorded as Terminated");

@@ -9,6 +9,7 @@ pub mod documents;
 pub mod error;
 pub mod iam;
 pub mod instances;
+pub mod port_connections;
 pub mod sessions;
 
 use std::net::SocketAddr;
