@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 use airlock_proto::{
     parse_exit_code, AirlockCapabilities, ChannelClosed, ChannelConfig, Event, Flag,
@@ -19,7 +17,7 @@ use airlock_proto::{
 };
 
 use crate::api::{ApiClient, StreamGrant};
-use crate::ws::{connect, SplitWs, WsStream};
+use crate::ws::{connect_data as connect, DataWs as WsStream, Message, SplitWs};
 
 /// Airlock-only flag value: the client's input ended (sent only when negotiated `no_pty`).
 pub const FLAG_INPUT_EOF: u32 = 0x4149_0001;

@@ -4,19 +4,21 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use airlock_proto::ReliableChannel;
+pub use airlock_wire::{CloseFrame, Message, WireError};
 
-/// A connected WebSocket.
+/// A connected WebSocket for the agent's control channel (small JSON messages).
 pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A connected data channel: Airlock's own WebSocket codec on an in-place TLS record layer
+/// (see `airlock-wire`), the hot path of every session.
+pub type DataWs = airlock_wire::WsConn;
 
 /// Errors opening a WebSocket.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,14 @@ pub enum WsError {
         /// The tunnel target.
         target: String,
         /// Its status line.
+        status: String,
+    },
+    /// The server answered the upgrade with something other than 101.
+    #[error("WebSocket handshake with {url}: {status}")]
+    Upgrade {
+        /// The URL.
+        url: String,
+        /// What the server said.
         status: String,
     },
     /// The WebSocket handshake failed.
@@ -139,17 +149,7 @@ pub async fn connect(
     url: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<WsStream, WsError> {
-    let (host, port, is_tls) = host_port(url).ok_or_else(|| WsError::BadUrl(url.to_owned()))?;
-    let stream = match proxy_for(&host, is_tls) {
-        Some(p) => tunnel(&p, &host, port).await?,
-        None => TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|source| WsError::Io {
-                target: format!("{host}:{port}"),
-                source,
-            })?,
-    };
-    let _ = stream.set_nodelay(true);
+    let (stream, _, _, is_tls) = dial(url).await?;
     let connector = if is_tls {
         let cfg = match tls {
             Some(c) => c,
@@ -175,6 +175,136 @@ pub async fn connect(
     Ok(ws)
 }
 
+/// Dials `url` (through a proxy when the environment names one) and sets TCP_NODELAY.
+async fn dial(url: &str) -> Result<(TcpStream, String, u16, bool), WsError> {
+    let (host, port, is_tls) = host_port(url).ok_or_else(|| WsError::BadUrl(url.to_owned()))?;
+    let stream = match proxy_for(&host, is_tls) {
+        Some(p) => tunnel(&p, &host, port).await?,
+        None => TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|source| WsError::Io {
+                target: format!("{host}:{port}"),
+                source,
+            })?,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok((stream, host, port, is_tls))
+}
+
+/// Sends the HTTP upgrade for `url` on `io` and reads the answer up to the end of its head
+/// (byte by byte, so nothing after it is consumed); checks the 101 and the accept key.
+async fn upgrade<S>(io: &mut S, url: &str, host: &str, port: u16) -> Result<(), WsError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let io_err = |source| WsError::Io {
+        target: url.to_owned(),
+        source,
+    };
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    let path = rest.find('/').map_or("/", |i| &rest[i..]);
+    let key = airlock_wire::ws::new_key();
+    let host_header = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: airlock/{}\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    io.write_all(req.as_bytes()).await.map_err(io_err)?;
+    io.flush().await.map_err(io_err)?;
+    let mut head = Vec::with_capacity(256);
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() > 16 * 1024 {
+            return Err(WsError::Upgrade {
+                url: url.to_owned(),
+                status: "response head too long".into(),
+            });
+        }
+        head.push(io.read_u8().await.map_err(io_err)?);
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut lines = text.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    if status.split_whitespace().nth(1) != Some("101") {
+        return Err(WsError::Upgrade {
+            url: url.to_owned(),
+            status,
+        });
+    }
+    let accept = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("sec-websocket-accept"))
+        .map(|(_, v)| v.trim().to_owned());
+    if accept.as_deref() != Some(airlock_wire::ws::accept_key(&key).as_str()) {
+        return Err(WsError::Upgrade {
+            url: url.to_owned(),
+            status: "the server's Sec-WebSocket-Accept does not match the key".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Opens a data channel to `url`: TLS by rustls for the handshake, then (TLS 1.3) Airlock's
+/// in-place record layer with rustls's keys, or plain TCP for `ws://`. TLS 1.2 servers keep
+/// rustls's stream underneath.
+pub async fn connect_data(
+    url: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<DataWs, WsError> {
+    let (tcp, host, port, is_tls) = dial(url).await?;
+    let mut conn = if is_tls {
+        let base = match tls {
+            Some(c) => c,
+            None => crate::tls::client_config(None).map_err(|e| WsError::Io {
+                target: url.to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })?,
+        };
+        let mut cfg = (*base).clone();
+        cfg.enable_secret_extraction = true;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| WsError::BadUrl(url.to_owned()))?;
+        let mut stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|source| WsError::Io {
+                target: format!("TLS with {host}:{port}"),
+                source,
+            })?;
+        upgrade(&mut stream, url, &host, port).await?;
+        if stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            let (tcp, mut session) = stream.into_inner();
+            // Plaintext rustls decrypted past the response head belongs to the WebSocket.
+            let mut early = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut session.reader(), &mut early);
+            let secrets = session
+                .dangerous_extract_secrets()
+                .map_err(|e| WsError::Io {
+                    target: url.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            DataWs::over_tls13(tcp, secrets, airlock_wire::Role::Client, &early).map_err(|e| {
+                WsError::Io {
+                    target: url.to_owned(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?
+        } else {
+            DataWs::over_stream(stream, airlock_wire::Role::Client, &[])
+        }
+    } else {
+        let mut tcp = tcp;
+        upgrade(&mut tcp, url, &host, port).await?;
+        DataWs::over_tcp(tcp, airlock_wire::Role::Client, &[])
+    };
+    conn.set_max_message(16 << 20);
+    Ok(conn)
+}
+
 /// Messages queued to a [`SplitWs`] writer before the owner holds further frames back.
 pub const WRITER_QUEUE: usize = 32;
 
@@ -185,33 +315,36 @@ pub const WRITER_QUEUE: usize = 32;
 /// and decryption run on two cores.)
 pub struct SplitWs {
     /// Incoming messages.
-    pub stream: SplitStream<WsStream>,
+    pub stream: airlock_wire::WsReader,
     /// Outgoing messages, written in order by the writer task.
     pub tx: mpsc::Sender<Message>,
-    writer: tokio::task::JoinHandle<Option<SplitSink<WsStream, Message>>>,
+    writer: tokio::task::JoinHandle<Option<airlock_wire::WsWriter>>,
 }
 
 impl SplitWs {
     /// Splits `ws` and starts its writer task.
-    pub fn new(ws: WsStream) -> SplitWs {
+    pub fn new(ws: DataWs) -> SplitWs {
         let (mut sink, stream) = ws.split();
         let (tx, mut rx) = mpsc::channel::<Message>(WRITER_QUEUE);
         let writer = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
-                let closing = matches!(m, Message::Close(_));
+                if let Message::Close(frame) = m {
+                    let _ = sink.close(frame).await;
+                    return None;
+                }
                 if sink.feed(m).await.is_err() {
                     return None;
                 }
                 while let Ok(m) = rx.try_recv() {
+                    if let Message::Close(frame) = m {
+                        let _ = sink.close(frame).await;
+                        return None;
+                    }
                     if sink.feed(m).await.is_err() {
                         return None;
                     }
                 }
                 if sink.flush().await.is_err() {
-                    return None;
-                }
-                if closing {
-                    let _ = sink.close().await;
                     return None;
                 }
             }
@@ -244,11 +377,14 @@ impl SplitWs {
 
     /// Waits until everything queued is written, and returns the whole socket again (`None`
     /// if it failed or was closed).
-    pub async fn join(self) -> Option<WsStream> {
+    pub async fn join(self) -> Option<DataWs> {
         let SplitWs { stream, tx, writer } = self;
         drop(tx);
         let sink = writer.await.ok().flatten()?;
-        sink.reunite(stream).ok()
+        Some(DataWs {
+            reader: stream,
+            writer: sink,
+        })
     }
 
     /// Queues a close frame and stops the writer once it is sent.

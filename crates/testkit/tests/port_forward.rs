@@ -392,9 +392,20 @@ async fn sha_roundtrip(
     started.elapsed()
 }
 
+/// Open descriptors other than files on disk: sockets, pipes, event fds — what a leaked
+/// connection or task holds. (The server's SQLite pool may open another connection to its
+/// database file whenever load peaks; that is the pool working, not a leak.)
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|t| !t.is_absolute() || !t.exists())
+                        .unwrap_or(false)
+                })
+                .count()
+        })
         .unwrap_or(0)
 }
 

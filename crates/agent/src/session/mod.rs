@@ -9,12 +9,10 @@ pub mod shell;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::AsyncReadExt;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use airlock_client::ws::WsStream;
+use airlock_client::ws::{DataWs as WsStream, Message};
 use airlock_proto::{
     exit_code_payload, AgentSessionState, AgentTaskPayload, AirlockCapabilities, ChannelConfig,
     Event, Flag, HandshakeComplete, HandshakeRequest, HandshakeResponse, MessageType,
@@ -180,7 +178,7 @@ async fn run_inner(
         )
     });
     let url = format!("{}{}", ctx.ws_base, path);
-    let mut ws = airlock_client::ws::connect(&url, ctx.tls.clone()).await?;
+    let mut ws = airlock_client::ws::connect_data(&url, ctx.tls.clone()).await?;
     let open = OpenDataChannelInput {
         message_schema_version: "1.0".into(),
         request_id: uuid::Uuid::new_v4().to_string(),

@@ -19,15 +19,13 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use airlock_client::mux::{self, MuxConfig, MuxHooks, MuxOut, MuxRole, StreamReport};
-use airlock_client::ws::{SplitWs, WsStream};
+use airlock_client::ws::{DataWs as WsStream, Message, SplitWs};
 use airlock_proto::version;
 use airlock_proto::{
     AirlockCapabilities, Event, Flag, MessageType, MuxKind, PayloadType, PortConnectionRecord,
