@@ -9,6 +9,7 @@ pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod gateway;
+pub mod listener;
 pub mod port_audit;
 pub mod register;
 pub mod secrets;
@@ -225,54 +226,35 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         policies: authz::PolicyCache::default(),
         tls: tls.is_some(),
     });
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(state.clone())
+        .layer(axum::middleware::from_fn(listener::peer_info))
+        .into_make_service_with_connect_info::<listener::Peer>();
     let shutdown = state.shutdown.clone();
     let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
     let tls_cert_path = tls.as_ref().map(|t| t.cert_path.clone());
-    let serve = match tls {
-        Some(loaded) => {
-            let handle = axum_server::Handle::new();
-            let h2 = handle.clone();
-            tokio::spawn(async move {
-                shutdown.cancelled().await;
-                h2.graceful_shutdown(Some(Duration::from_secs(2)));
-            });
-            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(loaded.config);
-            // TCP_NODELAY on every accepted socket: the gateway relays small frames (keystrokes,
-            // acks) one write each, and Nagle would hold them for the peer's delayed ACK.
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
-                .acceptor(axum_server::accept::NoDelayAcceptor::new());
-            let server = axum_server::from_tcp(listener)
-                .acceptor(acceptor)
-                .handle(handle);
-            tokio::spawn(async move {
-                if let Err(e) = server.serve(app).await {
-                    tracing::error!("server stopped: {e}");
-                }
-            })
+    let listener =
+        tokio::net::TcpListener::from_std(listener).map_err(|source| ServerError::Io {
+            context: "adopting the listener".into(),
+            source,
+        })?;
+    let incoming = listener::spawn(
+        listener,
+        tls.map(|t| t.config),
+        state.clone(),
+        shutdown.clone(),
+    )
+    .map_err(|source| ServerError::Io {
+        context: "starting the accept loop".into(),
+        source,
+    })?;
+    let serve = tokio::spawn(async move {
+        let res = axum::serve(incoming, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = res {
+            tracing::error!("server stopped: {e}");
         }
-        None => {
-            let listener =
-                tokio::net::TcpListener::from_std(listener).map_err(|source| ServerError::Io {
-                    context: "adopting the listener".into(),
-                    source,
-                })?;
-            tokio::spawn(async move {
-                // TCP_NODELAY, as above.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!("could not set TCP_NODELAY: {e}");
-                    }
-                });
-                let res = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                    .await;
-                if let Err(e) = res {
-                    tracing::error!("server stopped: {e}");
-                }
-            })
-        }
-    };
+    });
     tracing::info!(%url, "airlock server listening");
     Ok(RunningServer {
         local_addr,

@@ -11,7 +11,10 @@
 //! (progress on stderr). `AIRLOCK_BENCH_MIB` sets the bytes per run (1024); every figure is the
 //! best of `AIRLOCK_BENCH_RUNS` runs (3), since other work on a shared machine only ever slows
 //! a run down. `AIRLOCK_BENCH_ONLY=airlock` skips the direct and ssh columns (for profiling).
-//! Without `/usr/sbin/sshd` the ssh column reads n/a.
+//! Without `/usr/sbin/sshd` the ssh column reads n/a. The server and the agent run as processes of
+//! their own (`airlock server`, `airlock agent run`), like sshd; the CPU columns add up user +
+//! system time of every process of a contestant (ssh + sshd and its children; port-forward +
+//! server + agent) per GB moved.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -29,7 +32,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use airlock_testkit::{TempDir, TestServer};
+use airlock_testkit::TempDir;
+
+/// The cipher `ssh -L` uses: the one the figures to beat were measured with (AES-NI makes it
+/// OpenSSH's fastest here), not its default chacha20-poly1305.
+const SSH_CIPHER: &str = "aes128-gcm@openssh.com";
 
 const OP_UPLOAD: u8 = 0;
 const OP_DOWNLOAD: u8 = 1;
@@ -233,6 +240,7 @@ async fn ssh_forward(
             "UserKnownHostsFile=/dev/null",
         ])
         .args(["-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR"])
+        .args(["-c", SSH_CIPHER])
         .arg("-i")
         .arg(dir.join("id"))
         .arg("-p")
@@ -262,8 +270,8 @@ async fn wait_port(port: u16) {
 struct Row {
     what: String,
     direct: f64,
-    ssh: Option<f64>,
-    airlock: f64,
+    ssh: Option<Figure>,
+    airlock: Figure,
     unit: &'static str,
     higher_is_better: bool,
 }
@@ -278,6 +286,208 @@ fn main() {
     rt.block_on(run());
 }
 
+/// CPU seconds (user + system) that the processes `roots` and all their descendants have used
+/// so far: how much machine each contestant spends per byte, whatever the wall clock says.
+fn cpu_seconds(roots: &[u32]) -> f64 {
+    let mut parent = std::collections::HashMap::new();
+    let mut ticks = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let (Some(ppid), Some(ut), Some(st)) = (f.get(1), f.get(11), f.get(12)) else {
+            continue;
+        };
+        parent.insert(pid, ppid.parse::<u32>().unwrap_or(0));
+        ticks.insert(
+            pid,
+            ut.parse::<u64>().unwrap_or(0) + st.parse::<u64>().unwrap_or(0),
+        );
+    }
+    let counted = |mut pid: u32| loop {
+        if roots.contains(&pid) {
+            return true;
+        }
+        match parent.get(&pid) {
+            Some(&p) if p > 1 && p != pid => pid = p,
+            _ => return false,
+        }
+    };
+    let total: u64 = ticks
+        .iter()
+        .filter(|(pid, _)| counted(**pid))
+        .map(|(_, t)| *t)
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    total as f64 / hz
+}
+
+/// `airlock server` (TLS, self-signed) and `airlock agent run`, each a process of its own as
+/// in production, so that the gateway and the agent get the scheduler's share that sshd gets
+/// instead of sharing this process's runtime with the traffic generator.
+struct Deployment {
+    _dir: TempDir,
+    server: tokio::process::Child,
+    agent: tokio::process::Child,
+    url: String,
+    ca_file: PathBuf,
+    access_key_id: String,
+    secret_access_key: String,
+    instance_id: String,
+}
+
+impl Deployment {
+    async fn start(bin: &Path) -> Deployment {
+        let dir = TempDir::new();
+        let port = free_port();
+        let data = dir.0.join("server");
+        let mut server = tokio::process::Command::new(bin)
+            .args(["server", "--self-signed", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .env("AIRLOCK_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(server.stdout.take().unwrap());
+        let (mut url, mut ca_file) = (String::new(), PathBuf::new());
+        while url.is_empty() || ca_file.as_os_str().is_empty() {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).await.unwrap() > 0, "server exited");
+            if let Some(u) = line.trim().strip_prefix("Airlock server listening on ") {
+                url = u.to_owned();
+            }
+            if let Some(rest) = line.trim().strip_prefix("TLS certificate ") {
+                ca_file = PathBuf::from(rest.split(" (").next().unwrap());
+            }
+        }
+        tokio::spawn(async move {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).await.is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        let creds: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(data.join("admin-credentials.json")).unwrap(),
+        )
+        .unwrap();
+        let profile = airlock_client::Profile {
+            endpoint: url.clone(),
+            access_key_id: creds["AccessKeyId"].as_str().unwrap().into(),
+            secret_access_key: creds["SecretAccessKey"].as_str().unwrap().into(),
+            region: "us-east-1".into(),
+            ca_file: Some(ca_file.clone()),
+            session_token: None,
+        };
+        let api = airlock_client::ApiClient::new(profile.clone()).unwrap();
+        let act = api
+            .call(
+                "AmazonSSM.CreateActivation",
+                &serde_json::json!({ "IamRole": "Bench", "RegistrationLimit": 1 }),
+            )
+            .await
+            .unwrap();
+        let state = dir.0.join("agent.json");
+        let st = tokio::process::Command::new(bin)
+            .args(["agent", "register", "--server", &url])
+            .args(["--activation-id", act["ActivationId"].as_str().unwrap()])
+            .args(["--activation-code", act["ActivationCode"].as_str().unwrap()])
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .arg("--state")
+            .arg(&state)
+            .env("AIRLOCK_LOG", "warn")
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success(), "airlock agent register");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+        let instance_id = v["InstanceId"].as_str().unwrap().to_owned();
+        let agent = tokio::process::Command::new(bin)
+            .args(["agent", "run", "--state"])
+            .arg(&state)
+            .env("AIRLOCK_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = api
+                .call(
+                    "AmazonSSM.DescribeInstanceInformation",
+                    &serde_json::json!({}),
+                )
+                .await
+                .unwrap();
+            let online = out["InstanceInformationList"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|i| i["InstanceId"] == instance_id.as_str() && i["PingStatus"] == "Online");
+            if online {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the agent did not come online");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Deployment {
+            _dir: dir,
+            server,
+            agent,
+            url,
+            ca_file,
+            access_key_id: profile.access_key_id,
+            secret_access_key: profile.secret_access_key,
+            instance_id,
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One contestant: where to connect, and the processes whose CPU it costs.
+struct Contestant {
+    addr: SocketAddr,
+    pids: Vec<u32>,
+}
+
+/// A row's figures for one contestant: the value, and CPU seconds per GB moved (throughput rows).
+#[derive(Clone, Copy)]
+struct Figure {
+    value: f64,
+    cpu_per_gb: Option<f64>,
+}
+
+async fn measure(c: &Contestant, op: u8, n: u64, streams: usize, runs: usize) -> Figure {
+    let before = cpu_seconds(&c.pids);
+    let value = throughput(c.addr, op, n, streams, runs).await;
+    let cpu = cpu_seconds(&c.pids) - before;
+    let gb = (n as f64 * runs as f64) / 1e9;
+    Figure {
+        value,
+        cpu_per_gb: (!c.pids.is_empty()).then_some(cpu / gb),
+    }
+}
+
 async fn run() {
     let mib: u64 = std::env::var("AIRLOCK_BENCH_MIB")
         .ok()
@@ -290,25 +500,27 @@ async fn run() {
     let n = mib << 20;
     let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
     let tport = target().await;
-    let direct = SocketAddr::from(([127, 0, 0, 1], tport));
+    let direct = Contestant {
+        addr: SocketAddr::from(([127, 0, 0, 1], tport)),
+        pids: Vec::new(),
+    };
 
-    eprintln!("starting the Airlock server (TLS) and agent");
-    let server = TestServer::start_with(|c| c.tls = airlock_server::TlsMode::SelfSigned).await;
-    assert!(server.url.starts_with("https://"), "TLS on: {}", server.url);
-    let agent = server.agent().await;
+    eprintln!("starting `airlock server` (TLS) and `airlock agent run`");
+    let dep = Deployment::start(&bin).await;
+    assert!(dep.url.starts_with("https://"), "TLS on: {}", dep.url);
     let mut fwd = tokio::process::Command::new(&bin)
         .args([
             "--output",
             "json",
             "port-forward",
             "--target",
-            &agent.instance_id,
+            &dep.instance_id,
         ])
         .args(["--remote-port", &tport.to_string()])
-        .env("AIRLOCK_ENDPOINT", &server.url)
-        .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
-        .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
-        .env("AIRLOCK_CA_FILE", server.admin.ca_file.as_ref().unwrap())
+        .env("AIRLOCK_ENDPOINT", &dep.url)
+        .env("AIRLOCK_ACCESS_KEY_ID", &dep.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &dep.secret_access_key)
+        .env("AIRLOCK_CA_FILE", &dep.ca_file)
         .env("AIRLOCK_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -320,7 +532,13 @@ async fn run() {
         .await
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let airlock: SocketAddr = v["LocalAddress"].as_str().unwrap().parse().unwrap();
+    let airlock = Contestant {
+        addr: v["LocalAddress"].as_str().unwrap().parse().unwrap(),
+        pids: [fwd.id(), dep.server.id(), dep.agent.id()]
+            .into_iter()
+            .flatten()
+            .collect(),
+    };
 
     let only_airlock = std::env::var("AIRLOCK_BENCH_ONLY").is_ok_and(|v| v == "airlock");
     let dir = TempDir::new();
@@ -329,7 +547,10 @@ async fn run() {
     } else {
         ssh_forward(&dir.0, tport).await
     };
-    let ssh_addr = ssh.as_ref().map(|s| s.0);
+    let ssh_c = ssh.as_ref().map(|(addr, server, client)| Contestant {
+        addr: *addr,
+        pids: [server.id(), client.id()].into_iter().flatten().collect(),
+    });
 
     let mut rows = Vec::new();
     for (what, op, streams) in [
@@ -340,19 +561,27 @@ async fn run() {
     ] {
         eprintln!("{what}: {mib} MiB, best of {runs}");
         let d = if only_airlock {
-            f64::NAN
+            Figure {
+                value: f64::NAN,
+                cpu_per_gb: None,
+            }
         } else {
-            throughput(direct, op, n, streams, runs).await
+            measure(&direct, op, n, streams, runs).await
         };
-        let s = match ssh_addr {
-            Some(a) => Some(throughput(a, op, n, streams, runs).await),
+        let s = match &ssh_c {
+            Some(c) => Some(measure(c, op, n, streams, runs).await),
             None => None,
         };
-        let a = throughput(airlock, op, n, streams, runs).await;
-        eprintln!("  direct {d:.0}  ssh {s:?}  airlock {a:.0} MB/s");
+        let a = measure(&airlock, op, n, streams, runs).await;
+        eprintln!(
+            "  direct {:.0}  ssh {:?}  airlock {:.0} MB/s",
+            d.value,
+            s.map(|s| s.value),
+            a.value
+        );
         rows.push(Row {
             what: what.to_owned(),
-            direct: d,
+            direct: d.value,
             ssh: s,
             airlock: a,
             unit: "MB/s",
@@ -360,25 +589,29 @@ async fn run() {
         });
     }
     eprintln!("new stream on an open forward: {SETUP_SAMPLES} samples");
-    let d = setup_time(direct).await;
-    let s = match ssh_addr {
-        Some(a) => Some(setup_time(a).await),
+    let d = setup_time(direct.addr).await;
+    let s = match &ssh_c {
+        Some(c) => Some(setup_time(c.addr).await),
         None => None,
     };
-    let a = setup_time(airlock).await;
+    let a = setup_time(airlock.addr).await;
+    let plain = |value| Figure {
+        value,
+        cpu_per_gb: None,
+    };
     rows.push(Row {
         what: "new stream: connect + 1 byte echoed (median)".into(),
         direct: d,
-        ssh: s,
-        airlock: a,
+        ssh: s.map(plain),
+        airlock: plain(a),
         unit: "ms",
         higher_is_better: false,
     });
 
     println!(
-        "\n| loopback, {mib} MiB per run, best of {runs} | direct | ssh -L | airlock port-forward (TLS) | airlock / ssh -L | airlock / direct |"
+        "\n| loopback, {mib} MiB per run, best of {runs} | direct | ssh -L ({SSH_CIPHER}) | airlock port-forward (TLS) | airlock / ssh -L | airlock / direct | CPU s per GB: ssh -L | CPU s per GB: airlock |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         let fmt = |v: f64| {
             if r.unit == "ms" {
@@ -394,17 +627,24 @@ async fn run() {
                 format!("{:.2}× the time", num / den)
             }
         };
+        let cpu = |f: Option<Figure>| {
+            f.and_then(|f| f.cpu_per_gb)
+                .map_or("–".into(), |c| format!("{c:.2}"))
+        };
         println!(
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.what,
             fmt(r.direct),
-            r.ssh.map_or("n/a".into(), fmt),
-            fmt(r.airlock),
-            r.ssh.map_or("n/a".into(), |s| ratio(r.airlock, s)),
-            ratio(r.airlock, r.direct),
+            r.ssh.map_or("n/a".into(), |s| fmt(s.value)),
+            fmt(r.airlock.value),
+            r.ssh
+                .map_or("n/a".into(), |s| ratio(r.airlock.value, s.value)),
+            ratio(r.airlock.value, r.direct),
+            cpu(r.ssh),
+            cpu(Some(r.airlock)),
         );
     }
     let _ = fwd.start_kill();
     drop(ssh);
-    agent.stop().await;
+    drop(dep);
 }

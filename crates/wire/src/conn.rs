@@ -8,7 +8,7 @@
 
 use std::io;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -368,7 +368,9 @@ impl WsWriter {
 
     fn encode(&mut self, m: &Message) -> Result<(), WireError> {
         if self.closed {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "the data channel is closed").into());
+            return Err(
+                io::Error::new(io::ErrorKind::BrokenPipe, "the data channel is closed").into(),
+            );
         }
         let close_body;
         let (op, payload): (u8, &[u8]) = match m {

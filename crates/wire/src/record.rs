@@ -127,11 +127,7 @@ impl RecordKey {
         let nonce = self.next_nonce()?;
         let tag = self
             .key
-            .seal_in_place_separate_tag(
-                nonce,
-                Aad::from(header),
-                &mut buf[start + HEADER_LEN..],
-            )
+            .seal_in_place_separate_tag(nonce, Aad::from(header), &mut buf[start + HEADER_LEN..])
             .map_err(|_| RecordError::Malformed)?;
         buf.extend_from_slice(tag.as_ref());
         Ok(())
@@ -219,7 +215,10 @@ mod tests {
             key: rustls::crypto::cipher::AeadKey::from([7u8; 32]),
             iv: rustls::crypto::cipher::Iv::new([9u8; 12]),
         };
-        (RecordKey::new(5, &s()).unwrap(), RecordKey::new(5, &s()).unwrap())
+        (
+            RecordKey::new(5, &s()).unwrap(),
+            RecordKey::new(5, &s()).unwrap(),
+        )
     }
 
     #[test]
@@ -265,7 +264,11 @@ mod tests {
     #[test]
     fn garbage_is_malformed_not_a_panic() {
         let (_, mut rx) = pair();
-        for bad in [&[0x16u8, 3, 3, 0, 40][..], &[0x17, 3, 3, 0xFF, 0xFF], &[0x17, 3, 3, 0, 3]] {
+        for bad in [
+            &[0x16u8, 3, 3, 0, 40][..],
+            &[0x17, 3, 3, 0xFF, 0xFF],
+            &[0x17, 3, 3, 0, 3],
+        ] {
             let mut buf = BytesMut::from(bad);
             buf.extend_from_slice(&[0; 64]);
             let mut plain = 0;

@@ -242,7 +242,10 @@ mod tests {
         assert_eq!(Header::parse(&[0xC2, 0]), Err(FrameError::ReservedBits));
         assert_eq!(Header::parse(&[0x83, 0]), Err(FrameError::BadOpcode(3)));
         assert_eq!(Header::parse(&[0x09, 0]), Err(FrameError::BadControl));
-        assert_eq!(Header::parse(&[0x89, 126, 0, 200]), Err(FrameError::BadControl));
+        assert_eq!(
+            Header::parse(&[0x89, 126, 0, 200]),
+            Err(FrameError::BadControl)
+        );
     }
 
     #[test]

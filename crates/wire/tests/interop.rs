@@ -56,14 +56,24 @@ async fn handshake() -> Pair {
 
 fn client_side(c: tokio_rustls::client::TlsStream<TcpStream>) -> WsConn {
     let (tcp, conn) = c.into_inner();
-    WsConn::over_tls13(tcp, conn.dangerous_extract_secrets().unwrap(), Role::Client, &[])
-        .unwrap()
+    WsConn::over_tls13(
+        tcp,
+        conn.dangerous_extract_secrets().unwrap(),
+        Role::Client,
+        &[],
+    )
+    .unwrap()
 }
 
 fn server_side(s: tokio_rustls::server::TlsStream<TcpStream>) -> WsConn {
     let (tcp, conn) = s.into_inner();
-    WsConn::over_tls13(tcp, conn.dangerous_extract_secrets().unwrap(), Role::Server, &[])
-        .unwrap()
+    WsConn::over_tls13(
+        tcp,
+        conn.dangerous_extract_secrets().unwrap(),
+        Role::Server,
+        &[],
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -92,9 +102,15 @@ async fn both_ends_on_the_record_layer_carry_large_and_small_messages() {
         client.feed(m).await.unwrap();
     }
     client.flush().await.unwrap();
-    assert_eq!(client.next().await.unwrap().unwrap(), Message::Text("hello".into()));
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Text("hello".into())
+    );
     assert_eq!(client.next().await.unwrap().unwrap(), Message::Binary(big));
-    assert_eq!(client.next().await.unwrap().unwrap(), Message::Binary(Bytes::new()));
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::new())
+    );
     assert_eq!(
         client.next().await.unwrap().unwrap(),
         Message::Ping(Bytes::from_static(b"p"))
@@ -104,7 +120,10 @@ async fn both_ends_on_the_record_layer_carry_large_and_small_messages() {
         reason: "done".into(),
     };
     client.close(Some(bye.clone())).await.unwrap();
-    assert_eq!(client.next().await.unwrap().unwrap(), Message::Close(Some(bye)));
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Close(Some(bye))
+    );
     assert!(client.next().await.is_none());
     echo.await.unwrap();
 }
@@ -137,7 +156,10 @@ async fn the_record_layer_interoperates_with_rustls_streams() {
     s.write_all(&frame[..n]).await.unwrap();
     s.write_all(&payload).await.unwrap();
     s.flush().await.unwrap();
-    assert_eq!(client.next().await.unwrap().unwrap(), Message::Binary(payload));
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(payload)
+    );
 
     // rustls's close_notify ends the airlock-wire reader cleanly.
     s.shutdown().await.unwrap();

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use airlock_proto::{decode, AgentTaskComplete, DecodeOptions, Frame, MessageType, PayloadType};
 
-use super::data::{close_with, read_open};
+use super::data::{close_socket_with, read_open_socket};
 use super::hub::AgentConn;
 use crate::state::AppState;
 
@@ -56,7 +56,7 @@ async fn authenticate(
         .send(Message::Text(hello.into()))
         .await
         .map_err(|e| format!("websocket error: {e}"))?;
-    let open = read_open(socket).await?;
+    let open = read_open_socket(socket).await?;
     let inst = state
         .store
         .instance(instance_id)
@@ -89,7 +89,7 @@ async fn serve(state: Arc<AppState>, instance_id: String, peer: SocketAddr, mut 
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(%peer, instance_id, "control channel refused: {e}");
-            return close_with(socket, 1008, &e).await;
+            return close_socket_with(socket, 1008, &e).await;
         }
     };
     let agent_version = open.agent_version.clone().unwrap_or_default();

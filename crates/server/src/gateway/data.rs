@@ -6,9 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use airlock_wire::{CloseFrame, Message};
+use axum::extract::ws::{self as aws, WebSocket};
 use axum::extract::{ConnectInfo, Path, State, WebSocketUpgrade};
 use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -34,27 +36,147 @@ pub async fn upgrade(
 ) -> Response {
     ws.max_message_size(MAX_DATA_MESSAGE)
         .max_frame_size(MAX_DATA_MESSAGE)
-        .on_upgrade(move |socket| async move {
+        .on_upgrade(move |socket: WebSocket| async move {
             let tracker = state.tasks.clone();
+            let (sink, stream) = socket.split();
             tracker
-                .track_future(serve(state, session_id, peer, socket))
+                .track_future(serve(
+                    state,
+                    session_id,
+                    peer,
+                    DcReader::Axum(stream),
+                    DcWriter::Axum(sink),
+                ))
                 .await
         })
 }
 
-/// Closes a socket with a policy-violation reason that the peer can read.
-pub async fn close_with(mut socket: WebSocket, code: u16, reason: &str) {
+/// The receiving half of a data channel: Airlock's own codec (connections the accept loop
+/// upgraded, see [`super::fast`]) or axum's (an upgrade that reached the router, e.g. a
+/// second request on a kept-alive connection).
+pub enum DcReader {
+    /// airlock-wire.
+    Wire(airlock_wire::WsReader),
+    /// axum / tungstenite.
+    Axum(SplitStream<WebSocket>),
+}
+
+/// The sending half, see [`DcReader`].
+pub enum DcWriter {
+    /// airlock-wire.
+    Wire(airlock_wire::WsWriter),
+    /// axum / tungstenite.
+    Axum(SplitSink<WebSocket, aws::Message>),
+}
+
+impl DcReader {
+    /// The next message; `None` when the connection is closed.
+    pub async fn next(&mut self) -> Option<Result<Message, String>> {
+        match self {
+            DcReader::Wire(r) => r.next().await.map(|m| m.map_err(|e| e.to_string())),
+            DcReader::Axum(s) => s.next().await.map(|m| {
+                m.map(|m| match m {
+                    aws::Message::Binary(b) => Message::Binary(b),
+                    aws::Message::Text(t) => Message::Text(t.as_str().to_owned()),
+                    aws::Message::Ping(b) => Message::Ping(b),
+                    aws::Message::Pong(b) => Message::Pong(b),
+                    aws::Message::Close(f) => Message::Close(f.map(|f| CloseFrame {
+                        code: f.code,
+                        reason: f.reason.as_str().to_owned(),
+                    })),
+                })
+                .map_err(|e| e.to_string())
+            }),
+        }
+    }
+}
+
+impl DcWriter {
+    /// Queues a message for the next flush; false when the connection failed.
+    pub async fn feed(&mut self, m: Message) -> bool {
+        match self {
+            DcWriter::Wire(w) => w.feed(m).await.is_ok(),
+            DcWriter::Axum(s) => s.feed(to_axum(m)).await.is_ok(),
+        }
+    }
+
+    /// Writes what was fed; false when the connection failed.
+    pub async fn flush(&mut self) -> bool {
+        match self {
+            DcWriter::Wire(w) => w.flush().await.is_ok(),
+            DcWriter::Axum(s) => s.flush().await.is_ok(),
+        }
+    }
+
+    /// Feeds and flushes.
+    pub async fn send(&mut self, m: Message) -> bool {
+        self.feed(m).await && self.flush().await
+    }
+
+    /// Sends a close frame (when `frame` is given, with that code and reason) and closes.
+    pub async fn close(&mut self, frame: Option<CloseFrame>) {
+        match self {
+            DcWriter::Wire(w) => {
+                let _ = w.close(frame).await;
+            }
+            DcWriter::Axum(s) => {
+                let _ = s.send(to_axum(Message::Close(frame))).await;
+                let _ = s.close().await;
+            }
+        }
+    }
+}
+
+fn to_axum(m: Message) -> aws::Message {
+    match m {
+        Message::Binary(b) => aws::Message::Binary(b),
+        Message::Text(t) => aws::Message::Text(t.into()),
+        Message::Ping(b) => aws::Message::Ping(b),
+        Message::Pong(b) => aws::Message::Pong(b),
+        Message::Close(f) => aws::Message::Close(f.map(|f| aws::CloseFrame {
+            code: f.code,
+            reason: f.reason.into(),
+        })),
+    }
+}
+
+/// Closes an axum socket (the control channel's) with a reason the peer can read.
+pub async fn close_socket_with(mut socket: WebSocket, code: u16, reason: &str) {
     let _ = socket
-        .send(Message::Close(Some(CloseFrame {
+        .send(aws::Message::Close(Some(aws::CloseFrame {
             code,
             reason: reason.into(),
         })))
         .await;
 }
 
-/// Reads the opening text frame (OpenDataChannelInput), bounded by a timeout.
-pub async fn read_open(socket: &mut WebSocket) -> Result<OpenDataChannelInput, String> {
+/// Reads the opening text frame from an axum socket (the control channel's).
+pub async fn read_open_socket(socket: &mut WebSocket) -> Result<OpenDataChannelInput, String> {
     let first = tokio::time::timeout(OPEN_TIMEOUT, socket.recv())
+        .await
+        .map_err(|_| "no open message within 10 s".to_owned())?;
+    match first {
+        Some(Ok(aws::Message::Text(t))) => serde_json::from_str::<OpenDataChannelInput>(t.as_str())
+            .map_err(|e| format!("malformed open message: {e}")),
+        Some(Ok(_)) => Err("the first message must be a text frame with the token".to_owned()),
+        Some(Err(e)) => Err(format!("websocket error: {e}")),
+        None => Err("closed before the open message".to_owned()),
+    }
+}
+
+/// Closes a data channel with a policy-violation reason that the peer can read.
+pub async fn close_with(writer: &mut DcWriter, code: u16, reason: &str) {
+    writer
+        .close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))
+        .await;
+}
+
+/// Reads the opening text frame (OpenDataChannelInput), bounded by a timeout.
+pub async fn read_open(socket: &mut DcReader) -> Result<OpenDataChannelInput, String> {
+    let first = tokio::time::timeout(OPEN_TIMEOUT, socket.next())
         .await
         .map_err(|_| "no open message within 10 s".to_owned())?;
     match first {
@@ -66,12 +188,20 @@ pub async fn read_open(socket: &mut WebSocket) -> Result<OpenDataChannelInput, S
     }
 }
 
-async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut socket: WebSocket) {
-    let open = match read_open(&mut socket).await {
+/// Serves one data channel: checks its token, attaches it to the session's relay and relays
+/// until either side or the session ends.
+pub async fn serve(
+    state: Arc<AppState>,
+    session_id: String,
+    peer: SocketAddr,
+    mut reader: DcReader,
+    mut writer: DcWriter,
+) {
+    let open = match read_open(&mut reader).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(%peer, session_id, "data channel refused: {e}");
-            return close_with(socket, 1008, &e).await;
+            return close_with(&mut writer, 1008, &e).await;
         }
     };
     let side = match state.hub.take_token(&open.token_value, &session_id) {
@@ -88,18 +218,18 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
                 reason.pop();
             }
             tracing::warn!(%peer, session_id, "data channel refused: {reason}");
-            return close_with(socket, 1008, &reason).await;
+            return close_with(&mut writer, 1008, &reason).await;
         }
     };
     if side == Side::Client {
         if let Err(reason) = authorize_client(&state, &session_id, peer).await {
             tracing::warn!(%peer, session_id, "data channel refused: {reason}");
-            return close_with(socket, 1008, &reason).await;
+            return close_with(&mut writer, 1008, &reason).await;
         }
     }
     let relay = state.hub.relay(&session_id);
     if relay.ended().is_cancelled() {
-        return close_with(socket, 1008, "session has ended").await;
+        return close_with(&mut writer, 1008, "session has ended").await;
     }
     // The session may have ended while this channel was opening (its token taken just before
     // the end revoked the rest): then the relay above is a fresh one nobody would ever close.
@@ -127,7 +257,7 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
         while reason.len() > 123 {
             reason.pop();
         }
-        return close_with(socket, 1008, &reason).await;
+        return close_with(&mut writer, 1008, &reason).await;
     }
     tracing::info!(%peer, session_id, ?side, "data channel open");
 
@@ -150,9 +280,8 @@ async fn serve(state: Arc<AppState>, session_id: String, peer: SocketAddr, mut s
         }
     }
 
-    let (sink, stream) = socket.split();
-    let writer = tokio::spawn(write_loop(sink, rx, cancel.clone()));
-    read_loop(&state, &relay, side, stream, cancel.clone()).await;
+    let writer = tokio::spawn(write_loop(writer, rx, cancel.clone()));
+    read_loop(&state, &relay, side, reader, cancel.clone()).await;
     cancel.cancel();
     let _ = writer.await;
 
@@ -276,25 +405,30 @@ async fn authorize_client(
 
 /// Writes `first` and what else is queued already, then flushes once: under load the relay
 /// puts many frames (data and their acks) into one write instead of one write each.
-async fn write_batch(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    first: Message,
-    rx: &mut mpsc::Receiver<Message>,
-) -> bool {
-    if sink.feed(first).await.is_err() {
+async fn write_batch(sink: &mut DcWriter, first: Message, rx: &mut mpsc::Receiver<Message>) -> bool {
+    if let Message::Close(f) = first {
+        sink.close(f).await;
+        return false;
+    }
+    if !sink.feed(first).await {
         return false;
     }
     for _ in 0..SIDE_QUEUE {
         let Ok(m) = rx.try_recv() else { break };
-        if sink.feed(m).await.is_err() {
+        if let Message::Close(f) = m {
+            let _ = sink.flush().await;
+            sink.close(f).await;
+            return false;
+        }
+        if !sink.feed(m).await {
             return false;
         }
     }
-    sink.flush().await.is_ok()
+    sink.flush().await
 }
 
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut sink: DcWriter,
     mut rx: mpsc::Receiver<Message>,
     cancel: CancellationToken,
 ) {
@@ -308,21 +442,24 @@ async fn write_loop(
             _ = cancel.cancelled() => {
                 // Flush what was queued before the end (e.g. channel_closed), then close.
                 while let Ok(m) = rx.try_recv() {
-                    if sink.send(m).await.is_err() { return; }
+                    if let Message::Close(f) = m {
+                        let _ = sink.flush().await;
+                        return sink.close(f).await;
+                    }
+                    if !sink.send(m).await { return; }
                 }
                 break;
             }
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
-    let _ = sink.close().await;
+    sink.close(None).await;
 }
 
 async fn read_loop(
     state: &Arc<AppState>,
     relay: &Relay,
     side: Side,
-    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    mut stream: DcReader,
     cancel: CancellationToken,
 ) {
     let mut peer_watch = relay.watch(side.peer());
@@ -334,9 +471,12 @@ async fn read_loop(
         };
         let data = match msg {
             Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Text(_)))
-            | Some(Ok(Message::Ping(_)))
-            | Some(Ok(Message::Pong(_))) => continue,
+            Some(Ok(Message::Ping(b))) => {
+                // Answered through this side's own writer, in order with its frames.
+                relay.try_send_to(side, Message::Pong(b));
+                continue;
+            }
+            Some(Ok(Message::Text(_))) | Some(Ok(Message::Pong(_))) => continue,
             Some(Ok(Message::Close(_))) | None => return,
             Some(Err(e)) => {
                 tracing::debug!(

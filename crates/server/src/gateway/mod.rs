@@ -3,5 +3,6 @@
 
 pub mod control;
 pub mod data;
+pub mod fast;
 pub mod hub;
 pub mod relay;

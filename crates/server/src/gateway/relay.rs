@@ -6,7 +6,7 @@
 //! forwards each frame to the peer's current sender, and while the peer is absent (e.g. the
 //! plugin reconnecting for ResumeSession) it simply stops reading: TCP holds the rest.
 
-use axum::extract::ws::Message;
+use airlock_wire::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
