@@ -196,7 +196,9 @@ pub fn spawn(
                             let _ = tx.send((io, peer)).await;
                         }
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, "connection dropped before its first request: {e}"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, "connection dropped before its first request: {e}")
+                    }
                     Err(_) => tracing::debug!(%peer, "no request within 10 s"),
                 }
             });

@@ -69,7 +69,9 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
     };
     if let Some(relay) = state.hub.existing_relay(session_id) {
         relay
-            .finish(|_| airlock_wire::Message::Binary(channel_closed_frame(session_id, &target, &output)))
+            .finish(|_| {
+                airlock_wire::Message::Binary(channel_closed_frame(session_id, &target, &output))
+            })
             .await;
         state.hub.remove_relay(session_id);
     }

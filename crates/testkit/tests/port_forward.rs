@@ -1755,8 +1755,11 @@ async fn list_port_connections_shows_each_connection_to_whom_may_see_it() {
     };
     let page = api.list_port_connections(&by_session).await.unwrap();
     assert_eq!(page.next_token, None);
-    let conns: Vec<PortConnectionInfo> = page.connections;
+    let mut conns: Vec<PortConnectionInfo> = page.connections;
     assert_eq!(conns.len(), 2, "{conns:?}");
+    // Listed in the order the agent reported them (newest report first); the two reports
+    // of back-to-back connections may arrive either way round.
+    conns.sort_by_key(|c| c.bytes_to_target);
     let dest = format!("localhost:{echo}");
     for (c, n) in conns.iter().zip([300u64, 1000]) {
         assert_eq!(c.session_id, sid);

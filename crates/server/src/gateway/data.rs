@@ -405,7 +405,11 @@ async fn authorize_client(
 
 /// Writes `first` and what else is queued already, then flushes once: under load the relay
 /// puts many frames (data and their acks) into one write instead of one write each.
-async fn write_batch(sink: &mut DcWriter, first: Message, rx: &mut mpsc::Receiver<Message>) -> bool {
+async fn write_batch(
+    sink: &mut DcWriter,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> bool {
     if let Message::Close(f) = first {
         sink.close(f).await;
         return false;

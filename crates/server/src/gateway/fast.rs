@@ -47,7 +47,8 @@ impl DataUpgrade {
         if !header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
             return None;
         }
-        let key = header("sec-websocket-key").filter(|_| header("sec-websocket-version").as_deref() == Some("13"));
+        let key = header("sec-websocket-key")
+            .filter(|_| header("sec-websocket-version").as_deref() == Some("13"));
         Some(DataUpgrade {
             session_id: percent_decode(id),
             key,
@@ -62,7 +63,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;
