@@ -156,7 +156,7 @@ async fn open(
         platform_type: None,
     };
     let text = serde_json::to_string(&open).map_err(|e| SessionError::Protocol(e.to_string()))?;
-    ws.send(Message::Text(text.into()))
+    ws.send(Message::Text(text))
         .await
         .map_err(|e| SessionError::Lost(e.to_string()))?;
     Ok(ws)

@@ -189,7 +189,7 @@ async fn run_inner(
         agent_version: None,
         platform_type: None,
     };
-    ws.send(Message::Text(serde_json::to_string(&open)?.into()))
+    ws.send(Message::Text(serde_json::to_string(&open)?))
         .await?;
 
     let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Agent));

@@ -56,7 +56,7 @@ pub async fn upgrade(
 /// second request on a kept-alive connection).
 pub enum DcReader {
     /// airlock-wire.
-    Wire(airlock_wire::WsReader),
+    Wire(Box<airlock_wire::WsReader>),
     /// axum / tungstenite.
     Axum(SplitStream<WebSocket>),
 }
@@ -64,7 +64,7 @@ pub enum DcReader {
 /// The sending half, see [`DcReader`].
 pub enum DcWriter {
     /// airlock-wire.
-    Wire(airlock_wire::WsWriter),
+    Wire(Box<airlock_wire::WsWriter>),
     /// axum / tungstenite.
     Axum(SplitSink<WebSocket, aws::Message>),
 }

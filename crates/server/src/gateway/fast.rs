@@ -143,13 +143,14 @@ pub async fn serve(
         state,
         up.session_id,
         peer,
-        data::DcReader::Wire(reader),
-        data::DcWriter::Wire(writer),
+        data::DcReader::Wire(Box::new(reader)),
+        data::DcWriter::Wire(Box::new(writer)),
     )
     .await;
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 
