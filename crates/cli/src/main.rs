@@ -227,7 +227,11 @@ fn main() -> ExitCode {
     );
     init_tracing(if quiet { "warn" } else { "info" });
     let format = cli.output;
-    run_async(async move {
+    // The client commands run one session each: one thread moves its bytes with no hand-offs
+    // between worker threads (a wake-up across threads costs more than the work it hands on),
+    // and leaves the other core to the peer processes on the same host.
+    let one_thread = quiet || matches!(cli.command, Command::Agent(AgentCommand::Run(_)));
+    run_async_on(one_thread, async move {
         match cli.command {
             Command::Dev(a) => dev::run(a, format).await,
             Command::Server(a) => run_server(a).await,
@@ -247,11 +251,21 @@ fn main() -> ExitCode {
 }
 
 fn run_async<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    run_async_on(false, f)
+}
+
+fn run_async_on<F: std::future::Future<Output = anyhow::Result<i32>>>(
+    one_thread: bool,
+    f: F,
+) -> ExitCode {
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("airlock: cannot start the runtime: {e}");

@@ -357,9 +357,14 @@ impl SplitWs {
     /// true when frames are left waiting for room (then wait on [`SplitWs::room`]).
     pub fn transmit(&self, ch: &mut ReliableChannel) -> bool {
         while self.tx.capacity() > 0 {
-            match ch.poll_transmit(Instant::now()) {
+            match ch.poll_transmit_parts(Instant::now()) {
                 Some(frame) => {
-                    if self.tx.try_send(Message::Binary(frame)).is_err() {
+                    let m = if frame.body.is_empty() {
+                        Message::Binary(frame.head)
+                    } else {
+                        Message::BinaryParts(frame.head, frame.body)
+                    };
+                    if self.tx.try_send(m).is_err() {
                         // The writer is gone; the reader will see the connection end.
                         return false;
                     }

@@ -20,8 +20,8 @@ use bytes::Bytes;
 
 use crate::error::{ChannelError, FrameError};
 use crate::frame::{
-    decode, DecodeOptions, Frame, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN, FLAG_SYN,
-    FRAME_HEADER_LEN,
+    decode, DecodeOptions, EncodedFrame, Frame, MessageType, PayloadType, DEFAULT_MAX_FRAME_LEN,
+    FLAG_SYN, FRAME_HEADER_LEN,
 };
 use crate::message::{AcknowledgeContent, AirlockCapabilities, JsonPayload};
 
@@ -160,7 +160,7 @@ pub enum Event {
 #[derive(Debug)]
 struct OutFrame {
     /// The exact bytes, reused for every resend.
-    bytes: Bytes,
+    bytes: EncodedFrame,
     /// When it was last put on the wire.
     last_sent: Instant,
     /// Number of resends so far; RTT is only sampled when 0 (Karn's rule).
@@ -177,7 +177,7 @@ pub struct ReliableChannel {
     /// Sequence number of the next frame given to `send`.
     next_seq: i64,
     /// Encoded frames accepted by `send` and not yet transmitted, in order.
-    pending: VecDeque<(i64, Bytes)>,
+    pending: VecDeque<(i64, EncodedFrame)>,
     /// Transmitted, unacked frames by sequence number.
     in_flight: BTreeMap<i64, OutFrame>,
     /// Sequence numbers due for a resend.
@@ -454,13 +454,13 @@ impl ReliableChannel {
         // Bounded: if the caller is not transmitting, dropping an ack only costs a resend.
         if self.ack_queue.len() < self.config.incoming_capacity.saturating_mul(2).max(16) {
             let ack = AcknowledgeContent::for_frame(frame).to_frame();
-            let bytes = self.encode(&ack);
+            let bytes = ack.encode(self.config.digest);
             self.ack_queue.push_back(bytes);
         }
     }
 
-    fn encode(&self, frame: &Frame) -> Bytes {
-        frame.encode(self.config.digest)
+    fn encode(&self, frame: &Frame) -> EncodedFrame {
+        frame.encode_parts(self.config.digest)
     }
 
     /// While false, an in-order frame is neither acked nor delivered and
@@ -492,8 +492,14 @@ impl ReliableChannel {
     /// frames, then new data within the window, then due resends. `None` when
     /// there is nothing to send now.
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Bytes> {
+        self.poll_transmit_parts(now).map(EncodedFrame::into_bytes)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) with the frame's header and payload apart,
+    /// for a writer that copies them into its own buffer (no contiguous copy first).
+    pub fn poll_transmit_parts(&mut self, now: Instant) -> Option<EncodedFrame> {
         if let Some(ack) = self.ack_queue.pop_front() {
-            return Some(ack);
+            return Some(EncodedFrame::whole(ack));
         }
         if let Some(frame) = self.control_queue.pop_front() {
             return Some(self.encode(&frame));

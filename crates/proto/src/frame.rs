@@ -248,6 +248,23 @@ impl Frame {
     /// 32 bytes is truncated (no known type is).
     pub fn encode_into(&self, out: &mut BytesMut, with_digest: bool) {
         out.reserve(self.encoded_len());
+        self.encode_header_into(out, with_digest);
+        out.put_slice(&self.payload);
+    }
+
+    /// The encoded frame as its header and its payload apart (the payload shared, not
+    /// copied): a sender that copies into its socket buffer anyway then copies each byte once.
+    pub fn encode_parts(&self, with_digest: bool) -> EncodedFrame {
+        let mut head = BytesMut::with_capacity(FRAME_HEADER_LEN);
+        self.encode_header_into(&mut head, with_digest);
+        EncodedFrame {
+            head: head.freeze(),
+            body: self.payload.clone(),
+        }
+    }
+
+    /// Appends everything of the encoding but the payload.
+    fn encode_header_into(&self, out: &mut BytesMut, with_digest: bool) {
         out.put_u32(HEADER_LENGTH);
 
         let mut ty = [b' '; MESSAGE_TYPE_LEN];
@@ -273,7 +290,6 @@ impl Frame {
         }
         out.put_u32(self.payload_type.0);
         out.put_u32(u32::try_from(self.payload.len()).unwrap_or(u32::MAX));
-        out.put_slice(&self.payload);
     }
 
     /// Encodes the frame into a new buffer; see [`Frame::encode_into`].
@@ -460,5 +476,45 @@ impl Reader<'_> {
             }
             None => [0u8; N],
         }
+    }
+}
+
+/// An encoded frame as header bytes and payload bytes; see [`Frame::encode_parts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedFrame {
+    /// The header (everything up to and including the payload length).
+    pub head: Bytes,
+    /// The payload.
+    pub body: Bytes,
+}
+
+impl EncodedFrame {
+    /// A frame already encoded in one piece.
+    pub fn whole(bytes: Bytes) -> EncodedFrame {
+        EncodedFrame {
+            head: bytes,
+            body: Bytes::new(),
+        }
+    }
+
+    /// Encoded length.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Whether it has no bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame in one piece (copies unless the payload part is empty).
+    pub fn into_bytes(self) -> Bytes {
+        if self.body.is_empty() {
+            return self.head;
+        }
+        let mut out = BytesMut::with_capacity(self.len());
+        out.put_slice(&self.head);
+        out.put_slice(&self.body);
+        out.freeze()
     }
 }

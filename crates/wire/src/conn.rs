@@ -17,6 +17,8 @@ use crate::ws::{apply_mask, opcode, CloseFrame, FrameError, Header, Message};
 
 /// Bytes asked of the socket per read (more when a message needs it).
 const READ_CHUNK: usize = 256 * 1024;
+/// Extra receive-buffer room taken when it must grow during a bulk transfer.
+const BULK_EXTRA: usize = 2 * 1024 * 1024;
 /// Encoded bytes gathered before a write happens without an explicit flush.
 const FLUSH_AT: usize = 1024 * 1024;
 /// Largest message accepted unless the owner sets another limit.
@@ -202,8 +204,19 @@ impl WsReader {
                 let clean = self.buf.is_empty() && self.frag.is_none();
                 return (!clean).then_some(Err(WireError::Truncated));
             }
-            let need = self.want + (self.want / MAX_PLAINTEXT + 1) * OVERHEAD;
-            self.buf.reserve(need.max(READ_CHUNK));
+            // Room for the rest of the message being received. A buffer that must grow is
+            // grown well past that while bulk data flows, because growing moves the partial
+            // message (the memory is shared with messages already handed out): with room for
+            // several messages that copy happens once per few megabytes, not once per message.
+            let need = (self.want + (self.want / MAX_PLAINTEXT + 1) * OVERHEAD).max(4096);
+            if self.buf.capacity() - self.buf.len() < need {
+                let extra = if self.want >= READ_CHUNK / 2 {
+                    BULK_EXTRA
+                } else {
+                    READ_CHUNK
+                };
+                self.buf.reserve(need + extra);
+            }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) => self.eof = true,
                 Ok(_) => match self.key.as_mut() {
@@ -373,9 +386,14 @@ impl WsWriter {
             );
         }
         let close_body;
+        let mut second: &[u8] = &[];
         let (op, payload): (u8, &[u8]) = match m {
             Message::Text(t) => (opcode::TEXT, t.as_bytes()),
             Message::Binary(b) => (opcode::BINARY, b),
+            Message::BinaryParts(a, b) => {
+                second = b;
+                (opcode::BINARY, a)
+            }
             Message::Ping(b) => (opcode::PING, &b[..b.len().min(125)]),
             Message::Pong(b) => (opcode::PONG, &b[..b.len().min(125)]),
             Message::Close(f) => {
@@ -396,26 +414,32 @@ impl WsWriter {
             }
         };
         let mask = (self.role == Role::Client).then(rand::random::<[u8; 4]>);
+        let len = payload.len() + second.len();
         let mut header = [0u8; 14];
-        let n = Header::encode(op, payload.len(), mask, &mut header);
+        let n = Header::encode(op, len, mask, &mut header);
         self.out
-            .reserve(n + payload.len() + (payload.len() / MAX_PLAINTEXT + 2) * OVERHEAD);
+            .reserve(n + len + (len / MAX_PLAINTEXT + 2) * OVERHEAD);
         self.put(&header[..n], None)?;
-        self.put(payload, mask)?;
+        self.put(payload, mask.map(|k| (k, 0)))?;
+        self.put(second, mask.map(|k| (k, payload.len())))?;
         Ok(())
     }
 
     /// Appends `data` (masked as it lands, when `mask` is set) into record-sized pieces.
-    fn put(&mut self, mut data: &[u8], mask: Option<[u8; 4]>) -> Result<(), RecordError> {
+    /// `mask` is the key and how far into the masked payload `data` starts.
+    fn put(&mut self, mut data: &[u8], mask: Option<([u8; 4], usize)>) -> Result<(), RecordError> {
         if self.key.is_none() {
             let start = self.out.len();
             self.out.extend_from_slice(data);
-            if let Some(k) = mask {
-                apply_mask(&mut self.out[start..], k, 0);
+            if let Some((k, at)) = mask {
+                apply_mask(&mut self.out[start..], k, at);
             }
             return Ok(());
         }
-        let mut offset = 0;
+        let (key, mut offset) = match mask {
+            Some((k, at)) => (Some(k), at),
+            None => (None, 0),
+        };
         while !data.is_empty() {
             let rs = match self.open_record {
                 Some(r) => r,
@@ -430,7 +454,7 @@ impl WsWriter {
             let n = room.min(data.len());
             let start = self.out.len();
             self.out.extend_from_slice(&data[..n]);
-            if let Some(k) = mask {
+            if let Some(k) = key {
                 apply_mask(&mut self.out[start..], k, offset);
             }
             offset += n;

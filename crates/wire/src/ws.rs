@@ -40,6 +40,10 @@ pub enum Message {
     Text(String),
     /// A binary message (every AWS data-channel frame).
     Binary(Bytes),
+    /// A binary message given as two parts (an AWS frame's header and its payload), sent as
+    /// one message: the payload is copied once, into the record, instead of first into a
+    /// contiguous frame. Readers never yield it.
+    BinaryParts(Bytes, Bytes),
     /// A ping; the receiver answers with a pong.
     Ping(Bytes),
     /// A pong.

@@ -115,6 +115,21 @@ async fn both_ends_on_the_record_layer_carry_large_and_small_messages() {
         client.next().await.unwrap().unwrap(),
         Message::Ping(Bytes::from_static(b"p"))
     );
+    // Two parts go out as one message (masked across the seam), echoed back whole.
+    let tail: Bytes = (0..40_000u32).map(|i| (i % 7) as u8).collect();
+    client
+        .send(Message::BinaryParts(
+            Bytes::from_static(b"head-"),
+            tail.clone(),
+        ))
+        .await
+        .unwrap();
+    let mut whole = b"head-".to_vec();
+    whole.extend_from_slice(&tail);
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from(whole))
+    );
     let bye = CloseFrame {
         code: 1000,
         reason: "done".into(),

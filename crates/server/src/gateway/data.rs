@@ -130,6 +130,12 @@ impl DcWriter {
 fn to_axum(m: Message) -> aws::Message {
     match m {
         Message::Binary(b) => aws::Message::Binary(b),
+        Message::BinaryParts(a, b) => {
+            let mut v = bytes::BytesMut::with_capacity(a.len() + b.len());
+            v.extend_from_slice(&a);
+            v.extend_from_slice(&b);
+            aws::Message::Binary(v.freeze())
+        }
         Message::Text(t) => aws::Message::Text(t.into()),
         Message::Ping(b) => aws::Message::Ping(b),
         Message::Pong(b) => aws::Message::Pong(b),
@@ -480,7 +486,10 @@ async fn read_loop(
                 relay.try_send_to(side, Message::Pong(b));
                 continue;
             }
-            Some(Ok(Message::Text(_))) | Some(Ok(Message::Pong(_))) => continue,
+            // (Readers never yield BinaryParts; it exists for senders.)
+            Some(Ok(Message::Text(_)))
+            | Some(Ok(Message::Pong(_)))
+            | Some(Ok(Message::BinaryParts(..))) => continue,
             Some(Ok(Message::Close(_))) | None => return,
             Some(Err(e)) => {
                 tracing::debug!(
