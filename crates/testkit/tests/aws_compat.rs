@@ -411,22 +411,8 @@ async fn the_aws_cli_starts_a_session_with_airlock_as_its_plugin() {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"echo through-the-plugin $((20+22))\nexit 5\n")
-            .await
-            .unwrap();
-    }
-    let out = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("aws finishes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "aws failed:\n{stdout}\n{stderr}");
+    let child = cmd.spawn().unwrap();
+    let (stdout, _) = feed_and_finish(child, b"echo through-the-plugin $((20+22))\nexit 5\n").await;
     assert!(
         stdout.contains("Starting session with SessionId: admin-"),
         "{stdout}"
@@ -780,7 +766,7 @@ async fn the_plugin_pipes_stdin_and_stdout_for_an_ssh_document() {
     let dir = TempDir::new();
     let path = plugin_on_path(&bin, &dir);
     let params = format!("portNumber={echo}");
-    let mut child = aws_start_session(
+    let child = aws_start_session(
         &aws,
         &server,
         &agent.instance_id,
@@ -793,23 +779,9 @@ async fn the_plugin_pipes_stdin_and_stdout_for_an_ssh_document() {
         &path,
         &dir,
     );
-    {
-        use tokio::io::AsyncWriteExt;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin
-            .write_all(b"SSH-2.0-test\r\nbytes both ways\n")
-            .await
-            .unwrap();
-        // Dropping stdin is EOF: the target's side is half-closed, the echo ends, and so
-        // does the session.
-    }
-    let out = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("aws finishes")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "aws failed:\n{stdout}\n{stderr}");
+    // Dropping stdin is EOF: the target's side is half-closed, the echo ends, and so does
+    // the session.
+    let (stdout, _) = feed_and_finish(child, b"SSH-2.0-test\r\nbytes both ways\n").await;
     // The plugin's one line, then exactly the target's bytes (port-standard-stream).
     let sid = stdout
         .strip_prefix("\nStarting session with SessionId: ")
@@ -837,4 +809,22 @@ async fn the_plugin_pipes_stdin_and_stdout_for_an_ssh_document() {
     assert_eq!(recs[0].mode, "stream");
     assert_eq!(recs[0].bytes_to_target, 30);
     agent.stop().await;
+}
+
+/// Writes `input` to the child's stdin, closes it (EOF), waits for the child and checks it
+/// succeeded; returns its stdout and stderr.
+async fn feed_and_finish(mut child: tokio::process::Child, input: &[u8]) -> (String, String) {
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).await.unwrap();
+    }
+    let out = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
+        .await
+        .expect("aws finishes")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "aws failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
 }
