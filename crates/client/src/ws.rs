@@ -256,13 +256,14 @@ pub async fn connect_data(
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<DataWs, WsError> {
     let (tcp, host, port, is_tls) = dial(url).await?;
+    let other = |e: String| WsError::Io {
+        target: url.to_owned(),
+        source: std::io::Error::other(e),
+    };
     let mut conn = if is_tls {
         let base = match tls {
             Some(c) => c,
-            None => crate::tls::client_config(None).map_err(|e| WsError::Io {
-                target: url.to_owned(),
-                source: std::io::Error::other(e.to_string()),
-            })?,
+            None => crate::tls::client_config(None).map_err(|e| other(e.to_string()))?,
         };
         let mut cfg = (*base).clone();
         cfg.enable_secret_extraction = true;
@@ -277,22 +278,9 @@ pub async fn connect_data(
             })?;
         upgrade(&mut stream, url, &host, port).await?;
         if stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-            let (tcp, mut session) = stream.into_inner();
-            // Plaintext rustls decrypted past the response head belongs to the WebSocket.
-            let mut early = Vec::new();
-            let _ = std::io::Read::read_to_end(&mut session.reader(), &mut early);
-            let secrets = session
-                .dangerous_extract_secrets()
-                .map_err(|e| WsError::Io {
-                    target: url.to_owned(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-            DataWs::over_tls13(tcp, secrets, airlock_wire::Role::Client, &early).map_err(|e| {
-                WsError::Io {
-                    target: url.to_owned(),
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })?
+            let (tcp, session) = stream.into_inner();
+            DataWs::take_over_tls13(tcp, session.into(), airlock_wire::Role::Client, Vec::new())
+                .map_err(|e| other(e.to_string()))?
         } else {
             DataWs::over_stream(stream, airlock_wire::Role::Client, &[])
         }
@@ -326,21 +314,18 @@ impl SplitWs {
     pub fn new(ws: DataWs) -> SplitWs {
         let (mut sink, stream) = ws.split();
         let (tx, mut rx) = mpsc::channel::<Message>(WRITER_QUEUE);
+        // Feeds one message; false once the socket failed or a close frame ended it.
+        async fn feed(sink: &mut airlock_wire::WsWriter, m: Message) -> bool {
+            let closing = matches!(m, Message::Close(_));
+            sink.feed(m).await.is_ok() && !closing
+        }
         let writer = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
-                if let Message::Close(frame) = m {
-                    let _ = sink.close(frame).await;
-                    return None;
-                }
-                if sink.feed(m).await.is_err() {
+                if !feed(&mut sink, m).await {
                     return None;
                 }
                 while let Ok(m) = rx.try_recv() {
-                    if let Message::Close(frame) = m {
-                        let _ = sink.close(frame).await;
-                        return None;
-                    }
-                    if sink.feed(m).await.is_err() {
+                    if !feed(&mut sink, m).await {
                         return None;
                     }
                 }

@@ -45,6 +45,9 @@ pub enum WireError {
     /// The WebSocket framing was broken.
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// rustls would not hand over the connection's keys.
+    #[error("taking over TLS: {0}")]
+    Tls(#[from] rustls::Error),
     /// The connection ended in the middle of a message.
     #[error("the data channel ended in the middle of a message")]
     Truncated,
@@ -85,16 +88,30 @@ impl WsConn {
         let tx = RecordKey::new(tseq, &tsec)?;
         let (r, w) = tcp.into_split();
         Ok(WsConn {
-            reader: WsReader::new(Box::new(r), Some(rx), role, prefix),
+            reader: WsReader::new(Box::new(r), Some(rx), prefix),
             writer: WsWriter::new(Box::new(w), Some(tx), role),
         })
+    }
+
+    /// Takes over a TLS 1.3 connection whose handshake (and HTTP upgrade) rustls has done:
+    /// plaintext rustls already decrypted is appended to `prefix`, and the record layer goes on
+    /// with the connection's keys. (Both the client and the gateway switch this way.)
+    pub fn take_over_tls13(
+        tcp: TcpStream,
+        mut tls: rustls::Connection,
+        role: Role,
+        mut prefix: Vec<u8>,
+    ) -> Result<WsConn, WireError> {
+        let _ = std::io::Read::read_to_end(&mut tls.reader(), &mut prefix);
+        let secrets = tls.dangerous_extract_secrets()?;
+        Ok(WsConn::over_tls13(tcp, secrets, role, &prefix)?)
     }
 
     /// A connection over plain TCP (loopback servers, or behind a TLS-terminating proxy).
     pub fn over_tcp(tcp: TcpStream, role: Role, prefix: &[u8]) -> WsConn {
         let (r, w) = tcp.into_split();
         WsConn {
-            reader: WsReader::new(Box::new(r), None, role, prefix),
+            reader: WsReader::new(Box::new(r), None, prefix),
             writer: WsWriter::new(Box::new(w), None, role),
         }
     }
@@ -106,7 +123,7 @@ impl WsConn {
     {
         let (r, w) = tokio::io::split(io);
         WsConn {
-            reader: WsReader::new(Box::new(r), None, role, prefix),
+            reader: WsReader::new(Box::new(r), None, prefix),
             writer: WsWriter::new(Box::new(w), None, role),
         }
     }
@@ -163,7 +180,7 @@ pub struct WsReader {
 }
 
 impl WsReader {
-    fn new(io: BoxRead, key: Option<RecordKey>, _role: Role, prefix: &[u8]) -> WsReader {
+    fn new(io: BoxRead, key: Option<RecordKey>, prefix: &[u8]) -> WsReader {
         let mut buf = BytesMut::with_capacity(prefix.len().max(4096));
         buf.extend_from_slice(prefix);
         WsReader {
@@ -341,8 +358,12 @@ impl WsWriter {
         }
     }
 
-    /// Encodes `m` for the next flush (writing early once a megabyte is waiting).
+    /// Encodes `m` for the next flush (writing early once a megabyte is waiting). A close
+    /// frame closes at once, see [`WsWriter::close`].
     pub async fn feed(&mut self, m: Message) -> Result<(), WireError> {
+        if let Message::Close(f) = m {
+            return self.close(f).await;
+        }
         self.encode(&m)?;
         if self.out.len() >= FLUSH_AT {
             self.write_out().await?;

@@ -74,26 +74,22 @@ impl DcReader {
     pub async fn next(&mut self) -> Option<Result<Message, String>> {
         match self {
             DcReader::Wire(r) => r.next().await.map(|m| m.map_err(|e| e.to_string())),
-            DcReader::Axum(s) => s.next().await.map(|m| {
-                m.map(|m| match m {
-                    aws::Message::Binary(b) => Message::Binary(b),
-                    aws::Message::Text(t) => Message::Text(t.as_str().to_owned()),
-                    aws::Message::Ping(b) => Message::Ping(b),
-                    aws::Message::Pong(b) => Message::Pong(b),
-                    aws::Message::Close(f) => Message::Close(f.map(|f| CloseFrame {
-                        code: f.code,
-                        reason: f.reason.as_str().to_owned(),
-                    })),
-                })
-                .map_err(|e| e.to_string())
-            }),
+            DcReader::Axum(s) => s
+                .next()
+                .await
+                .map(|m| m.map(from_axum).map_err(|e| e.to_string())),
         }
     }
 }
 
 impl DcWriter {
-    /// Queues a message for the next flush; false when the connection failed.
+    /// Queues a message for the next flush; false when the connection failed or `m` was a
+    /// close frame (which is sent at once, after what was fed before it, and ends the writer).
     pub async fn feed(&mut self, m: Message) -> bool {
+        if let Message::Close(f) = m {
+            self.close(f).await;
+            return false;
+        }
         match self {
             DcWriter::Wire(w) => w.feed(m).await.is_ok(),
             DcWriter::Axum(s) => s.feed(to_axum(m)).await.is_ok(),
@@ -124,6 +120,19 @@ impl DcWriter {
                 let _ = s.close().await;
             }
         }
+    }
+}
+
+fn from_axum(m: aws::Message) -> Message {
+    match m {
+        aws::Message::Binary(b) => Message::Binary(b),
+        aws::Message::Text(t) => Message::Text(t.as_str().to_owned()),
+        aws::Message::Ping(b) => Message::Ping(b),
+        aws::Message::Pong(b) => Message::Pong(b),
+        aws::Message::Close(f) => Message::Close(f.map(|f| CloseFrame {
+            code: f.code,
+            reason: f.reason.as_str().to_owned(),
+        })),
     }
 }
 
@@ -161,13 +170,7 @@ pub async fn read_open_socket(socket: &mut WebSocket) -> Result<OpenDataChannelI
     let first = tokio::time::timeout(OPEN_TIMEOUT, socket.recv())
         .await
         .map_err(|_| "no open message within 10 s".to_owned())?;
-    match first {
-        Some(Ok(aws::Message::Text(t))) => serde_json::from_str::<OpenDataChannelInput>(t.as_str())
-            .map_err(|e| format!("malformed open message: {e}")),
-        Some(Ok(_)) => Err("the first message must be a text frame with the token".to_owned()),
-        Some(Err(e)) => Err(format!("websocket error: {e}")),
-        None => Err("closed before the open message".to_owned()),
-    }
+    parse_open(first.map(|m| m.map(from_axum).map_err(|e| e.to_string())))
 }
 
 /// Closes a data channel with a policy-violation reason that the peer can read.
@@ -185,8 +188,13 @@ pub async fn read_open(socket: &mut DcReader) -> Result<OpenDataChannelInput, St
     let first = tokio::time::timeout(OPEN_TIMEOUT, socket.next())
         .await
         .map_err(|_| "no open message within 10 s".to_owned())?;
+    parse_open(first)
+}
+
+/// The OpenDataChannelInput in a channel's first message, or why there is none.
+fn parse_open(first: Option<Result<Message, String>>) -> Result<OpenDataChannelInput, String> {
     match first {
-        Some(Ok(Message::Text(t))) => serde_json::from_str::<OpenDataChannelInput>(t.as_str())
+        Some(Ok(Message::Text(t))) => serde_json::from_str::<OpenDataChannelInput>(&t)
             .map_err(|e| format!("malformed open message: {e}")),
         Some(Ok(_)) => Err("the first message must be a text frame with the token".to_owned()),
         Some(Err(e)) => Err(format!("websocket error: {e}")),
@@ -416,20 +424,11 @@ async fn write_batch(
     first: Message,
     rx: &mut mpsc::Receiver<Message>,
 ) -> bool {
-    if let Message::Close(f) = first {
-        sink.close(f).await;
-        return false;
-    }
     if !sink.feed(first).await {
         return false;
     }
     for _ in 0..SIDE_QUEUE {
         let Ok(m) = rx.try_recv() else { break };
-        if let Message::Close(f) = m {
-            let _ = sink.flush().await;
-            sink.close(f).await;
-            return false;
-        }
         if !sink.feed(m).await {
             return false;
         }
@@ -452,10 +451,6 @@ async fn write_loop(
             _ = cancel.cancelled() => {
                 // Flush what was queued before the end (e.g. channel_closed), then close.
                 while let Ok(m) = rx.try_recv() {
-                    if let Message::Close(f) = m {
-                        let _ = sink.flush().await;
-                        return sink.close(f).await;
-                    }
                     if !sink.send(m).await { return; }
                 }
                 break;

@@ -103,7 +103,7 @@ pub async fn serve(
         airlock_wire::ws::accept_key(&key)
     );
     // Bytes that came after the head are the client's first WebSocket bytes.
-    let mut early = head.get(up.head_len..).unwrap_or_default().to_vec();
+    let early = head.get(up.head_len..).unwrap_or_default().to_vec();
     let conn = match transport {
         Transport::Plain(mut s) => {
             if s.write_all(resp.as_bytes()).await.is_err() {
@@ -116,18 +116,11 @@ pub async fn serve(
                 return;
             }
             if s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-                let (tcp, mut session) = s.into_inner();
-                let _ = std::io::Read::read_to_end(&mut session.reader(), &mut early);
-                match session.dangerous_extract_secrets() {
-                    Ok(secrets) => match WsConn::over_tls13(tcp, secrets, Role::Server, &early) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(%peer, "data channel: {e}");
-                            return;
-                        }
-                    },
+                let (tcp, session) = s.into_inner();
+                match WsConn::take_over_tls13(tcp, session.into(), Role::Server, early) {
+                    Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!(%peer, "data channel: cannot take over TLS: {e}");
+                        tracing::warn!(%peer, "data channel: {e}");
                         return;
                     }
                 }
