@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use airlock_testkit::TempDir;
+use airlock_testkit::{Sshd, TempDir};
 
 /// The cipher `ssh -L` uses: the one the figures to beat were measured with (AES-NI makes it
 /// OpenSSH's fastest here), not its default chacha20-poly1305.
@@ -179,58 +179,17 @@ fn airlock_binary() -> PathBuf {
 }
 
 /// A private sshd on a loopback port and an `ssh -N -L` through it to `target_port`; returns
-/// the forward's local address and the two children (killed on drop).
+/// the forward's local address, the server and the client (both stopped on drop).
 async fn ssh_forward(
     dir: &Path,
     target_port: u16,
-) -> Option<(SocketAddr, tokio::process::Child, tokio::process::Child)> {
-    let sshd = Path::new("/usr/sbin/sshd");
-    if !sshd.exists() {
-        return None;
-    }
-    for name in ["host_key", "id"] {
-        let st = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(dir.join(name))
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-    std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
-    let (sshd_port, local_port) = (free(), free());
-    let user = String::from_utf8(
-        std::process::Command::new("id")
-            .arg("-un")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
-    let config = format!(
-        "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
-         PidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nPubkeyAuthentication yes\n\
-         PermitRootLogin prohibit-password\nAllowTcpForwarding yes\nLogLevel ERROR\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("sshd_config"), config).unwrap();
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let server = tokio::process::Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(dir.join("sshd_config"))
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    wait_port(sshd_port).await;
+) -> Option<(SocketAddr, Sshd, tokio::process::Child)> {
+    let sshd = Sshd::start(dir)?;
+    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let client = tokio::process::Command::new("ssh")
         .args(["-F", "/dev/null", "-N", "-o", "BatchMode=yes"])
         .args([
@@ -242,21 +201,17 @@ async fn ssh_forward(
         .args(["-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR"])
         .args(["-c", SSH_CIPHER])
         .arg("-i")
-        .arg(dir.join("id"))
+        .arg(&sshd.key)
         .arg("-p")
-        .arg(sshd_port.to_string())
+        .arg(sshd.port.to_string())
         .arg("-L")
         .arg(format!("127.0.0.1:{local_port}:127.0.0.1:{target_port}"))
-        .arg(format!("{user}@127.0.0.1"))
+        .arg(format!("{}@127.0.0.1", sshd.user))
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     wait_port(local_port).await;
-    Some((
-        SocketAddr::from(([127, 0, 0, 1], local_port)),
-        server,
-        client,
-    ))
+    Some((SocketAddr::from(([127, 0, 0, 1], local_port)), sshd, client))
 }
 
 async fn wait_port(port: u16) {
@@ -549,7 +504,10 @@ async fn run() {
     };
     let ssh_c = ssh.as_ref().map(|(addr, server, client)| Contestant {
         addr: *addr,
-        pids: [server.id(), client.id()].into_iter().flatten().collect(),
+        pids: [Some(server.pid()), client.id()]
+            .into_iter()
+            .flatten()
+            .collect(),
     });
 
     let mut rows = Vec::new();

@@ -437,3 +437,83 @@ pub fn airlock_binary() -> PathBuf {
     assert!(bin.exists(), "{} missing", bin.display());
     bin
 }
+
+/// A private OpenSSH server on a free loopback port, for the tests and benchmarks that put
+/// Airlock beside (or in front of) sshd: its own host key, a client key `id` in the same
+/// directory that it accepts for the current user, TCP forwarding and sftp on.
+pub struct Sshd {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// The private key it accepts.
+    pub key: PathBuf,
+    /// The user to log in as (whoever runs the test).
+    pub user: String,
+    child: std::process::Child,
+}
+
+impl Sshd {
+    /// Starts sshd with its files in `dir`; `None` when OpenSSH's server is not installed.
+    pub fn start(dir: &std::path::Path) -> Option<Sshd> {
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())?;
+        for name in ["host_key", "id"] {
+            let st = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(dir.join(name))
+                .status()
+                .expect("ssh-keygen runs");
+            assert!(st.success(), "ssh-keygen");
+        }
+        std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).expect("authorized_keys");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let user = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .expect("id -un");
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
+             PidFile {dir}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
+             Subsystem sftp internal-sftp\nLogLevel ERROR\n",
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("sshd_config"), config).expect("sshd_config");
+        // sshd wants its privilege-separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let child = std::process::Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("sshd starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "sshd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(Sshd {
+            port,
+            key: dir.join("id"),
+            user,
+            child,
+        })
+    }
+
+    /// The sshd process id (its per-connection children are its descendants).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

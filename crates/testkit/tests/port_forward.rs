@@ -40,7 +40,7 @@ use airlock_proto::{
     decode, AcknowledgeContent, DecodeOptions, Frame, HandshakeRequest, JsonPayload, MessageType,
     PayloadType,
 };
-use airlock_testkit::{TempDir, TestAgent, TestServer};
+use airlock_testkit::{Sshd, TempDir, TestAgent, TestServer};
 
 // ---------------------------------------------------------------------------------------------
 // Targets
@@ -1392,75 +1392,6 @@ async fn descriptors_and_tasks_return_to_their_baseline() {
 
 /// A local OpenSSH server on a loopback port, with a fresh host key and one authorised client
 /// key; killed on drop. `None` when sshd is not installed (`scripts/test` installs it).
-struct Sshd {
-    port: u16,
-    key: PathBuf,
-    user: String,
-    child: std::process::Child,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sshd(dir: &Path) -> Option<Sshd> {
-    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())?;
-    let keygen = |path: &Path| {
-        let st = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(path)
-            .status()
-            .unwrap();
-        assert!(st.success(), "ssh-keygen");
-    };
-    keygen(&dir.join("host_key"));
-    keygen(&dir.join("id"));
-    std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).unwrap();
-    let port = closed_port();
-    let user = String::from_utf8(
-        std::process::Command::new("id")
-            .arg("-un")
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .unwrap()
-    .trim()
-    .to_owned();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
-         PidFile {dir}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-         PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\nLogLevel ERROR\n",
-        dir = dir.display()
-    );
-    std::fs::write(dir.join("sshd_config"), config).unwrap();
-    // sshd wants its privilege-separation directory.
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let child = std::process::Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(dir.join("sshd_config"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "sshd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(Sshd {
-        port,
-        key: dir.join("id"),
-        user,
-        child,
-    })
-}
-
 /// `ssh` (or `scp`) through `airlock ssh-proxy`, as the README's ~/.ssh/config stanza does.
 fn ssh_via_airlock(
     program: &str,
@@ -1499,7 +1430,7 @@ fn ssh_via_airlock(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_and_scp_through_ssh_proxy_to_a_local_openssh_server() {
     let dir = TempDir::new();
-    let Some(sshd) = sshd(&dir.0) else {
+    let Some(sshd) = Sshd::start(&dir.0) else {
         eprintln!("SKIPPED: no sshd (scripts/test installs openssh-server)");
         return;
     };
