@@ -258,12 +258,12 @@ fn run_async_on<F: std::future::Future<Output = anyhow::Result<i32>>>(
     one_thread: bool,
     f: F,
 ) -> ExitCode {
+    // The server (and admin commands) use a worker per core (TOKIO_WORKER_THREADS overrides),
+    // so a gateway on a large machine relays on all of its cores.
     let mut builder = if one_thread {
         tokio::runtime::Builder::new_current_thread()
     } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
+        tokio::runtime::Builder::new_multi_thread()
     };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,

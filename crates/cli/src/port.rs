@@ -177,11 +177,8 @@ pub struct Served {
 /// Why a forwarded connection failed, in the user's terms: the agent's reason when it reset
 /// the stream (the destination cannot be reached, or reset it), else the local failure.
 pub fn failure_reason(r: &StreamReport) -> &str {
-    r.end.strip_prefix(PEER_RESET).unwrap_or(&r.end)
+    r.peer_reason.as_deref().unwrap_or(&r.end)
 }
-
-/// How the engine words the end of a stream the agent reset (with the agent's reason after it).
-const PEER_RESET: &str = "reset by peer: ";
 
 /// Runs a forward on `listener` until `stop` or the session's end, on the engine of
 /// [`airlock_client::port`], telling `voice` about connections as they fail. Shared by
@@ -225,7 +222,7 @@ pub async fn serve(
                 // Like the real plugin, only what the destination did: the local client knows
                 // what it did itself.
                 Voice::Plugin { .. } => {
-                    if let Some(why) = r.end.strip_prefix(PEER_RESET) {
+                    if let Some(why) = &r.peer_reason {
                         println!("\nConnection to destination port failed: {why}");
                     }
                 }

@@ -139,6 +139,10 @@ pub struct StreamReport {
     pub end: String,
     /// Whether that end was an error.
     pub failed: bool,
+    /// The peer's own reason when the peer reset the stream (for the client: why the agent
+    /// could not reach or keep the destination), kept apart from `end` so callers need not
+    /// parse words.
+    pub peer_reason: Option<String>,
 }
 
 /// Hooks through which the engine reports to its owner.
@@ -750,17 +754,18 @@ impl StreamTask {
                 (r, shown)
             }
         };
-        let (end, failed) = match sock {
+        let end_failed = match sock {
             Err(why) => {
                 let _ = self
                     .shared
                     .up
                     .send(Up::DialFailed(self.id, why.clone()))
                     .await;
-                (why, true)
+                (why, true, None)
             }
             Ok(sock) => self.relay(sock, down, &sent, &received).await,
         };
+        let (end, failed, peer_reason) = end_failed;
         let _ = self.shared.up.send(Up::Closed(self.id)).await;
         stats.open.fetch_sub(1, Ordering::Relaxed);
         if failed {
@@ -775,6 +780,7 @@ impl StreamTask {
             duration: started.elapsed(),
             end,
             failed,
+            peer_reason,
         };
         tracing::debug!(?report, "stream ended");
         if let Some(r) = &self.shared.hooks.reports {
@@ -789,7 +795,7 @@ impl StreamTask {
         mut down: mpsc::UnboundedReceiver<Down>,
         sent: &AtomicU64,
         received: &AtomicU64,
-    ) -> (String, bool) {
+    ) -> (String, bool, Option<String>) {
         let _ = sock.set_nodelay(true);
         let (mut rd, mut wr) = sock.into_split();
         let smux = self.shared.kind == MuxKind::Smux1;
@@ -883,22 +889,22 @@ impl StreamTask {
             }
         }
         if cancelled {
-            return ("session ended".into(), false);
+            return ("session ended".into(), false, None);
         }
         match (read_end, write_end) {
             (Some(HalfEnd::Error(e)), _) | (_, Some(HalfEnd::Error(e))) => {
-                (format!("local connection failed: {e}"), true)
+                (format!("local connection failed: {e}"), true, None)
             }
             (Some(HalfEnd::PeerReset(r)), _) | (_, Some(HalfEnd::PeerReset(r))) => {
-                (format!("reset by peer: {r}"), true)
+                (format!("reset by peer: {r}"), true, Some(r))
             }
             (Some(HalfEnd::Cancelled), _) | (_, Some(HalfEnd::Cancelled)) => {
-                ("session ended".into(), false)
+                ("session ended".into(), false, None)
             }
-            (Some(HalfEnd::Fin), Some(HalfEnd::Fin)) => ("closed".into(), false),
-            (Some(HalfEnd::Fin), None) => ("closed by the local side".into(), false),
-            (None, Some(HalfEnd::Fin)) => ("closed by the peer".into(), false),
-            (None, None) => ("session ended".into(), false),
+            (Some(HalfEnd::Fin), Some(HalfEnd::Fin)) => ("closed".into(), false, None),
+            (Some(HalfEnd::Fin), None) => ("closed by the local side".into(), false, None),
+            (None, Some(HalfEnd::Fin)) => ("closed by the peer".into(), false, None),
+            (None, None) => ("session ended".into(), false, None),
         }
     }
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use airlock_proto::version;
 use airlock_proto::{Flag, MuxError, MuxKind};
 
-use crate::api::StreamGrant;
+use crate::api::{ApiClient, StreamGrant};
 use crate::mux::{self, MuxConfig, MuxHooks, MuxRole};
 use crate::session::{self, Input, Outcome, Output, SessionError, SessionEvent, SessionOptions};
 
@@ -76,6 +76,8 @@ pub async fn forward(
 ) -> Result<Outcome, PortError> {
     let (ev_tx, mut ev_rx) = mpsc::channel::<SessionEvent>(16);
     opts.events = Some(ev_tx);
+    let api = opts.api.clone();
+    let session_id = grant.session_id.clone();
     let (in_tx, in_rx) = mpsc::channel::<Input>(16);
     let (out_tx, out_rx) = mpsc::channel::<Output>(64);
     let mut session = tokio::spawn(session::run(grant, opts, in_rx, out_tx));
@@ -90,10 +92,12 @@ pub async fn forward(
         ev = wait_handshake(&mut ev_rx) => ev,
         _ = tokio::time::sleep(HANDSHAKE_TIMEOUT) => {
             session.abort();
+            abandon(api.as_ref(), &session_id).await;
             return Err(PortError::HandshakeTimeout);
         }
         _ = stop.cancelled() => {
             session.abort();
+            abandon(api.as_ref(), &session_id).await;
             return Ok(Outcome { exit_code: None, reason: String::new() });
         }
     };
@@ -107,6 +111,7 @@ pub async fn forward(
     if info.session_type != "Port" {
         let _ = in_tx.send(Input::Flag(Flag::TerminateSession)).await;
         session.abort();
+        abandon(api.as_ref(), &session_id).await;
         return Err(PortError::NotPort(info.session_type));
     }
     let caps = info.airlock;
@@ -116,6 +121,7 @@ pub async fn forward(
         MuxKind::Smux1
     } else {
         session.abort();
+        abandon(api.as_ref(), &session_id).await;
         return Err(PortError::AgentTooOld(info.agent_version));
     };
     let max_payload = caps.map_or(1024, |c| c.max_payload as usize);
@@ -192,6 +198,18 @@ pub async fn forward(
     flags.abort();
     let _ = flags.await;
     result
+}
+
+/// Ends a session this forward gives up on before its multiplexing ran (stopped during the
+/// handshake, or the handshake failed), so it does not stay open on the server and the host:
+/// the data channel may not carry a flag yet, so the API is told.
+async fn abandon(api: Option<&ApiClient>, session_id: &str) {
+    let Some(api) = api else { return };
+    match tokio::time::timeout(STOP_GRACE, api.terminate_session(session_id)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(session_id, "could not terminate the session: {e}"),
+        Err(_) => tracing::warn!(session_id, "could not terminate the session: no answer"),
+    }
 }
 
 async fn wait_handshake(

@@ -286,6 +286,12 @@ fn cpu_seconds(roots: &[u32]) -> f64 {
     total as f64 / hz
 }
 
+/// `AIRLOCK_BENCH_PLAIN=1`: the same deployment on plain HTTP (`ws://`), to see what TLS on
+/// the two hops costs. Not the benchmark's figure: the target is measured with TLS on.
+fn plain_http() -> bool {
+    std::env::var("AIRLOCK_BENCH_PLAIN").is_ok_and(|v| v == "1")
+}
+
 /// `airlock server` (TLS, self-signed) and `airlock agent run`, each a process of its own as
 /// in production, so that the gateway and the agent get the scheduler's share that sshd gets
 /// instead of sharing this process's runtime with the traffic generator.
@@ -305,8 +311,15 @@ impl Deployment {
         let dir = TempDir::new();
         let port = free_port();
         let data = dir.0.join("server");
+        let plain = plain_http();
         let mut server = tokio::process::Command::new(bin)
-            .args(["server", "--self-signed", "--listen"])
+            .arg("server")
+            .args(if plain {
+                &[][..]
+            } else {
+                &["--self-signed"][..]
+            })
+            .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data)
@@ -317,7 +330,7 @@ impl Deployment {
             .unwrap();
         let mut out = BufReader::new(server.stdout.take().unwrap());
         let (mut url, mut ca_file) = (String::new(), PathBuf::new());
-        while url.is_empty() || ca_file.as_os_str().is_empty() {
+        while url.is_empty() || (!plain && ca_file.as_os_str().is_empty()) {
             let mut line = String::new();
             assert!(out.read_line(&mut line).await.unwrap() > 0, "server exited");
             if let Some(u) = line.trim().strip_prefix("Airlock server listening on ") {
@@ -342,7 +355,7 @@ impl Deployment {
             access_key_id: creds["AccessKeyId"].as_str().unwrap().into(),
             secret_access_key: creds["SecretAccessKey"].as_str().unwrap().into(),
             region: "us-east-1".into(),
-            ca_file: Some(ca_file.clone()),
+            ca_file: (!plain).then(|| ca_file.clone()),
             session_token: None,
         };
         let api = airlock_client::ApiClient::new(profile.clone()).unwrap();
@@ -358,8 +371,11 @@ impl Deployment {
             .args(["agent", "register", "--server", &url])
             .args(["--activation-id", act["ActivationId"].as_str().unwrap()])
             .args(["--activation-code", act["ActivationCode"].as_str().unwrap()])
-            .arg("--ca-file")
-            .arg(&ca_file)
+            .args(if plain {
+                Vec::new()
+            } else {
+                vec!["--ca-file".into(), ca_file.clone().into_os_string()]
+            })
             .arg("--state")
             .arg(&state)
             .env("AIRLOCK_LOG", "warn")
@@ -460,9 +476,18 @@ async fn run() {
         pids: Vec::new(),
     };
 
-    eprintln!("starting `airlock server` (TLS) and `airlock agent run`");
+    let transport = if plain_http() {
+        "plain HTTP, no TLS"
+    } else {
+        "TLS"
+    };
+    eprintln!("starting `airlock server` ({transport}) and `airlock agent run`");
     let dep = Deployment::start(&bin).await;
-    assert!(dep.url.starts_with("https://"), "TLS on: {}", dep.url);
+    assert!(
+        plain_http() || dep.url.starts_with("https://"),
+        "TLS on: {}",
+        dep.url
+    );
     let mut fwd = tokio::process::Command::new(&bin)
         .args([
             "--output",
@@ -475,7 +500,7 @@ async fn run() {
         .env("AIRLOCK_ENDPOINT", &dep.url)
         .env("AIRLOCK_ACCESS_KEY_ID", &dep.access_key_id)
         .env("AIRLOCK_SECRET_ACCESS_KEY", &dep.secret_access_key)
-        .env("AIRLOCK_CA_FILE", &dep.ca_file)
+        .envs((!plain_http()).then(|| ("AIRLOCK_CA_FILE", &dep.ca_file)))
         .env("AIRLOCK_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -567,7 +592,7 @@ async fn run() {
     });
 
     println!(
-        "\n| loopback, {mib} MiB per run, best of {runs} | direct | ssh -L ({SSH_CIPHER}) | airlock port-forward (TLS) | airlock / ssh -L | airlock / direct | CPU s per GB: ssh -L | CPU s per GB: airlock |"
+        "\n| loopback, {mib} MiB per run, best of {runs} | direct | ssh -L ({SSH_CIPHER}) | airlock port-forward ({transport}) | airlock / ssh -L | airlock / direct | CPU s per GB: ssh -L | CPU s per GB: airlock |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {

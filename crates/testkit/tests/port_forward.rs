@@ -1320,6 +1320,26 @@ async fn stopping_a_forward_tells_the_agent_and_closes_its_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_forward_during_its_handshake_ends_the_session() {
+    let (server, agent) = setup().await;
+    let (tport, _seen) = scripted_target(b"hello", None).await;
+    let api = server.api();
+    let fwd = forward(&api, &agent.instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
+    // Ctrl-C before the agent's handshake can have arrived: the stop wins the first poll.
+    fwd.stop.cancel();
+    let id = fwd.session_id.clone();
+    let outcome = fwd.stop().await.unwrap();
+    assert_eq!(outcome.reason, "");
+    // The session is not left open: the server ended it (TerminateSession), not a timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while session_status(&server, &id).await != "Terminated" {
+        assert!(Instant::now() < deadline, "session recorded as Terminated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn descriptors_and_tasks_return_to_their_baseline() {
     // Short tokens: the server watches each new session until its agent token expires.
     let server = TestServer::start_with(|c| c.token_ttl = Duration::from_secs(1)).await;
@@ -2093,10 +2113,7 @@ async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
 
 /// The reason a stream failed, as `airlock port-forward` shows it.
 fn port_failure(rep: &StreamReport) -> String {
-    rep.end
-        .strip_prefix("reset by peer: ")
-        .unwrap_or(&rep.end)
-        .to_owned()
+    rep.peer_reason.clone().unwrap_or_else(|| rep.end.clone())
 }
 
 /// Waits (up to 10 s) until the gateway holds at most `n` relays.

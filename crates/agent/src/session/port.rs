@@ -458,6 +458,7 @@ async fn raw_relay(
                     duration: started.elapsed(),
                     end: why.clone(),
                     failed: true,
+                    peer_reason: None,
                 });
                 return Err(why);
             }
@@ -473,6 +474,7 @@ async fn raw_relay(
             duration: started.elapsed(),
             end,
             failed,
+            peer_reason: None,
         });
         if mode == Mode::Stream || !more {
             return Ok(());
