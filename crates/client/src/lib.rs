@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod mux;
 pub mod port;
+pub mod resolve;
 pub mod session;
 pub mod tls;
 pub mod ws;

@@ -635,8 +635,9 @@ enum Origin {
     Dial(String, u16),
 }
 
-/// Resolves and connects, trying every address; `localhost` goes straight to the loopback
-/// addresses without a resolver round trip.
+/// Resolves (through [`crate::resolve`]: shared, briefly cached, bounded lookups) and connects,
+/// trying every address; `localhost` goes straight to the loopback addresses without a
+/// resolver round trip.
 pub async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = if host.is_empty() || host.eq_ignore_ascii_case("localhost") {
@@ -647,7 +648,11 @@ pub async fn dial(host: &str, port: u16) -> std::io::Result<TcpStream> {
     } else if let Ok(ip) = literal.parse::<IpAddr>() {
         vec![SocketAddr::new(ip, port)]
     } else {
-        tokio::net::lookup_host((host, port)).await?.collect()
+        crate::resolve::lookup(host)
+            .await?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect()
     };
     let mut last = std::io::Error::new(
         std::io::ErrorKind::NotFound,
