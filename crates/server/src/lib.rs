@@ -217,11 +217,14 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         config.public_url = Some(url.clone());
     }
 
+    let shutdown = CancellationToken::new();
+    let port_audit = port_audit::Writer::spawn(store.clone(), shutdown.clone());
     let state = Arc::new(AppState {
         store,
         hub: gateway::hub::Hub::default(),
         config,
-        shutdown: CancellationToken::new(),
+        shutdown,
+        port_audit,
         tasks: TaskTracker::new(),
         policies: authz::PolicyCache::default(),
         tls: tls.is_some(),

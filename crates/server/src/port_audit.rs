@@ -5,8 +5,12 @@
 //! logs the record and keeps it in `port_connections`, where `Airlock.ListPortConnections`
 //! ([`crate::api::port_connections`]) reads them back.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::Row;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use airlock_proto::{MgsPayload, PortConnectionRecord, PORT_CONNECTION_TOPIC};
 
@@ -47,7 +51,172 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Handles an `agent_task_reply` payload from `instance_id`'s control channel.
+/// Records waiting for the writer before a control channel has to wait for room.
+pub const WRITER_QUEUE: usize = 8192;
+/// Most records stored in one transaction.
+const BATCH: usize = 512;
+/// How long the writer gathers records after the first before it commits them: a record is
+/// visible this much later at most, and a busy forward costs a commit per window, not per
+/// connection.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
+/// Sessions whose owner and target the writer remembers.
+const SESSION_CACHE: usize = 4096;
+
+/// The queue to the task that stores records: reports arrive one per forwarded connection
+/// (a busy forward ends thousands a second), so they are checked and stored in batches, one
+/// transaction each, off the control channel's path. Nothing is dropped: a full queue makes
+/// the reporting agent's control channel wait.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    tx: mpsc::Sender<(String, PortConnectionRecord)>,
+}
+
+impl Writer {
+    /// Starts the writer on `store`. It stops when `shutdown` fires, after storing what was
+    /// queued by then.
+    pub fn spawn(store: Store, shutdown: CancellationToken) -> Writer {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        tokio::spawn(write_loop(store, rx, shutdown));
+        Writer { tx }
+    }
+
+    async fn submit(&self, instance_id: &str, rec: PortConnectionRecord) {
+        if self.tx.send((instance_id.to_owned(), rec)).await.is_err() {
+            tracing::error!("the port connection writer has stopped; a record was not stored");
+        }
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<(String, PortConnectionRecord)>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut sessions = SessionCache::default();
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        // Gather what else arrives within BATCH_WINDOW: one commit for many connections.
+        let until = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        store_batch(&store, &mut sessions, &mut batch).await;
+    }
+    // Store what was reported before the end.
+    rx.close();
+    while let Ok(r) = rx.try_recv() {
+        batch.push(r);
+        if batch.len() == BATCH {
+            store_batch(&store, &mut sessions, &mut batch).await;
+        }
+    }
+    store_batch(&store, &mut sessions, &mut batch).await;
+}
+
+/// The owner and target of recent sessions (they never change), so that a record costs no
+/// lookup; forgotten wholesale when it grows past [`SESSION_CACHE`].
+#[derive(Default)]
+struct SessionCache(HashMap<String, Option<(String, String)>>);
+
+impl SessionCache {
+    /// `(owner, target)` of `session_id`, `None` when there is no such session.
+    async fn get(&mut self, store: &Store, session_id: &str) -> Option<(String, String)> {
+        if let Some(known) = self.0.get(session_id) {
+            return known.clone();
+        }
+        let found = match store.session(session_id).await {
+            Ok(s) => s.map(|s| (s.owner, s.target)),
+            Err(e) => {
+                // Not remembered: the next record asks again.
+                tracing::error!(session_id, "cannot look up the session: {e}");
+                return None;
+            }
+        };
+        if self.0.len() >= SESSION_CACHE {
+            self.0.clear();
+        }
+        self.0.insert(session_id.to_owned(), found.clone());
+        found
+    }
+}
+
+/// Checks each record against its session, logs it, and stores the batch in one transaction;
+/// drains `batch`.
+async fn store_batch(
+    store: &Store,
+    sessions: &mut SessionCache,
+    batch: &mut Vec<(String, PortConnectionRecord)>,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let mut rows = Vec::with_capacity(batch.len());
+    for (instance_id, rec) in batch.drain(..) {
+        let Some((owner, target)) = sessions.get(store, &rec.session_id).await else {
+            tracing::warn!(
+                instance_id,
+                session_id = rec.session_id,
+                "port connection record for an unknown session; ignored"
+            );
+            continue;
+        };
+        if target != instance_id {
+            tracing::warn!(
+                instance_id,
+                session_id = rec.session_id,
+                "port connection record for a session that is not this agent's; ignored"
+            );
+            continue;
+        }
+        let row = PortConnection {
+            session_id: rec.session_id,
+            owner,
+            target,
+            stream_id: i64::from(rec.stream_id),
+            destination: rec.destination,
+            mode: rec.mode,
+            bytes_to_target: clamp(rec.bytes_to_target),
+            bytes_from_target: clamp(rec.bytes_from_target),
+            started_at: clamp(rec.started_at),
+            duration_ms: clamp(rec.duration_ms),
+            end_reason: rec.end_reason,
+            failed: rec.failed,
+        };
+        tracing::info!(
+            session_id = row.session_id,
+            owner = row.owner,
+            target = row.target,
+            stream = row.stream_id,
+            destination = row.destination,
+            mode = row.mode,
+            bytes_to_target = row.bytes_to_target,
+            bytes_from_target = row.bytes_from_target,
+            duration_ms = row.duration_ms,
+            end = row.end_reason,
+            failed = row.failed,
+            "port connection"
+        );
+        rows.push(row);
+    }
+    if let Err(e) = insert_all(store, &rows).await {
+        tracing::error!(
+            records = rows.len(),
+            "cannot store port connection records: {e}"
+        );
+    }
+}
+
+/// Handles an `agent_task_reply` payload from `instance_id`'s control channel: a well-formed
+/// port connection record goes to the writer.
 pub async fn handle_reply(state: &AppState, instance_id: &str, payload: &[u8]) {
     let Ok(reply) = serde_json::from_slice::<MgsPayload>(payload) else {
         tracing::warn!(instance_id, "malformed agent_task_reply");
@@ -56,90 +225,48 @@ pub async fn handle_reply(state: &AppState, instance_id: &str, payload: &[u8]) {
     if reply.topic != PORT_CONNECTION_TOPIC {
         return;
     }
-    let rec = match serde_json::from_str::<PortConnectionRecord>(&reply.content) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(instance_id, "malformed port connection record: {e}");
-            return;
-        }
-    };
-    let session = match state.store.session(&rec.session_id).await {
-        Ok(Some(s)) if s.target == instance_id => s,
-        Ok(_) => {
-            tracing::warn!(
-                instance_id,
-                session_id = rec.session_id,
-                "port connection record for a session that is not this agent's; ignored"
-            );
-            return;
-        }
-        Err(e) => {
-            tracing::error!(
-                session_id = rec.session_id,
-                "cannot look up the session: {e}"
-            );
-            return;
-        }
-    };
-    let row = PortConnection {
-        session_id: rec.session_id,
-        owner: session.owner,
-        target: session.target,
-        stream_id: i64::from(rec.stream_id),
-        destination: rec.destination,
-        mode: rec.mode,
-        bytes_to_target: clamp(rec.bytes_to_target),
-        bytes_from_target: clamp(rec.bytes_from_target),
-        started_at: clamp(rec.started_at),
-        duration_ms: clamp(rec.duration_ms),
-        end_reason: rec.end_reason,
-        failed: rec.failed,
-    };
-    tracing::info!(
-        session_id = row.session_id,
-        owner = row.owner,
-        target = row.target,
-        stream = row.stream_id,
-        destination = row.destination,
-        mode = row.mode,
-        bytes_to_target = row.bytes_to_target,
-        bytes_from_target = row.bytes_from_target,
-        duration_ms = row.duration_ms,
-        end = row.end_reason,
-        failed = row.failed,
-        "port connection"
-    );
-    if let Err(e) = insert(&state.store, &row).await {
-        tracing::error!(
-            session_id = row.session_id,
-            "cannot store a port connection record: {e}"
-        );
+    match serde_json::from_str::<PortConnectionRecord>(&reply.content) {
+        Ok(rec) => state.port_audit.submit(instance_id, rec).await,
+        Err(e) => tracing::warn!(instance_id, "malformed port connection record: {e}"),
     }
+}
+
+/// Stores records in one transaction, in order.
+pub async fn insert_all(store: &Store, rows: &[PortConnection]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut tx = store.pool.begin().await?;
+    for r in rows {
+        sqlx::query(
+            "INSERT INTO port_connections (session_id, owner, target, stream_id, destination, mode, \
+             bytes_to_target, bytes_from_target, started_at, duration_ms, end_reason, failed, recorded_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.session_id)
+        .bind(&r.owner)
+        .bind(&r.target)
+        .bind(r.stream_id)
+        .bind(&r.destination)
+        .bind(&r.mode)
+        .bind(r.bytes_to_target)
+        .bind(r.bytes_from_target)
+        .bind(r.started_at)
+        .bind(r.duration_ms)
+        .bind(&r.end_reason)
+        .bind(r.failed)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Stores one record.
 pub async fn insert(store: &Store, r: &PortConnection) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO port_connections (session_id, owner, target, stream_id, destination, mode, \
-         bytes_to_target, bytes_from_target, started_at, duration_ms, end_reason, failed, recorded_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&r.session_id)
-    .bind(&r.owner)
-    .bind(&r.target)
-    .bind(r.stream_id)
-    .bind(&r.destination)
-    .bind(&r.mode)
-    .bind(r.bytes_to_target)
-    .bind(r.bytes_from_target)
-    .bind(r.started_at)
-    .bind(r.duration_ms)
-    .bind(&r.end_reason)
-    .bind(r.failed)
-    .bind(now_ms())
-    .execute(&store.pool)
-    .await?;
-    Ok(())
+    insert_all(store, std::slice::from_ref(r)).await
 }
 
 /// Records, oldest first: those of one session, or the latest `limit` of all.

@@ -24,4 +24,6 @@ pub struct AppState {
     pub policies: crate::authz::PolicyCache,
     /// Whether the listener speaks TLS (`aws:SecureTransport`).
     pub tls: bool,
+    /// Stores the records of forwarded connections that agents report.
+    pub port_audit: crate::port_audit::Writer,
 }

@@ -43,7 +43,14 @@ const OP_DOWNLOAD: u8 = 1;
 const OP_ECHO: u8 = 2;
 const BUF: usize = 256 * 1024;
 const PARALLEL: usize = 16;
-const SETUP_SAMPLES: usize = 100;
+/// Samples of the new-stream time (`AIRLOCK_BENCH_SETUP_SAMPLES`, e.g. more to profile it).
+fn setup_samples() -> usize {
+    std::env::var("AIRLOCK_BENCH_SETUP_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(100)
+}
 
 /// The target: each connection starts with `op u8, n u64`; upload reads n bytes and answers one
 /// byte, download sends n bytes, echo echoes one byte at a time until EOF.
@@ -145,7 +152,7 @@ async fn throughput(addr: SocketAddr, op: u8, n: u64, streams: usize, runs: usiz
 /// Median time to open a new connection and get one byte echoed, in milliseconds.
 async fn setup_time(addr: SocketAddr) -> f64 {
     let mut samples = Vec::new();
-    for _ in 0..SETUP_SAMPLES {
+    for _ in 0..setup_samples() {
         let started = Instant::now();
         let mut c = TcpStream::connect(addr).await.unwrap();
         c.set_nodelay(true).unwrap();
@@ -157,25 +164,6 @@ async fn setup_time(addr: SocketAddr) -> f64 {
     }
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     samples[samples.len() / 2]
-}
-
-/// The `airlock` binary of this build profile (release under `cargo bench`), built first.
-fn airlock_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let mut cmd = std::process::Command::new(env!("CARGO"));
-    cmd.args(["build", "--quiet", "-p", "airlock-cli", "--bin", "airlock"]);
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success(), "building airlock failed");
-    profile_dir.join("airlock")
 }
 
 /// A private sshd on a loopback port and an `ssh -N -L` through it to `target_port`; returns
@@ -469,7 +457,9 @@ async fn run() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let n = mib << 20;
-    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
     let tport = target().await;
     let direct = Contestant {
         addr: SocketAddr::from(([127, 0, 0, 1], tport)),
@@ -571,7 +561,7 @@ async fn run() {
             higher_is_better: true,
         });
     }
-    eprintln!("new stream on an open forward: {SETUP_SAMPLES} samples");
+    eprintln!("new stream on an open forward: {} samples", setup_samples());
     let d = setup_time(direct.addr).await;
     let s = match &ssh_c {
         Some(c) => Some(setup_time(c.addr).await),

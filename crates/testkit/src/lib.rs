@@ -405,7 +405,8 @@ impl TestSession {
 }
 
 /// The built `airlock` binary of this target directory, built first if needed: black-box tests
-/// run it as a user would. Call it from a test (it locates the binary next to the test's own).
+/// and the benchmarks run it as a user would. Call it from a test or a benchmark (it locates
+/// the binary next to the caller's own, so `cargo bench` measures a release build).
 pub fn airlock_binary() -> PathBuf {
     use std::path::Path;
     use std::process::Command;
@@ -416,6 +417,10 @@ pub fn airlock_binary() -> PathBuf {
     cargo
         .args(["build", "--quiet", "-p", "airlock-cli", "--bin", "airlock"])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Benchmarks run from target/release: build the binary they measure with that profile.
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cargo.arg("--release");
+    }
     // Cargo gives a test its package's CARGO_PKG_*/CARGO_MANIFEST_* variables; some build
     // scripts (ring's) track them, so passing them on would rebuild half the tree, twice.
     for (k, _) in std::env::vars_os() {

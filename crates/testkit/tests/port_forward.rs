@@ -1320,6 +1320,83 @@ async fn stopping_a_forward_tells_the_agent_and_closes_its_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connection_reports_is_stored_whole_in_order_and_checked() {
+    let (server, agent) = setup().await;
+    let (tport, _seen) = scripted_target(b"hello", None).await;
+    let api = server.api();
+    let fwd = forward(&api, &agent.instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
+    let id = fwd.session_id.clone();
+    let state = server.state().clone();
+    let report = |stream_id: u32| {
+        let rec = airlock_proto::PortConnectionRecord {
+            session_id: id.clone(),
+            session_owner: "someone".into(),
+            stream_id,
+            destination: "localhost:1".into(),
+            mode: "airlock-mux".into(),
+            bytes_to_target: 1,
+            bytes_from_target: 2,
+            started_at: 3,
+            duration_ms: 4,
+            end_reason: "closed".into(),
+            failed: false,
+        };
+        serde_json::to_vec(&airlock_proto::MgsPayload {
+            content: serde_json::to_string(&rec).unwrap(),
+            task_id: id.clone(),
+            topic: airlock_proto::PORT_CONNECTION_TOPIC.into(),
+            schema_version: 1,
+        })
+        .unwrap()
+    };
+    // More reports at once than one batch holds, as a busy forward sends them; a malformed one
+    // and one from an agent that does not run this session are refused, the rest all kept.
+    const N: u32 = 1500;
+    for n in 1..=N {
+        airlock_server::port_audit::handle_reply(&state, &agent.instance_id, &report(n)).await;
+        if n == 700 {
+            airlock_server::port_audit::handle_reply(&state, &agent.instance_id, b"{not json")
+                .await;
+            airlock_server::port_audit::handle_reply(
+                &state,
+                "mi-00000000000000000",
+                &report(99_999),
+            )
+            .await;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        let rows = airlock_server::port_audit::list(&state.store, Some(&id), 10_000)
+            .await
+            .unwrap();
+        if rows.len() >= N as usize {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{N} records stored; have {}",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Nothing the forward itself reported (no connections were made) and nothing refused.
+    assert_eq!(rows.len(), N as usize);
+    let streams: Vec<i64> = rows.iter().map(|r| r.stream_id).collect();
+    assert_eq!(
+        streams,
+        (1..=i64::from(N)).collect::<Vec<_>>(),
+        "in report order"
+    );
+    // The owner comes from the server's own session row, not from the agent's word.
+    assert!(rows
+        .iter()
+        .all(|r| r.owner != "someone" && r.target == agent.instance_id));
+    fwd.stop().await.unwrap();
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_forward_during_its_handshake_ends_the_session() {
     let (server, agent) = setup().await;
     let (tport, _seen) = scripted_target(b"hello", None).await;
