@@ -490,7 +490,7 @@ async fn run() {
         .env("AIRLOCK_ENDPOINT", &dep.url)
         .env("AIRLOCK_ACCESS_KEY_ID", &dep.access_key_id)
         .env("AIRLOCK_SECRET_ACCESS_KEY", &dep.secret_access_key)
-        .envs((!plain_http()).then(|| ("AIRLOCK_CA_FILE", &dep.ca_file)))
+        .envs((!plain_http()).then_some(("AIRLOCK_CA_FILE", &dep.ca_file)))
         .env("AIRLOCK_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
