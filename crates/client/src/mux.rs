@@ -36,6 +36,10 @@ use airlock_proto::Flag;
 pub const SMUX_STREAM_LIMIT: usize = 16 * 1024 * 1024;
 /// How long the agent tries to connect to the target of a stream.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Airlock: the largest window a stream grows to (see [`MuxConfig::max_window`]). A single
+/// stream on loopback needs about this much in flight to keep three processes busy; a stream
+/// whose local reader is slow never grows past the window it started with.
+pub const MAX_WINDOW: u32 = 16 * 1024 * 1024;
 /// Bytes waiting for the pump beyond which the engine stops reading its streams' sockets.
 const OUTQ_LIMIT: usize = 1024 * 1024;
 /// Items smaller than this are packed together into one payload (many small frames would
@@ -62,8 +66,11 @@ pub struct MuxConfig {
     pub role: MuxRole,
     /// Largest DATA body sent (capped by the format: 32 KiB for smux).
     pub max_frame: usize,
-    /// Airlock: the credit each side grants per stream, in bytes.
+    /// Airlock: the credit each side grants a stream at first, in bytes (both ends assume it).
     pub window: u32,
+    /// Airlock: the most credit a stream's window grows to while its local side keeps up
+    /// (receive-window autotuning, as TCP does); at most `window` means no growth.
+    pub max_window: u32,
     /// smux: send a NOP this often (protocol.md §8.2 keep-alive rules); `None` = never.
     pub keepalive: Option<Duration>,
     /// Most streams open at once; more are refused.
@@ -88,6 +95,7 @@ impl MuxConfig {
             role,
             max_frame,
             window,
+            max_window: window.max(MAX_WINDOW),
             keepalive: None,
             max_streams: 4096,
             max_payload: max_payload.max(1024),
@@ -225,6 +233,8 @@ struct Entry {
     queued: Arc<AtomicUsize>,
     /// Bytes written out and not yet returned to the peer as credit.
     unreturned: u64,
+    /// The window granted to the peer for this stream so far (grows while it keeps up).
+    window: u64,
     /// We sent FIN or RESET: no more data goes out for it.
     local_done: bool,
     /// Reset either way: nothing at all goes out for it any more (not even credit, which a
@@ -455,10 +465,10 @@ impl Engine {
                     return;
                 }
                 let smux = self.config.kind == MuxKind::Smux1;
-                let window = u64::from(self.config.window);
                 let Some(e) = self.streams.get_mut(&stream) else {
                     return;
                 };
+                let window = e.window;
                 let len = data.len();
                 let queued = e.queued.load(Ordering::Acquire) + len;
                 if smux && queued > SMUX_STREAM_LIMIT {
@@ -525,11 +535,20 @@ impl Engine {
         if self.config.kind != MuxKind::Airlock {
             return;
         }
-        let threshold = u64::from(self.config.window / 4).max(1);
+        let max_window = u64::from(self.config.max_window);
         let Some(e) = self.streams.get_mut(&id) else {
             return;
         };
         e.unreturned += n as u64;
+        // Autotuning: when the local side has written everything that came (nothing queued
+        // behind this write), the window, not the reader, limits the stream; grant the bytes
+        // just written once more on top, so the window doubles per round trip up to the cap.
+        if e.window < max_window && e.queued.load(Ordering::Acquire) == 0 {
+            let grow = (n as u64).min(max_window - e.window);
+            e.window += grow;
+            e.unreturned += grow;
+        }
+        let threshold = (e.window / 4).max(1);
         if e.unreturned >= threshold && !e.reset {
             let credit = u32::try_from(e.unreturned).unwrap_or(u32::MAX);
             e.unreturned -= u64::from(credit);
@@ -623,6 +642,7 @@ impl Engine {
             credit,
             queued,
             unreturned: 0,
+            window: u64::from(self.config.window),
             local_done: false,
             reset: false,
         }
@@ -911,5 +931,114 @@ impl StreamTask {
             (None, Some(HalfEnd::Fin)) => ("closed by the peer".into(), false, None),
             (None, None) => ("session ended".into(), false, None),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// Drives a server-role engine as its peer would (sending within the credit it grants) to
+    /// a target that reads `read_limit` bytes then stops reading; returns the credit the peer
+    /// holds once everything is sent and the grants have settled.
+    async fn credit_after(total: usize, read_limit: usize, window: u32, max_window: u32) -> i64 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let reader = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < read_limit {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+            // Hold the socket open without reading: the stream stalls here.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        });
+        let mut cfg = MuxConfig::new(MuxKind::Airlock, MuxRole::Server, 64 * 1024, window);
+        cfg.max_window = max_window;
+        cfg.target = Some(("127.0.0.1".into(), port));
+        let (in_tx, in_rx) = mpsc::channel::<Bytes>(1024);
+        let (out_tx, mut out_rx) = mpsc::channel::<MuxOut>(1024);
+        let cancel = CancellationToken::new();
+        let engine = tokio::spawn(run(
+            cfg,
+            in_rx,
+            out_tx,
+            None,
+            MuxHooks::default(),
+            cancel.clone(),
+        ));
+        let enc = |f: &MuxFrame| mux::encode(MuxKind::Airlock, f).unwrap();
+        in_tx
+            .send(enc(&MuxFrame::Open { stream: 3 }))
+            .await
+            .unwrap();
+        let mut decoder = MuxDecoder::new(MuxKind::Airlock, 1 << 20);
+        let mut credit = i64::from(window);
+        let mut sent = 0usize;
+        let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+        loop {
+            while credit >= chunk.len() as i64 && sent < total {
+                let data = MuxFrame::Data {
+                    stream: 3,
+                    data: chunk.clone(),
+                };
+                in_tx.send(enc(&data)).await.unwrap();
+                credit -= chunk.len() as i64;
+                sent += chunk.len();
+            }
+            // Take grants until none comes for a while (settled, or stalled).
+            let wait = if sent < total { 2000 } else { 300 };
+            match tokio::time::timeout(Duration::from_millis(wait), out_rx.recv()).await {
+                Ok(Some(MuxOut::Data(b))) => {
+                    let mut frames = Vec::new();
+                    decoder.decode(b, &mut frames).unwrap();
+                    for f in frames {
+                        if let MuxFrame::Window {
+                            stream: 3,
+                            credit: c,
+                        } = f
+                        {
+                            credit += i64::from(c);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        cancel.cancel();
+        let _ = engine.await;
+        reader.abort();
+        credit
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_keeps_up_earns_a_larger_window_up_to_the_cap() {
+        let (window, cap) = (64 * 1024, 512 * 1024);
+        let credit = credit_after(8 << 20, usize::MAX, window, cap).await;
+        // What the peer may have in flight is the window less the credit not yet returned
+        // (under a quarter of it): well past where it started, never past the cap.
+        assert!(credit > i64::from(window) * 2, "window grew: {credit}");
+        assert!(credit <= i64::from(cap), "window capped: {credit}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_reader_stalls_keeps_a_bounded_window() {
+        let (window, cap) = (64 * 1024, 512 * 1024);
+        // The target reads nothing: what its socket buffers take is consumed, then the writer
+        // blocks and the grants stop; the peer never holds more than the cap.
+        let credit = credit_after(64 << 20, 0, window, cap).await;
+        assert!(credit <= i64::from(cap), "bounded: {credit}");
+        assert!(
+            credit < 16 * 1024,
+            "a stalled stream's sender runs dry: {credit}"
+        );
     }
 }
