@@ -10,7 +10,10 @@
 //! `cargo bench -p airlock-testkit --bench port_forward` prints one markdown table on stdout
 //! (progress on stderr). `AIRLOCK_BENCH_MIB` sets the bytes per run (1024); every figure is the
 //! best of `AIRLOCK_BENCH_RUNS` runs (3), since other work on a shared machine only ever slows
-//! a run down. `AIRLOCK_BENCH_ONLY=airlock` skips the direct and ssh columns (for profiling).
+//! a run down; the contestants take turns run by run, so a machine whose speed drifts during a
+//! row favours none of them. `AIRLOCK_BENCH_ONLY=airlock` skips the direct and ssh columns (for profiling),
+//! `AIRLOCK_BENCH_SETUP_SAMPLES` sets how many new streams are timed (100), and
+//! `AIRLOCK_BENCH_PLAIN=1` runs the same deployment on plain HTTP to show what TLS costs.
 //! Without `/usr/sbin/sshd` the ssh column reads n/a. The server and the agent run as processes of
 //! their own (`airlock server`, `airlock agent run`), like sshd; the CPU columns add up user +
 //! system time of every process of a contestant (ssh + sshd and its children; port-forward +
@@ -436,14 +439,32 @@ struct Figure {
     cpu_per_gb: Option<f64>,
 }
 
-async fn measure(c: &Contestant, op: u8, n: u64, streams: usize, runs: usize) -> Figure {
-    let before = cpu_seconds(&c.pids);
-    let value = throughput(c.addr, op, n, streams, runs).await;
-    let cpu = cpu_seconds(&c.pids) - before;
-    let gb = (n as f64 * runs as f64) / 1e9;
-    Figure {
-        value,
-        cpu_per_gb: (!c.pids.is_empty()).then_some(cpu / gb),
+/// One contestant's figures for a row: its best run, and CPU per GB over all its runs. The
+/// contestants' runs are interleaved (direct, ssh, airlock, direct, …), so that a machine
+/// that speeds up or slows down during a row favours none of them.
+#[derive(Default)]
+struct Tally {
+    best: f64,
+    cpu: f64,
+    gb: f64,
+    counted: bool,
+}
+
+impl Tally {
+    async fn run(&mut self, c: &Contestant, op: u8, n: u64, streams: usize) {
+        let before = cpu_seconds(&c.pids);
+        let value = throughput(c.addr, op, n, streams, 1).await;
+        self.cpu += cpu_seconds(&c.pids) - before;
+        self.gb += n as f64 / 1e9;
+        self.best = self.best.max(value);
+        self.counted = !c.pids.is_empty();
+    }
+
+    fn figure(&self) -> Figure {
+        Figure {
+            value: self.best,
+            cpu_per_gb: self.counted.then_some(self.cpu / self.gb),
+        }
     }
 }
 
@@ -533,19 +554,26 @@ async fn run() {
         ("16 streams, target → client", OP_DOWNLOAD, PARALLEL),
     ] {
         eprintln!("{what}: {mib} MiB, best of {runs}");
+        let (mut d, mut s, mut a) = (Tally::default(), Tally::default(), Tally::default());
+        for _ in 0..runs {
+            if !only_airlock {
+                d.run(&direct, op, n, streams).await;
+            }
+            if let Some(c) = &ssh_c {
+                s.run(c, op, n, streams).await;
+            }
+            a.run(&airlock, op, n, streams).await;
+        }
         let d = if only_airlock {
             Figure {
                 value: f64::NAN,
                 cpu_per_gb: None,
             }
         } else {
-            measure(&direct, op, n, streams, runs).await
+            d.figure()
         };
-        let s = match &ssh_c {
-            Some(c) => Some(measure(c, op, n, streams, runs).await),
-            None => None,
-        };
-        let a = measure(&airlock, op, n, streams, runs).await;
+        let s = ssh_c.as_ref().map(|_| s.figure());
+        let a = a.figure();
         eprintln!(
             "  direct {:.0}  ssh {:?}  airlock {:.0} MB/s",
             d.value,
