@@ -207,11 +207,26 @@ async fn store_batch(
         );
         rows.push(row);
     }
-    if let Err(e) = insert_all(store, &rows).await {
-        tracing::error!(
-            records = rows.len(),
-            "cannot store port connection records: {e}"
-        );
+    // A failed commit (the disk full for a moment, the database busy past its timeout) is
+    // tried again before the batch is given up, so a passing fault loses no record.
+    let mut delay = std::time::Duration::from_millis(50);
+    for attempt in 1..=4 {
+        match insert_all(store, &rows).await {
+            Ok(()) => return,
+            Err(e) if attempt < 4 => {
+                tracing::warn!(
+                    records = rows.len(),
+                    attempt,
+                    "storing port connection records failed, retrying: {e}"
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+            Err(e) => tracing::error!(
+                records = rows.len(),
+                "cannot store port connection records: {e}"
+            ),
+        }
     }
 }
 

@@ -1397,6 +1397,61 @@ async fn a_burst_of_connection_reports_is_stored_whole_in_order_and_checked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_records_survive_a_database_locked_past_its_busy_timeout() {
+    let (server, agent) = setup().await;
+    let (tport, _seen) = scripted_target(b"hello", None).await;
+    let api = server.api();
+    let fwd = forward(&api, &agent.instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
+    let id = fwd.session_id.clone();
+    // Another process holds SQLite's write lock for longer than the server's 5 s busy timeout.
+    let db = server.state().config.data_dir.join("airlock.db");
+    let mut locker = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked', flush=True)\n\
+             time.sleep(6.5)\n\
+             c.execute('COMMIT')\n",
+        )
+        .arg(&db)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(locker.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "locked");
+    // A connection ends while the database is locked: its record waits and is stored after.
+    let mut c = TcpStream::connect(fwd.addr).await.unwrap();
+    let mut b = [0u8; 5];
+    c.read_exact(&mut b).await.unwrap();
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = airlock_server::port_audit::list(&server.state().store, Some(&id), 10)
+            .await
+            .unwrap();
+        if !rows.is_empty() {
+            assert_eq!(rows[0].bytes_from_target, 5);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record was stored once the lock went"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(locker.wait().unwrap().success());
+    fwd.stop().await.unwrap();
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_forward_during_its_handshake_ends_the_session() {
     let (server, agent) = setup().await;
     let (tport, _seen) = scripted_target(b"hello", None).await;
