@@ -2,8 +2,9 @@
 //! session, which the incumbent never logs). Agents report each connection when it ends, on
 //! their control channel (`agent_task_reply`, topic [`PORT_CONNECTION_TOPIC`]); the server
 //! checks that the session is one of that agent's, takes the owner from its own session row,
-//! logs the record and keeps it in `port_connections`, where `Airlock.ListPortConnections`
-//! ([`crate::api::port_connections`]) reads them back.
+//! logs the record and keeps it in `port_connections` (through one [`Writer`], in batched
+//! transactions), where `Airlock.ListPortConnections` ([`crate::api::port_connections`]) reads
+//! them back.
 
 use std::collections::HashMap;
 
