@@ -68,6 +68,10 @@ impl Role {
     }
 }
 
+/// [`ChannelConfig::ack_delay`] between Airlock peers: far below the smallest RTO (10 ms
+/// variance floor), so a delayed ack never causes a resend.
+pub const AIRLOCK_ACK_DELAY: Duration = Duration::from_millis(1);
+
 /// Limits and timers of a [`ReliableChannel`]. [`ChannelConfig::new`] gives the AWS defaults.
 #[derive(Clone, Debug)]
 pub struct ChannelConfig {
@@ -95,6 +99,10 @@ pub struct ChannelConfig {
     pub resend_tick: Duration,
     /// After this many resends of one frame, [`Event::ResendLimitReached`] is raised; `None` = never.
     pub max_resends: Option<u32>,
+    /// How long an ack may wait for a frame going the other way to travel with (zero: acks
+    /// go at once, as AWS peers expect). Between Airlock peers a reply usually follows within
+    /// it, so a request and its answer cost one message each way instead of three.
+    pub ack_delay: Duration,
 }
 
 impl ChannelConfig {
@@ -115,6 +123,7 @@ impl ChannelConfig {
             min_rto_var: Duration::from_millis(10),
             resend_tick: Duration::from_millis(100),
             max_resends: None,
+            ack_delay: Duration::ZERO,
         }
     }
 
@@ -133,6 +142,7 @@ impl ChannelConfig {
             w => Some(w as usize),
         };
         self.digest = caps.digest;
+        self.ack_delay = AIRLOCK_ACK_DELAY;
         self.max_frame_len = self
             .max_frame_len
             .max(FRAME_HEADER_LEN.saturating_add(self.max_payload));
@@ -184,6 +194,10 @@ pub struct ReliableChannel {
     resend_queue: VecDeque<i64>,
     /// Encoded acks waiting to be transmitted.
     ack_queue: VecDeque<Bytes>,
+    /// When the oldest ack in `ack_queue` was queued (for [`ChannelConfig::ack_delay`]).
+    ack_since: Option<Instant>,
+    /// The ack delay ran out while the caller could not transmit: acks go with the next write.
+    acks_due: bool,
     /// Control frames waiting to be transmitted.
     control_queue: VecDeque<Frame>,
 
@@ -222,6 +236,8 @@ impl ReliableChannel {
             in_flight: BTreeMap::new(),
             resend_queue: VecDeque::new(),
             ack_queue: VecDeque::new(),
+            ack_since: None,
+            acks_due: false,
             control_queue: VecDeque::new(),
             expected: 0,
             incoming: BTreeMap::new(),
@@ -352,7 +368,7 @@ impl ReliableChannel {
             }
             t if *t == self.config.role.incoming_type() => {
                 self.paused = false;
-                self.handle_stream(frame);
+                self.handle_stream(frame, now);
             }
             t => {
                 match t {
@@ -391,27 +407,27 @@ impl ReliableChannel {
         self.rto = rto.min(self.config.max_rto);
     }
 
-    fn handle_stream(&mut self, frame: Frame) {
+    fn handle_stream(&mut self, frame: Frame, now: Instant) {
         let seq = frame.sequence_number;
         if seq < self.expected {
             // A duplicate: our ack was probably lost; unlike the plugin, ack again.
-            self.queue_ack(&frame);
+            self.queue_ack(&frame, now);
         } else if seq == self.expected {
             if self.can_deliver() {
-                self.queue_ack(&frame);
+                self.queue_ack(&frame, now);
                 self.deliver(frame);
                 self.drain_incoming();
             } else if self.incoming.contains_key(&seq) {
                 // Buffered and acked earlier, held back by the receiver: re-ack the resend.
-                self.queue_ack(&frame);
+                self.queue_ack(&frame, now);
             }
             // Otherwise not ready: no ack, `expected` unchanged, the peer resends.
         } else if self.incoming.contains_key(&seq) {
-            self.queue_ack(&frame);
+            self.queue_ack(&frame, now);
         } else if self.incoming.len() < self.config.incoming_capacity
             && self.incoming_bytes.saturating_add(frame.payload.len()) <= MAX_INCOMING_BYTES
         {
-            self.queue_ack(&frame);
+            self.queue_ack(&frame, now);
             self.incoming_bytes += frame.payload.len();
             self.incoming.insert(seq, frame);
         }
@@ -450,13 +466,38 @@ impl ReliableChannel {
         }
     }
 
-    fn queue_ack(&mut self, frame: &Frame) {
+    fn queue_ack(&mut self, frame: &Frame, now: Instant) {
         // Bounded: if the caller is not transmitting, dropping an ack only costs a resend.
         if self.ack_queue.len() < self.config.incoming_capacity.saturating_mul(2).max(16) {
             let ack = AcknowledgeContent::for_frame(frame).to_frame();
             let bytes = ack.encode(self.config.digest);
             self.ack_queue.push_back(bytes);
+            self.ack_since.get_or_insert(now);
         }
+    }
+
+    /// Whether queued acks may go now: at once without an ack delay, with anything else that
+    /// is going anyway, or once the delay has run out.
+    fn acks_ready(&self, now: Instant) -> bool {
+        !self.ack_queue.is_empty()
+            && (self.config.ack_delay.is_zero()
+                || self.acks_due
+                || self.other_ready()
+                || self
+                    .ack_since
+                    .is_some_and(|t| now >= t + self.config.ack_delay))
+    }
+
+    /// Whether a control frame, new data within the window, or a resend is ready to go.
+    fn other_ready(&self) -> bool {
+        !self.control_queue.is_empty()
+            || (!self.is_paused()
+                && ((!self.pending.is_empty()
+                    && self
+                        .config
+                        .window
+                        .is_none_or(|w| self.in_flight.len() < w.max(1)))
+                    || !self.resend_queue.is_empty()))
     }
 
     fn encode(&self, frame: &Frame) -> EncodedFrame {
@@ -498,8 +539,14 @@ impl ReliableChannel {
     /// [`poll_transmit`](Self::poll_transmit) with the frame's header and payload apart,
     /// for a writer that copies them into its own buffer (no contiguous copy first).
     pub fn poll_transmit_parts(&mut self, now: Instant) -> Option<EncodedFrame> {
-        if let Some(ack) = self.ack_queue.pop_front() {
-            return Some(EncodedFrame::whole(ack));
+        if self.acks_ready(now) {
+            if let Some(ack) = self.ack_queue.pop_front() {
+                if self.ack_queue.is_empty() {
+                    self.ack_since = None;
+                    self.acks_due = false;
+                }
+                return Some(EncodedFrame::whole(ack));
+            }
         }
         if let Some(frame) = self.control_queue.pop_front() {
             return Some(self.encode(&frame));
@@ -538,25 +585,43 @@ impl ReliableChannel {
     /// When [`handle_timeout`](Self::handle_timeout) must next be called;
     /// `None` when nothing is in flight (or the agent is paused).
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Delayed acks: when they must go (unless they are due already, then the caller's
+        // next transmit sends them and there is nothing to wake up for).
+        let acks = match self.ack_since {
+            Some(t) if !self.acks_due && !self.config.ack_delay.is_zero() => {
+                Some(t + self.config.ack_delay)
+            }
+            _ => None,
+        };
         if self.is_paused() {
-            return None;
+            return acks;
         }
-        let earliest = self
+        let resends = self
             .in_flight
             .values()
             .filter(|o| !o.resend_queued)
             .map(|o| o.last_sent + backoff(self.rto, self.config.max_rto, o.resends))
-            .min()?;
-        Some(match self.last_resend_check {
-            Some(last) => earliest.max(last + self.config.resend_tick),
-            None => earliest,
-        })
+            .min()
+            .map(|earliest| match self.last_resend_check {
+                Some(last) => earliest.max(last + self.config.resend_tick),
+                None => earliest,
+            });
+        match (acks, resends) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
     }
 
     /// Queues a resend of every frame unacked for longer than the RTO (each at
     /// most once per RTO) and raises [`Event::ResendLimitReached`] when a frame
     /// reaches `max_resends`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self
+            .ack_since
+            .is_some_and(|t| now >= t + self.config.ack_delay)
+        {
+            self.acks_due = true;
+        }
         if self.is_paused() {
             return;
         }
@@ -620,15 +685,8 @@ impl ReliableChannel {
     /// Whether any frame waits to be transmitted right now (acks, control, data
     /// within the window, due resends).
     pub fn wants_transmit(&self) -> bool {
-        !self.ack_queue.is_empty()
-            || !self.control_queue.is_empty()
-            || (!self.is_paused()
-                && ((!self.pending.is_empty()
-                    && self
-                        .config
-                        .window
-                        .is_none_or(|w| self.in_flight.len() < w.max(1)))
-                    || !self.resend_queue.is_empty()))
+        (!self.ack_queue.is_empty() && (self.config.ack_delay.is_zero() || self.acks_due))
+            || self.other_ready()
     }
 }
 

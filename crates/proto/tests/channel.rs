@@ -628,3 +628,60 @@ proptest! {
         prop_assert!(events <= 16 + 1024 + 1);
     }
 }
+
+/// Between Airlock peers an ack waits up to `ack_delay` for a frame going the other way, so
+/// a request and its reply travel as one message each way; AWS peers get theirs at once.
+#[test]
+fn acks_wait_briefly_for_a_reply_between_airlock_peers_only() {
+    let t0 = Instant::now();
+    // AWS peer: the ack goes at once.
+    let mut aws = ReliableChannel::new(ChannelConfig::new(Role::Agent));
+    aws.handle_frame(input(0, b"ls\n"), t0);
+    assert_eq!(acked_seqs(&drain(&mut aws, t0)), vec![0]);
+    assert_eq!(aws.poll_timeout(), None);
+
+    let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Agent));
+    ch.apply_capabilities(&AirlockCapabilities {
+        version: 1,
+        max_payload: 4096,
+        window: 8,
+        digest: true,
+        ..AirlockCapabilities::default()
+    });
+    let delay = ch.config().ack_delay;
+    assert_eq!(delay, AIRLOCK_ACK_DELAY);
+    assert!(delay < ms(10), "well below any RTO");
+
+    // A request: its ack is held, and the channel asks to be woken when it is due.
+    ch.handle_frame(input(0, b"ls\n"), t0);
+    assert!(drain(&mut ch, t0).is_empty());
+    assert!(!ch.wants_transmit());
+    assert_eq!(ch.poll_timeout(), Some(t0 + delay));
+
+    // The reply comes within the delay: the ack goes with it, ack first.
+    ch.send(PayloadType::OUTPUT, Bytes::from_static(b"a b c\n"), t0)
+        .unwrap();
+    let out = drain(&mut ch, t0 + delay / 2);
+    assert_eq!(out.len(), 2);
+    assert_eq!(acked_seqs(&out), vec![0]);
+    assert_eq!(out[1].message_type, MessageType::OutputStreamData);
+
+    // No reply: the ack goes when the delay runs out.
+    ch.handle_frame(input(1, b"x"), t0 + ms(10));
+    assert!(drain(&mut ch, t0 + ms(10)).is_empty());
+    assert_eq!(acked_seqs(&drain(&mut ch, t0 + ms(10) + delay)), vec![1]);
+
+    // The caller could not write when the delay ran out (its timer fired first): the ack is
+    // due from then on, and the channel stops asking for a wake-up it cannot use.
+    ch.handle_frame(input(2, b"y"), t0 + ms(20));
+    let due = t0 + ms(20) + delay;
+    assert_eq!(ch.poll_timeout().map(|d| d <= due), Some(true));
+    ch.handle_timeout(due);
+    assert!(ch.wants_transmit());
+    assert!(
+        ch.poll_timeout().is_none_or(|d| d > due),
+        "no timer for the due ack"
+    );
+    assert_eq!(acked_seqs(&drain(&mut ch, due)), vec![2]);
+    assert!(!ch.wants_transmit());
+}
