@@ -98,10 +98,11 @@ mod tests {
     /// A name the machine resolves without a network: its own host name (from /etc/hosts or
     /// the local resolver), else `localhost` itself.
     fn local_name() -> String {
+        use std::net::ToSocketAddrs;
         std::fs::read_to_string("/etc/hostname")
             .ok()
             .map(|h| h.trim().to_owned())
-            .filter(|h| !h.is_empty())
+            .filter(|h| !h.is_empty() && (h.as_str(), 0).to_socket_addrs().is_ok())
             .unwrap_or_else(|| "localhost".to_owned())
     }
 
