@@ -280,11 +280,6 @@ pub async fn insert_all(store: &Store, rows: &[PortConnection]) -> Result<(), St
     Ok(())
 }
 
-/// Stores one record.
-pub async fn insert(store: &Store, r: &PortConnection) -> Result<(), StoreError> {
-    insert_all(store, std::slice::from_ref(r)).await
-}
-
 /// Records, oldest first: those of one session, or the latest `limit` of all.
 pub async fn list(
     store: &Store,

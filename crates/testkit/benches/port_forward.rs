@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-use airlock_testkit::{Sshd, TempDir};
+use airlock_testkit::{free_port, Sshd, TempDir};
 
 /// The cipher `ssh -L` uses: the one the figures to beat were measured with (AES-NI makes it
 /// OpenSSH's fastest here), not its default chacha20-poly1305.
@@ -134,22 +134,17 @@ async fn transfer(addr: SocketAddr, op: u8, n: u64) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Best-of-`runs` throughput in MB/s (10^6 bytes) of `streams` parallel transfers of `n` bytes
-/// in all.
-async fn throughput(addr: SocketAddr, op: u8, n: u64, streams: usize, runs: usize) -> f64 {
-    let mut best = 0.0f64;
-    for _ in 0..runs {
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..streams)
-            .map(|_| tokio::spawn(transfer(addr, op, n / streams as u64)))
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-        let mbs = n as f64 / 1e6 / started.elapsed().as_secs_f64();
-        best = best.max(mbs);
+/// Throughput in MB/s (10^6 bytes) of one run of `streams` parallel transfers of `n` bytes in
+/// all.
+async fn throughput(addr: SocketAddr, op: u8, n: u64, streams: usize) -> f64 {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..streams)
+        .map(|_| tokio::spawn(transfer(addr, op, n / streams as u64)))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
     }
-    best
+    n as f64 / 1e6 / started.elapsed().as_secs_f64()
 }
 
 /// Median time to open a new connection and get one byte echoed, in milliseconds.
@@ -176,11 +171,7 @@ async fn ssh_forward(
     target_port: u16,
 ) -> Option<(SocketAddr, Sshd, tokio::process::Child)> {
     let sshd = Sshd::start(dir)?;
-    let local_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let local_port = free_port();
     let client = tokio::process::Command::new("ssh")
         .args(["-F", "/dev/null", "-N", "-o", "BatchMode=yes"])
         .args([
@@ -418,14 +409,6 @@ impl Deployment {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One contestant: where to connect, and the processes whose CPU it costs.
 struct Contestant {
     addr: SocketAddr,
@@ -453,7 +436,7 @@ struct Tally {
 impl Tally {
     async fn run(&mut self, c: &Contestant, op: u8, n: u64, streams: usize) {
         let before = cpu_seconds(&c.pids);
-        let value = throughput(c.addr, op, n, streams, 1).await;
+        let value = throughput(c.addr, op, n, streams).await;
         self.cpu += cpu_seconds(&c.pids) - before;
         self.gb += n as f64 / 1e9;
         self.best = self.best.max(value);

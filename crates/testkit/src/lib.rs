@@ -443,6 +443,15 @@ pub fn airlock_binary() -> PathBuf {
     bin
 }
 
+/// A loopback port nothing listens on now (bound and released): for a server a test starts,
+/// or for a connection that must be refused.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A private OpenSSH server on a free loopback port, for the tests and benchmarks that put
 /// Airlock beside (or in front of) sshd: its own host key, a client key `id` in the same
 /// directory that it accepts for the current user, TCP forwarding and sftp on.
@@ -472,10 +481,7 @@ impl Sshd {
             assert!(st.success(), "ssh-keygen");
         }
         std::fs::copy(dir.join("id.pub"), dir.join("authorized_keys")).expect("authorized_keys");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let user = std::process::Command::new("id")
             .arg("-un")
             .output()

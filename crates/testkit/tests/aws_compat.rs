@@ -584,11 +584,7 @@ async fn the_aws_cli_forwards_a_port_with_airlock_as_its_plugin() {
     let server = TestServer::start().await;
     let agent = server.agent().await;
     let echo = echo_target().await;
-    let local = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let local = airlock_testkit::free_port();
     let dir = TempDir::new();
     let path = plugin_on_path(&bin, &dir);
     let params = format!("portNumber={echo},localPortNumber={local}");

@@ -9,19 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use airlock_testkit::TempDir;
+use airlock_testkit::{free_port, TempDir};
 
 /// The `airlock` binary of this build, built (or brought up to date) first.
 fn airlock_binary() -> PathBuf {
     airlock_testkit::airlock_binary()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `airlock` with a clean environment: HOME is ours, no profile or credentials leak in.

@@ -1038,11 +1038,7 @@ async fn plugin_capture_port_standard_stream_replays_against_the_agent() {
 
 /// A port with nothing listening on it.
 fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    airlock_testkit::free_port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
