@@ -122,6 +122,21 @@ pub struct ServerArgs {
     /// The master key sealing secrets at rest (default: master.key in the data directory).
     #[arg(long, env = "AIRLOCK_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// Open connections at once, all sources together.
+    #[arg(long, default_value_t = 8192, env = "AIRLOCK_MAX_CONNECTIONS")]
+    pub max_connections: usize,
+    /// Open connections at once from one source address.
+    #[arg(long, default_value_t = 512, env = "AIRLOCK_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection has to send a complete request head (TLS handshake included).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+    /// Largest request head, in bytes.
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1024..=1048576))]
+    pub max_header_bytes: u64,
+    /// Largest API request body, in bytes.
+    #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1024..=67108864))]
+    pub max_body_bytes: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -313,6 +328,14 @@ pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
         account_id: a.account_id.clone(),
         public_url: a.public_url.clone(),
         master_key_file: a.master_key_file.clone(),
+        limits: airlock_server::Limits {
+            max_connections: a.max_connections,
+            max_connections_per_ip: a.max_connections_per_ip,
+            header_timeout: std::time::Duration::from_secs(a.header_timeout_secs),
+            max_header_bytes: usize::try_from(a.max_header_bytes).unwrap_or(usize::MAX),
+            max_body_bytes: usize::try_from(a.max_body_bytes).unwrap_or(usize::MAX),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

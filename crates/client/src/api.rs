@@ -180,6 +180,10 @@ impl ApiClient {
                 "application/x-amz-json-1.1".to_owned(),
             ),
             ("x-amz-target".to_owned(), target.to_owned()),
+            // A fresh id per call, signed: two identical calls within one second (the
+            // resolution of X-Amz-Date) still carry different signatures, so the server's
+            // refusal of a replayed StartSession never refuses a second, genuine one.
+            ("x-amz-invocation-id".to_owned(), invocation_id()),
         ];
         let creds = airlock_sigv4::Credentials {
             access_key_id: self.profile.access_key_id.clone(),
@@ -298,4 +302,12 @@ impl ApiClient {
         .await
         .map(|_| ())
     }
+}
+
+/// 128 random bits as hex, as the AWS SDKs' invocation ids are unique per call.
+fn invocation_id() -> String {
+    use rand::RngCore;
+    let mut raw = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut raw);
+    hex::encode(raw)
 }

@@ -90,6 +90,17 @@ pub async fn authenticate(
         allow_unsigned_session_token: false,
     };
     airlock_sigv4::verify(&req, &parsed, &secret, &cfg).map_err(sig_error)?;
+    let operation = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if crate::replay::single_use(operation) && !state.replays.first_use(&parsed.signature) {
+        return Err(ApiError::client(
+            "InvalidSignatureException",
+            format!("This request's signature was used before: {operation} is accepted once per signature (sign it again to repeat it)."),
+        ));
+    }
     if temporary.is_none() {
         if let Err(e) = state.store.touch_access_key(&parsed.access_key_id).await {
             tracing::warn!("could not record key use: {e}");

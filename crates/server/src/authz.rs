@@ -56,8 +56,9 @@ impl Principal {
 pub struct PolicyCache(Mutex<HashMap<String, Arc<Policy>>>);
 
 impl PolicyCache {
-    /// The parsed form of a stored document. Stored documents were validated on the way in;
-    /// one that no longer parses is skipped (and logged) rather than half-applied.
+    /// The parsed form of a stored document, `None` when it does not parse. Stored documents
+    /// were validated on the way in; callers treat one that no longer parses as denying
+    /// everything (see [`load_principal`]): skipping it would silently drop its Deny statements.
     pub fn get(&self, doc: &NamedDocument) -> Option<Arc<Policy>> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = map.get(&doc.document) {
@@ -75,7 +76,7 @@ impl PolicyCache {
             Err(e) => {
                 tracing::error!(
                     policy = doc.name,
-                    "stored policy does not parse and is ignored: {e}"
+                    "stored policy does not parse: it denies everything until it is fixed: {e}"
                 );
                 None
             }
@@ -92,9 +93,17 @@ pub async fn load_principal(
     temporary: Option<Temporary>,
 ) -> Result<Principal, ApiError> {
     let docs = store.effective_policies(&user.user_id).await?;
+    // Fail closed: a stored policy that no longer parses may have held Deny statements, so it
+    // counts as a Deny of everything rather than being left out.
     let identity = docs
         .iter()
-        .filter_map(|d| cache.get(d).map(|p| (d.name.clone(), p)))
+        .map(|d| match cache.get(d) {
+            Some(p) => (d.name.clone(), p),
+            None => (
+                format!("{} (does not parse: denies all)", d.name),
+                Arc::new(deny_all()),
+            ),
+        })
         .collect();
     let boundary = match store.boundary(&user.user_id).await? {
         Some(d) => Some((
@@ -115,7 +124,7 @@ pub async fn load_principal(
 }
 
 fn deny_all() -> Policy {
-    // A boundary that does not parse any more must not widen access: it allows nothing.
+    // A stored policy or boundary that does not parse any more must not widen access.
     Policy::parse(
         r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"*","Resource":"*"}]}"#,
     )

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     /// The master key sealing secrets at rest (default `master.key` in the data directory);
     /// keep it apart from database backups.
     pub master_key_file: Option<PathBuf>,
+    /// What one peer may cost the server (connections, head and body sizes, failed logins).
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             max_clock_skew: Duration::from_secs(300),
             token_ttl: Duration::from_secs(60),
             master_key_file: None,
+            limits: crate::limits::Limits::default(),
         }
     }
 }

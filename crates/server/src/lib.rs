@@ -9,9 +9,12 @@ pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod gateway;
+pub mod limits;
 pub mod listener;
 pub mod port_audit;
+pub mod refusals;
 pub mod register;
+pub mod replay;
 pub mod secrets;
 pub mod sessions;
 pub mod state;
@@ -29,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{ServerConfig, TlsMode};
+pub use limits::Limits;
 pub use state::AppState;
 
 /// Errors starting the server.
@@ -219,6 +223,9 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
 
     let shutdown = CancellationToken::new();
     let port_audit = port_audit::Writer::spawn(store.clone(), shutdown.clone());
+    let refusals = refusals::Refusals::spawn(store.clone(), shutdown.clone());
+    let limits = config.limits.clone();
+    let replays = replay::ReplayGuard::new(2 * config.max_clock_skew);
     let state = Arc::new(AppState {
         store,
         hub: gateway::hub::Hub::default(),
@@ -228,10 +235,12 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         tasks: TaskTracker::new(),
         policies: authz::PolicyCache::default(),
         tls: tls.is_some(),
+        connections: limits::ConnectionLimiter::new(&limits),
+        auth_failures: limits::AuthFailures::new(&limits),
+        replays,
+        refusals,
     });
-    let app = router(state.clone())
-        .layer(axum::middleware::from_fn(listener::peer_info))
-        .into_make_service_with_connect_info::<listener::Peer>();
+    let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
     let tls_cert_path = tls.as_ref().map(|t| t.cert_path.clone());
@@ -240,24 +249,13 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
             context: "adopting the listener".into(),
             source,
         })?;
-    let incoming = listener::spawn(
+    let serve = listener::spawn(
         listener,
         tls.map(|t| t.config),
         state.clone(),
-        shutdown.clone(),
-    )
-    .map_err(|source| ServerError::Io {
-        context: "starting the accept loop".into(),
-        source,
-    })?;
-    let serve = tokio::spawn(async move {
-        let res = axum::serve(incoming, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(e) = res {
-            tracing::error!("server stopped: {e}");
-        }
-    });
+        app,
+        shutdown,
+    );
     tracing::info!(%url, "airlock server listening");
     Ok(RunningServer {
         local_addr,

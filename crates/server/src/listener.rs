@@ -9,20 +9,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
-
-/// How long a new connection may take to finish TLS and send its first request head.
-const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest first request head read before the connection is handed on regardless.
-const MAX_HEAD: usize = 16 * 1024;
 
 /// A connection's stream: plain or TLS.
 pub enum Transport {
@@ -32,7 +26,7 @@ pub enum Transport {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// A connection for axum: the transport, with the bytes the accept loop read first replayed.
+/// A connection for hyper: the transport, with the bytes the accept loop read first replayed.
 pub struct ServerIo {
     prefix: Bytes,
     inner: Transport,
@@ -99,71 +93,30 @@ impl AsyncWrite for ServerIo {
     }
 }
 
-/// The connections for axum, as [`axum::serve::Listener`].
-pub struct Incoming {
-    rx: mpsc::Receiver<(ServerIo, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for Incoming {
-    type Io = ServerIo;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (ServerIo, SocketAddr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The accept loop stopped (shutdown): axum's graceful shutdown ends the serve.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}
-
-/// The connect info of [`Incoming`] connections; [`peer_info`] republishes it as
-/// `ConnectInfo<SocketAddr>`, which the handlers take.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Incoming>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, Incoming>) -> Peer {
-        Peer(*stream.remote_addr())
-    }
-}
-
-/// Middleware: the peer address as `ConnectInfo<SocketAddr>`.
-pub async fn peer_info(
-    axum::extract::ConnectInfo(Peer(addr)): axum::extract::ConnectInfo<Peer>,
-    mut req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    req.extensions_mut()
-        .insert(axum::extract::ConnectInfo(addr));
-    next.run(req).await
-}
-
-/// Starts the accept loop on `listener`; stops accepting when `shutdown` fires.
+/// Starts the accept loop on `listener`, serving `app` on every connection; stops accepting
+/// when `shutdown` fires and asks open HTTP connections to finish. Every connection holds a
+/// slot of [`AppState::connections`] for its whole life: past a cap, new ones are closed at
+/// once (a source address at its own cap cannot take the others' slots).
 pub fn spawn(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<AppState>,
+    app: axum::Router,
     shutdown: CancellationToken,
-) -> io::Result<Incoming> {
-    let local = listener.local_addr()?;
-    let (tx, rx) = mpsc::channel(64);
+) -> tokio::task::JoinHandle<()> {
     let acceptor = tls.map(|cfg| {
         let mut cfg = (*cfg).clone();
         cfg.enable_secret_extraction = true;
         tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
     });
     tokio::spawn(async move {
+        let mut refused_logged = Instant::now() - Duration::from_secs(60);
         loop {
             let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
                     Err(e) => {
+                        // E.g. out of file descriptors: wait for some to be freed.
                         tracing::debug!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
@@ -171,14 +124,35 @@ pub fn spawn(
                 },
                 _ = shutdown.cancelled() => return,
             };
+            let slot = match state.connections.acquire(peer.ip()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    if refused_logged.elapsed() > Duration::from_secs(5) {
+                        refused_logged = Instant::now();
+                        tracing::warn!(%peer, ?why, open = state.connections.open(), "connection refused: limit reached");
+                    }
+                    drop(tcp);
+                    continue;
+                }
+            };
             // TCP_NODELAY on every socket: the gateway relays small frames (keystrokes, acks)
             // one write each, and Nagle would hold them for the peer's delayed ACK.
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!("could not set TCP_NODELAY: {e}");
             }
-            let (tx, acceptor, state) = (tx.clone(), acceptor.clone(), state.clone());
+            let (acceptor, state, app, shutdown) = (
+                acceptor.clone(),
+                state.clone(),
+                app.clone(),
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
-                let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, first_head(tcp, acceptor));
+                let _slot = slot;
+                let limits = &state.config.limits;
+                let first = tokio::time::timeout(
+                    limits.header_timeout,
+                    first_head(tcp, acceptor, limits.max_header_bytes),
+                );
                 match first.await {
                     Ok(Ok((transport, head))) => {
                         if let Some(up) = crate::gateway::fast::DataUpgrade::parse(&head) {
@@ -193,25 +167,66 @@ pub fn spawn(
                                 prefix: Bytes::from(head),
                                 inner: transport,
                             };
-                            let _ = tx.send((io, peer)).await;
+                            serve_http(io, peer, app, &state, shutdown).await;
                         }
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, "connection dropped before its first request: {e}")
                     }
-                    Err(_) => tracing::debug!(%peer, "no request within 10 s"),
+                    Err(_) => tracing::debug!(%peer, "no complete request head in time"),
                 }
             });
         }
-    });
-    Ok(Incoming { rx, local })
+    })
+}
+
+/// Serves HTTP/1.1 on one connection with the configured head limits: a request head must be
+/// complete within `header_timeout` and fit `max_header_bytes` (hyper answers 431 otherwise).
+async fn serve_http(
+    io: ServerIo,
+    peer: SocketAddr,
+    app: axum::Router,
+    state: &AppState,
+    shutdown: CancellationToken,
+) {
+    use tower_service::Service;
+    let limits = &state.config.limits;
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            let mut app = app.clone();
+            async move { app.call(req.map(axum::body::Body::new)).await }
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // hyper's smallest read buffer is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    let conn = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
 
 /// Finishes TLS (when configured) and reads until the end of the first request head (or EOF,
-/// or [`MAX_HEAD`]); returns what was read, which may run past the head.
+/// or `max_head` bytes); returns what was read, which may run past the head.
 async fn first_head(
     tcp: TcpStream,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    max_head: usize,
 ) -> io::Result<(Transport, Vec<u8>)> {
     let mut transport = match acceptor {
         Some(a) => Transport::Tls(Box::new(a.accept(tcp).await?)),
@@ -219,7 +234,13 @@ async fn first_head(
     };
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
-    while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        if head.len() >= max_head {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("request head larger than {max_head} bytes"),
+            ));
+        }
         let n = match &mut transport {
             Transport::Plain(s) => s.read(&mut chunk).await?,
             Transport::Tls(s) => s.read(&mut chunk).await?,

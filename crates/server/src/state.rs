@@ -26,4 +26,12 @@ pub struct AppState {
     pub tls: bool,
     /// Stores the records of forwarded connections that agents report.
     pub port_audit: crate::port_audit::Writer,
+    /// Open connections, in all and per source address.
+    pub connections: std::sync::Arc<crate::limits::ConnectionLimiter>,
+    /// Failed authentications per source address.
+    pub auth_failures: crate::limits::AuthFailures,
+    /// Signatures of single-use requests (answers carrying secrets) already used.
+    pub replays: crate::replay::ReplayGuard,
+    /// Writes the audit records of unauthenticated refusals, off the request path.
+    pub refusals: crate::refusals::Refusals,
 }

@@ -11,6 +11,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod deployment;
+
 use airlock_client::session::{Input, Output, SessionOptions};
 use airlock_client::{ApiClient, Outcome, Profile, StreamGrant};
 

@@ -2138,7 +2138,8 @@ async fn a_request_whose_audit_record_cannot_be_written_fails_and_does_nothing()
         .await
         .unwrap()
         .is_none());
-    // A denied call and an unauthenticated one fail the same way.
+    // An unauthenticated call is refused anyway: its record is written off the request path
+    // (so that a flood of them never delays signed calls), and its answer stays the refusal.
     let anonymous = send_raw(
         &server.url,
         RawRequest {
@@ -2148,7 +2149,12 @@ async fn a_request_whose_audit_record_cannot_be_written_fails_and_does_nothing()
         |_, _| {},
     )
     .await;
-    assert_eq!(anonymous.status, 500, "{}", anonymous.text);
+    assert_eq!(anonymous.status, 400, "{}", anonymous.text);
+    assert!(
+        anonymous.text.contains("MissingAuthenticationToken"),
+        "{}",
+        anonymous.text
+    );
 
     sqlx::query("DROP TRIGGER audit_unwritable")
         .execute(&pool)
@@ -2287,4 +2293,62 @@ async fn the_client_sdk_signs_with_a_session_token() {
     )
     .await;
     assert_eq!(code, "UnrecognizedClientException");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A stored policy that no longer parses
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_policy_that_no_longer_parses_denies_everything() {
+    let server = TestServer::start().await;
+    let bob = user_with_policy(
+        &server,
+        "bob",
+        json!([{ "Effect": "Allow", "Action": "ssm:*", "Resource": "*" }]),
+    )
+    .await;
+    admin(
+        &server,
+        "Airlock.CreatePolicy",
+        json!({ "PolicyName": "guard", "PolicyDocument": policy(json!([
+            { "Effect": "Deny", "Action": "ssm:StartSession", "Resource": "*" }
+        ])) }),
+    )
+    .await;
+    admin(
+        &server,
+        "Airlock.AttachUserPolicy",
+        json!({ "UserName": "bob", "PolicyName": "guard" }),
+    )
+    .await;
+    ok(
+        &bob,
+        "AmazonSSM.DescribeSessions",
+        json!({ "State": "Active" }),
+    )
+    .await;
+    // The Deny's document is damaged in the database (a bad restore, a hand edit).
+    sqlx::query("UPDATE policies SET document = '{\"Version\": \"2012-10-17\", \"Statement\": [' WHERE name = 'guard'")
+        .execute(&db(&server).await)
+        .await
+        .unwrap();
+    // Leaving it out would drop its Deny; it denies everything instead, and says why.
+    let (status, code, message) = call_err(
+        &bob,
+        "AmazonSSM.DescribeSessions",
+        json!({ "State": "Active" }),
+    )
+    .await;
+    assert_eq!(
+        (status, code.as_str()),
+        (400, "AccessDeniedException"),
+        "{message}"
+    );
+    let denied = admin(
+        &server,
+        "Airlock.ListAuditEvents",
+        json!({ "Decision": "Deny", "MaxResults": 5 }),
+    )
+    .await;
+    assert!(denied.to_string().contains("does not parse"), "{denied}");
 }

@@ -79,6 +79,24 @@ pub async fn dispatch(
             let name = i.user_name.unwrap_or_default();
             valid_user_name(&name)?;
             authorize(state, caller, "iam:CreateUser", &resource(&name)).await?;
+            if i.admin {
+                // The flag attaches AdministratorAccess to the new user: that is an
+                // iam:AttachUserPolicy, and a caller allowed only iam:CreateUser must not mint
+                // administrators with it.
+                let policy = format!(
+                    "arn:aws:iam::{}:policy/{}",
+                    state.config.account_id,
+                    super::iam::BUILT_IN_ADMIN_POLICY
+                );
+                crate::authz::authorize(
+                    state,
+                    caller,
+                    "iam:AttachUserPolicy",
+                    &[crate::authz::Resource::new(resource(&name))],
+                    &[("iam:PolicyARN", vec![policy])],
+                )
+                .await?;
+            }
             let user = match state.store.create_user(&name, i.admin).await {
                 Ok(u) => u,
                 Err(StoreError::AlreadyExists(_)) => {

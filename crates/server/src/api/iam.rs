@@ -23,8 +23,30 @@ fn group_arn(state: &AppState, name: &str) -> String {
     format!("arn:aws:iam::{}:group/{name}", state.config.account_id)
 }
 
+/// The managed policy `admin` users get; built in, never rewritten or deleted.
+pub const BUILT_IN_ADMIN_POLICY: &str = "AdministratorAccess";
+
 fn policy_arn(state: &AppState, name: &str) -> String {
     format!("arn:aws:iam::{}:policy/{name}", state.config.account_id)
+}
+
+/// Authorises attaching or detaching a managed policy, with `iam:PolicyARN` in the context as
+/// AWS gives it, so a policy can say which policies a delegate may hand out.
+async fn authorize_attach(
+    state: &AppState,
+    caller: &Caller,
+    op: &str,
+    principal_arn: &str,
+    policy: &str,
+) -> Result<(), ApiError> {
+    crate::authz::authorize(
+        state,
+        caller,
+        &format!("iam:{op}"),
+        &[crate::authz::Resource::new(principal_arn)],
+        &[("iam:PolicyARN", vec![policy_arn(state, policy)])],
+    )
+    .await
 }
 
 fn valid_name(name: &str, member: &str) -> Result<(), ApiError> {
@@ -216,7 +238,31 @@ async fn simple(
                 let doc = document_text(i.policy_document.as_ref().ok_or_else(|| ApiError::validation("PolicyDocument is required."))?)?;
                 validate_policy(&doc)?;
                 authorize(state, caller, "iam:CreatePolicy", &policy_arn(state, name)).await?;
-                state.store.put_policy(name, &doc, i.description.as_deref().unwrap_or("")).await?;
+                // Creating never rewrites: an existing name (AdministratorAccess, a boundary,
+                // the caller's own policy) is AWS's EntityAlreadyExists.
+                match state.store.create_policy(name, &doc, i.description.as_deref().unwrap_or("")).await {
+                    Ok(()) => {}
+                    Err(StoreError::AlreadyExists(_)) => {
+                        return Err(ApiError::client("EntityAlreadyExists", format!("A policy called {name} already exists. Duplicate names are not allowed.")))
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(json!({ "Policy": { "PolicyName": name, "Arn": policy_arn(state, name) } }))
+            }
+            "UpdatePolicy" => {
+                // Changing a managed policy is its own operation, authorised as AWS authorises
+                // a new default version of a policy (iam:CreatePolicyVersion).
+                let name = req(&i.policy_name, "policyName")?;
+                valid_name(name, "policyName")?;
+                let doc = document_text(i.policy_document.as_ref().ok_or_else(|| ApiError::validation("PolicyDocument is required."))?)?;
+                validate_policy(&doc)?;
+                authorize(state, caller, "iam:CreatePolicyVersion", &policy_arn(state, name)).await?;
+                if name == BUILT_IN_ADMIN_POLICY {
+                    return Err(ApiError::client("InvalidInput", format!("Policy {name} is built in and cannot be changed.")));
+                }
+                let cur = state.store.policy(name).await?.ok_or_else(|| ApiError::client("NoSuchEntity", format!("Policy {name} cannot be found.")))?;
+                let desc = i.description.as_deref().unwrap_or(&cur.description);
+                state.store.update_policy(name, &doc, desc).await.map_err(not_found)?;
                 Ok(json!({ "Policy": { "PolicyName": name, "Arn": policy_arn(state, name) } }))
             }
             "GetPolicy" => {
@@ -239,7 +285,7 @@ async fn simple(
             "DeletePolicy" => {
                 let name = req(&i.policy_name, "policyName")?;
                 authorize(state, caller, "iam:DeletePolicy", &policy_arn(state, name)).await?;
-                if name == "AdministratorAccess" || !state.store.delete_policy(name).await? {
+                if name == BUILT_IN_ADMIN_POLICY || !state.store.delete_policy(name).await? {
                     return Err(ApiError::client("NoSuchEntity", format!("Policy {name} cannot be found or is built in.")));
                 }
                 Ok(json!({}))
@@ -247,7 +293,7 @@ async fn simple(
             "AttachUserPolicy" | "DetachUserPolicy" => {
                 let u = find_user(state, req(&i.user_name, "userName")?).await?;
                 let p = req(&i.policy_name, "policyName")?;
-                authorize(state, caller, &format!("iam:{op}"), &user_arn(state, &u.name)).await?;
+                authorize_attach(state, caller, op, &user_arn(state, &u.name), p).await?;
                 if op == "AttachUserPolicy" {
                     state.store.attach_policy(p, "user", &u.user_id).await.map_err(not_found)?;
                 } else {
@@ -258,7 +304,7 @@ async fn simple(
             "AttachGroupPolicy" | "DetachGroupPolicy" => {
                 let g = find_group(state, req(&i.group_name, "groupName")?).await?;
                 let p = req(&i.policy_name, "policyName")?;
-                authorize(state, caller, &format!("iam:{op}"), &group_arn(state, &g.name)).await?;
+                authorize_attach(state, caller, op, &group_arn(state, &g.name), p).await?;
                 if op == "AttachGroupPolicy" {
                     state.store.attach_policy(p, "group", &g.group_id).await.map_err(not_found)?;
                 } else {
@@ -699,6 +745,30 @@ async fn apply(state: &Arc<AppState>, caller: &Caller, input: Value) -> Result<V
         }
     }
     authorize(state, caller, "airlock:Apply", "*").await?;
+    // Each policy the file creates or changes is authorised on its own action too, before
+    // anything is written: apply is no way around iam:CreatePolicy / iam:CreatePolicyVersion,
+    // and the built-in administrator policy is not the file's to change.
+    for (name, text) in &policy_texts {
+        let desc = doc
+            .policies
+            .get(name)
+            .map(|p| p.description.as_str())
+            .unwrap_or("");
+        let action = match state.store.policy(name).await? {
+            Some(c) if (c.document.as_str(), c.description.as_str()) == (text.as_str(), desc) => {
+                continue
+            }
+            Some(_) => "iam:CreatePolicyVersion",
+            None => "iam:CreatePolicy",
+        };
+        if name == BUILT_IN_ADMIN_POLICY {
+            return Err(ApiError::client(
+                "InvalidInput",
+                format!("Policies.{name}: the built-in policy cannot be changed."),
+            ));
+        }
+        authorize(state, caller, action, &policy_arn(state, name)).await?;
+    }
 
     let mut changes: Vec<String> = Vec::new();
     for (name, text) in &policy_texts {
@@ -707,17 +777,24 @@ async fn apply(state: &Arc<AppState>, caller: &Caller, input: Value) -> Result<V
             .get(name)
             .map(|p| p.description.as_str())
             .unwrap_or("");
-        let cur = state.store.policy(name).await?;
-        if cur
-            .as_ref()
-            .map(|c| (c.document.as_str(), c.description.as_str()))
-            != Some((text.as_str(), desc))
-        {
-            state.store.put_policy(name, text, desc).await?;
-            changes.push(format!(
-                "policy {name}: {}",
-                if cur.is_some() { "updated" } else { "created" }
-            ));
+        match state.store.policy(name).await? {
+            Some(c) if (c.document.as_str(), c.description.as_str()) == (text.as_str(), desc) => {}
+            Some(_) => {
+                state
+                    .store
+                    .update_policy(name, text, desc)
+                    .await
+                    .map_err(not_found)?;
+                changes.push(format!("policy {name}: updated"));
+            }
+            None => {
+                state
+                    .store
+                    .create_policy(name, text, desc)
+                    .await
+                    .map_err(not_found)?;
+                changes.push(format!("policy {name}: created"));
+            }
         }
     }
     for (gname, g) in &doc.groups {

@@ -80,11 +80,17 @@ pub async fn handle(
                 "The API accepts POST / only.",
             ));
         }
-        let body = to_bytes(body, MAX_BODY).await.map_err(|_| ApiError {
+        let max_body = state.config.limits.max_body_bytes;
+        let too_large = || ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "ValidationException",
-            message: format!("Request body exceeds the limit of {MAX_BODY} bytes."),
-        })?;
+            message: format!("Request body exceeds the limit of {max_body} bytes."),
+        };
+        // A declared length past the limit is refused before a byte of it is waited for.
+        if axum::body::HttpBody::size_hint(&body).lower() > max_body as u64 {
+            return Err(too_large());
+        }
+        let body = to_bytes(body, max_body).await.map_err(|_| too_large())?;
         let caller =
             crate::auth::authenticate(&state, &parts, &body, peer.ip(), &request_id).await?;
         audit_principal = caller.arn.clone();
@@ -113,6 +119,27 @@ pub async fn handle(
     .await;
     // Every call is on the record: those that failed before a decision are written here.
     let result = if audited {
+        result
+    } else if let (true, Err(e)) = (audit_principal == "anonymous", &result) {
+        // Refused before anyone was authenticated: recorded by the refusal writer, off this
+        // path, one record each while the source is within its failure budget and counted
+        // into a summary beyond it (refusals.rs). A flood of these never delays signed calls.
+        if state.auth_failures.note(peer.ip()) {
+            state.refusals.itemise(crate::store::audit::AuditEvent {
+                event: "api".into(),
+                principal: audit_principal,
+                source_ip: peer.ip().to_string(),
+                action: target.clone(),
+                resource: String::new(),
+                decision: e.code.to_owned(),
+                statement: e.message.clone(),
+                request_id: request_id.clone(),
+                user_agent: user_agent.clone(),
+                detail: String::new(),
+            });
+        } else {
+            state.refusals.count(peer.ip(), e.code);
+        }
         result
     } else {
         let event = crate::store::audit::AuditEvent {

@@ -98,19 +98,56 @@ fn watch_agent_side(state: Arc<AppState>, session_id: String, ttl: std::time::Du
 }
 
 /// The ARN a document is authorised as: AWS-owned documents have an empty account field.
-pub fn document_arn(state: &AppState, document: &str) -> String {
-    if document.starts_with("arn:") {
-        return document.to_owned();
-    }
-    let account = if document.starts_with("AWS-") {
+/// Takes a plain document name (see [`document_name`]), so the ARN authorised is always the
+/// canonical one of the document that runs.
+pub fn document_arn(state: &AppState, name: &str) -> String {
+    let account = if name.starts_with("AWS-") {
         ""
     } else {
         state.config.account_id.as_str()
     };
     format!(
-        "arn:aws:ssm:{}:{account}:document/{document}",
+        "arn:aws:ssm:{}:{account}:document/{name}",
         state.config.region
     )
+}
+
+/// Whether `name` is a plain document name (`^[a-zA-Z0-9_\-.]{3,128}$`): nothing that a path or
+/// an ARN could hide a second name in.
+fn plain_document_name(name: &str) -> bool {
+    (3..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c))
+}
+
+/// The document a StartSession names, as the plain name that will run. A name is taken as it is;
+/// an ARN only when it is this deployment's own, canonical ARN of that document (this region,
+/// this account, or the empty account of an AWS-owned document). Anything else — a path such as
+/// `x/AWS-StartSSHSession`, another region's or account's ARN — is refused, so that what is
+/// authorised and what runs can never differ.
+pub fn document_name<'a>(state: &AppState, document: &'a str) -> Result<&'a str, ApiError> {
+    let refuse = || {
+        invalid(
+            document,
+            "documentName",
+            "Member must be a document name (^[a-zA-Z0-9_\\-.]{3,128}$) or this deployment's ARN of one",
+        )
+    };
+    if !document.starts_with("arn:") {
+        return plain_document_name(document)
+            .then_some(document)
+            .ok_or_else(refuse);
+    }
+    let name = document
+        .rsplit_once(":document/")
+        .map(|(_, n)| n)
+        .filter(|n| plain_document_name(n))
+        .ok_or_else(refuse)?;
+    if document != document_arn(state, name) {
+        return Err(refuse());
+    }
+    Ok(name)
 }
 
 /// A session as a policy resource, with the system tags AWS sets at StartSession.
@@ -177,17 +214,9 @@ pub async fn start(
         .document_name
         .as_deref()
         .unwrap_or(DEFAULT_SHELL_DOCUMENT);
-    let doc_ok = (3..=128).contains(&document.len())
-        && document
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.:/".contains(c));
-    if !doc_ok {
-        return Err(invalid(
-            document,
-            "documentName",
-            "Member must satisfy regular expression pattern: ^[a-zA-Z0-9_\\-.:/]{3,128}$",
-        ));
-    }
+    // Refused before anything else is looked at: what is authorised below is exactly the
+    // document that runs (issue 9: `x/AWS-StartSSHSession` once evaded a Deny on the SSH one).
+    let doc_name = document_name(state, document)?;
     if let Some(r) = &input.reason {
         if r.is_empty() || r.chars().count() > 256 {
             return Err(invalid(
@@ -197,8 +226,6 @@ pub async fn start(
             ));
         }
     }
-    // A document may be named by ARN; only its name matters here.
-    let doc_name = document.rsplit('/').next().unwrap_or(document);
     // policy-and-api.md §3.3: the target always; the document only when named explicitly,
     // and ssm:SessionDocumentAccessCheck tells policies which case this is.
     let target_resource = crate::authz::Resource {
@@ -207,7 +234,7 @@ pub async fn start(
     };
     let mut resources = vec![target_resource];
     let check = if input.document_name.is_some() {
-        resources.push(crate::authz::Resource::new(document_arn(state, document)));
+        resources.push(crate::authz::Resource::new(document_arn(state, doc_name)));
         "true"
     } else {
         "false"
@@ -353,6 +380,34 @@ pub async fn resume(
     input: SessionIdInput,
 ) -> Result<Value, ApiError> {
     let (id, session) = owned_session(state, caller, &input, "ssm:ResumeSession").await?;
+    // A policy like `session/${aws:username}-*` matches other people's sessions whose ids
+    // merely start with the caller's name (`bob` and `bob-ops-…`): resuming hands over a live
+    // shell, so only the session's own owner (the same user, by id) may do it.
+    if let Some(s) = &session {
+        if s.owner_user_id != caller.user.user_id {
+            let refused = crate::store::audit::AuditEvent {
+                event: "api".into(),
+                principal: caller.arn.clone(),
+                source_ip: caller.source_ip.to_string(),
+                action: "ssm:ResumeSession".into(),
+                resource: session_arn(state, &id),
+                decision: "Deny".into(),
+                statement: format!("not the session's owner ({})", s.owner),
+                request_id: caller.request_id.clone(),
+                user_agent: caller.user_agent.clone(),
+                detail: String::new(),
+            };
+            state.store.append_audit(&refused).await?;
+            return Err(ApiError::client(
+                "AccessDeniedException",
+                format!(
+                    "User: {} is not authorized to perform: ssm:ResumeSession on resource: {}: only the session's owner may resume it",
+                    caller.arn,
+                    session_arn(state, &id)
+                ),
+            ));
+        }
+    }
     let live = session
         .as_ref()
         .is_some_and(|s| s.status != "Terminated" && s.status != "Failed");

@@ -210,8 +210,34 @@ async fn handle_agent_frame(
             );
             let _ = tx.try_send(Message::Binary(f.encode(true)));
             if done.final_task_status == "Failed" {
+                // An agent speaks for its own sessions only: a task id naming another
+                // instance's session (or none) ends nothing.
+                match state.store.session(&done.task_id).await {
+                    Ok(Some(s)) if s.target == instance_id => {}
+                    Ok(_) => {
+                        tracing::warn!(
+                            instance_id,
+                            task = done.task_id,
+                            "agent_task_complete for a session that is not this instance's: ignored"
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(instance_id, "agent_task_complete not checked: {e}");
+                        return;
+                    }
+                }
                 // E.g. the run-as user does not exist: the client must hear why, not wait.
-                let reason = format!("the session failed on the host: {}", done.output);
+                // The agent's words are kept to a sane length in the session's end reason.
+                let mut output = done.output.clone();
+                if output.len() > 1024 {
+                    let mut cut = 1024;
+                    while !output.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    output.truncate(cut);
+                }
+                let reason = format!("the session failed on the host: {output}");
                 crate::sessions::end(
                     state,
                     &done.task_id,

@@ -275,6 +275,36 @@ pub async fn serve(
     }
     tracing::info!(%peer, session_id, ?side, "data channel open");
 
+    if side == Side::Client && relay.is_attached(Side::Client) {
+        // A live client is about to be cut off by a new one (its owner resuming from
+        // elsewhere): that takeover goes on the record, with where it came from.
+        let event = crate::store::audit::AuditEvent {
+            event: "data-channel".into(),
+            principal: state
+                .store
+                .session(&session_id)
+                .await
+                .ok()
+                .flatten()
+                .map(|s| s.owner)
+                .unwrap_or_default(),
+            source_ip: peer.ip().to_string(),
+            action: "ssmmessages:OpenDataChannel".into(),
+            resource: session_id.clone(),
+            decision: "TakeOver".into(),
+            statement: "a new client connection replaced the live one".into(),
+            request_id: session_id.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = state.store.append_audit(&event).await {
+            return close_with(
+                &mut writer,
+                1011,
+                &format!("audit record could not be written: {e}"),
+            )
+            .await;
+        }
+    }
     let conn_id = state.hub.next_conn_id();
     let cancel = relay.ended().child_token();
     let (tx, rx) = mpsc::channel(SIDE_QUEUE);

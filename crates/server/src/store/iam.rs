@@ -313,18 +313,17 @@ impl Store {
 
     // ---- policies -------------------------------------------------------------------------
 
-    /// Creates or replaces a managed policy (the caller has validated the document).
-    pub async fn put_policy(
+    /// Creates a managed policy (the caller has validated the document); fails with
+    /// `AlreadyExists` when the name is taken, so that creating never rewrites a policy.
+    pub async fn create_policy(
         &self,
         name: &str,
         document: &str,
         description: &str,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO policies (name, document, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?) \
-             ON CONFLICT(name) DO UPDATE SET document = excluded.document, description = excluded.description, \
-             updated_at = excluded.updated_at",
+        let res = sqlx::query(
+            "INSERT INTO policies (name, document, description, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(name)
         .bind(document)
@@ -332,7 +331,36 @@ impl Store {
         .bind(now)
         .bind(now)
         .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists(format!("policy {name}")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces an existing managed policy's document and description; `NotFound` when there
+    /// is none (updating never creates).
+    pub async fn update_policy(
+        &self,
+        name: &str,
+        document: &str,
+        description: &str,
+    ) -> Result<(), StoreError> {
+        let res = sqlx::query(
+            "UPDATE policies SET document = ?, description = ?, updated_at = ? WHERE name = ?",
+        )
+        .bind(document)
+        .bind(description)
+        .bind(now_ms())
+        .bind(name)
+        .execute(&self.pool)
         .await?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("policy {name}")));
+        }
         Ok(())
     }
 
