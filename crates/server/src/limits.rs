@@ -124,9 +124,18 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A token bucket of failed authentications per source address.
+/// How long a request of an over-budget source holds the penalty box before it is served: all
+/// such sources together get at most a few hundred requests a second.
+pub const PENALTY_DELAY: Duration = Duration::from_millis(2);
+
+/// A token bucket of failed authentications per source address, and the "penalty box" that
+/// the requests of a source past its budget wait in: they are served one at a time, each after
+/// [`PENALTY_DELAY`], so that a flood of bad signatures takes at most one request's worth of
+/// the server (and of its database pool) at once, while everyone else goes on.
 #[derive(Debug)]
 pub struct AuthFailures {
+    /// Held while a request of an over-budget source is being served.
+    pub penalty_box: tokio::sync::Semaphore,
     burst: f64,
     per_sec: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
@@ -136,10 +145,20 @@ impl AuthFailures {
     /// A budget as `limits` set it.
     pub fn new(limits: &Limits) -> Self {
         AuthFailures {
+            penalty_box: tokio::sync::Semaphore::new(1),
             burst: f64::from(limits.auth_failure_burst.max(1)),
             per_sec: f64::from(limits.auth_failures_per_sec),
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether `ip` has spent its budget (without counting anything).
+    pub fn over_budget(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        buckets
+            .get(&ip)
+            .is_some_and(|(tokens, at)| tokens + at.elapsed().as_secs_f64() * self.per_sec < 1.0)
     }
 
     /// Counts one failure from `ip`; true while the source is within its budget.

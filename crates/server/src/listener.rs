@@ -147,7 +147,9 @@ pub fn spawn(
                 shutdown.clone(),
             );
             tokio::spawn(async move {
-                let _slot = slot;
+                // Held by this task and, through the requests' extensions, by a WebSocket a
+                // request upgrades to: the slot is free when both are done with it.
+                let slot = Arc::new(slot);
                 let limits = &state.config.limits;
                 let first = tokio::time::timeout(
                     limits.header_timeout,
@@ -162,12 +164,13 @@ pub fn spawn(
                                     state, transport, up, head, peer,
                                 ))
                                 .await;
+                            drop(slot);
                         } else {
                             let io = ServerIo {
                                 prefix: Bytes::from(head),
                                 inner: transport,
                             };
-                            serve_http(io, peer, app, &state, shutdown).await;
+                            serve_http(io, peer, app, &state, slot, shutdown).await;
                         }
                     }
                     Ok(Err(e)) => {
@@ -187,6 +190,7 @@ async fn serve_http(
     peer: SocketAddr,
     app: axum::Router,
     state: &AppState,
+    slot: Arc<crate::limits::ConnectionSlot>,
     shutdown: CancellationToken,
 ) {
     use tower_service::Service;
@@ -195,6 +199,7 @@ async fn serve_http(
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
+            req.extensions_mut().insert(slot.clone());
             let mut app = app.clone();
             async move { app.call(req.map(axum::body::Body::new)).await }
         });

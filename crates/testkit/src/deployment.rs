@@ -48,7 +48,11 @@ impl Deployment {
             .arg(&data_dir)
             .args(server_args)
             .env("AIRLOCK_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.0.join("server.log")).expect("server log"),
+            ))
             .kill_on_drop(true)
             .spawn()
             .expect("airlock server starts");
@@ -173,6 +177,19 @@ impl Deployment {
         }
     }
 
+    /// What the server logged (warnings and errors) so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("server.log")).unwrap_or_default()
+    }
+
+    /// Fails the test when any task of the server panicked: an attack may be survived by the
+    /// process (a task's panic is contained) and still be a defect (in a release build without
+    /// overflow checks the same input may do worse).
+    pub fn assert_no_panic(&self) {
+        let log = self.server_log();
+        assert!(!log.contains("panicked"), "a server task panicked:\n{log}");
+    }
+
     /// Whether the server process is still running.
     pub fn server_alive(&mut self) -> bool {
         matches!(self.server.try_wait(), Ok(None))
@@ -182,6 +199,7 @@ impl Deployment {
     /// answers within `api_within`, and a shell opens and runs a command.
     pub async fn assert_serves(&mut self, api_within: Duration) {
         assert!(self.server_alive(), "the server process died");
+        self.assert_no_panic();
         let api = self.api();
         let t = Instant::now();
         let out = tokio::time::timeout(

@@ -323,6 +323,7 @@ impl TestSession {
         let g = grant.clone();
         let opts = SessionOptions {
             api: Some(api.clone()),
+            tls: opts.tls.clone().or_else(|| api.tls()),
             ..opts
         };
         let done =

@@ -73,6 +73,15 @@ pub async fn handle(
     let user_agent = header("user-agent");
     let mut audit_principal = String::from("anonymous");
     let mut audited = false;
+    // A source that has spent its budget of failed authentications waits its turn: its
+    // requests are served one at a time (limits.rs), valid ones included.
+    let _penalty = if state.auth_failures.over_budget(peer.ip()) {
+        let permit = state.auth_failures.penalty_box.acquire().await.ok();
+        tokio::time::sleep(crate::limits::PENALTY_DELAY).await;
+        permit
+    } else {
+        None
+    };
     let result = async {
         if parts.method != axum::http::Method::POST {
             return Err(ApiError::client(

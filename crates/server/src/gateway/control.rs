@@ -31,13 +31,14 @@ pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     Path(instance_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<axum::Extension<Arc<crate::limits::ConnectionSlot>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     ws.max_message_size(1024 * 1024)
         .on_upgrade(move |socket| async move {
             let tracker = state.tasks.clone();
             tracker
-                .track_future(serve(state, instance_id, peer, socket))
+                .track_future(serve(state, instance_id, peer, socket, slot))
                 .await
         })
 }
@@ -84,7 +85,16 @@ async fn authenticate(
     Ok(open)
 }
 
-async fn serve(state: Arc<AppState>, instance_id: String, peer: SocketAddr, mut socket: WebSocket) {
+/// Serves one agent's control channel. `slot` is the connection's place under the server's
+/// connection caps: held while the agent is unauthenticated, let go once it proved its key (a
+/// fleet's long-lived channels are not what the caps are for).
+async fn serve(
+    state: Arc<AppState>,
+    instance_id: String,
+    peer: SocketAddr,
+    mut socket: WebSocket,
+    slot: Option<axum::Extension<Arc<crate::limits::ConnectionSlot>>>,
+) {
     let open = match authenticate(&state, &instance_id, &mut socket).await {
         Ok(o) => o,
         Err(e) => {
@@ -92,6 +102,7 @@ async fn serve(state: Arc<AppState>, instance_id: String, peer: SocketAddr, mut 
             return close_socket_with(socket, 1008, &e).await;
         }
     };
+    drop(slot);
     let agent_version = open.agent_version.clone().unwrap_or_default();
     if let Err(e) = state
         .store

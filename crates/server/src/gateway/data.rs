@@ -32,11 +32,14 @@ pub async fn upgrade(
     State(state): State<Arc<AppState>>,
     Path(session_id): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<axum::Extension<Arc<crate::limits::ConnectionSlot>>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     ws.max_message_size(MAX_DATA_MESSAGE)
         .max_frame_size(MAX_DATA_MESSAGE)
         .on_upgrade(move |socket: WebSocket| async move {
+            // The connection's slot is held for the channel's life, as on the fast path.
+            let _slot = slot;
             let tracker = state.tasks.clone();
             let (sink, stream) = socket.split();
             tracker
