@@ -267,6 +267,9 @@ pub async fn connect_data(
         };
         let mut cfg = (*base).clone();
         cfg.enable_secret_extraction = true;
+        // The traffic secrets too, so the record layer can follow the gateway's KeyUpdates.
+        let log = airlock_wire::record::TrafficSecretLog::new();
+        cfg.key_log = log.clone();
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|_| WsError::BadUrl(url.to_owned()))?;
         let mut stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -279,8 +282,14 @@ pub async fn connect_data(
         upgrade(&mut stream, url, &host, port).await?;
         if stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
             let (tcp, session) = stream.into_inner();
-            DataWs::take_over_tls13(tcp, session.into(), airlock_wire::Role::Client, Vec::new())
-                .map_err(|e| other(e.to_string()))?
+            DataWs::take_over_tls13(
+                tcp,
+                session.into(),
+                log.take(),
+                airlock_wire::Role::Client,
+                Vec::new(),
+            )
+            .map_err(|e| other(e.to_string()))?
         } else {
             DataWs::over_stream(stream, airlock_wire::Role::Client, &[])
         }

@@ -28,8 +28,12 @@ const MAX_HEAD: usize = 16 * 1024;
 pub enum Transport {
     /// Plain TCP (loopback, or behind a TLS-terminating proxy).
     Plain(TcpStream),
-    /// TLS terminated here.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS terminated here, with the connection's traffic secrets (for the data path's record
+    /// layer to follow KeyUpdates).
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        Arc<airlock_wire::record::TrafficSecretLog>,
+    ),
 }
 
 /// A connection for axum: the transport, with the bytes the accept loop read first replayed.
@@ -52,7 +56,7 @@ impl AsyncRead for ServerIo {
         }
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -65,7 +69,7 @@ impl AsyncWrite for ServerIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -76,7 +80,7 @@ impl AsyncWrite for ServerIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -87,14 +91,14 @@ impl AsyncWrite for ServerIo {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -153,10 +157,10 @@ pub fn spawn(
 ) -> io::Result<Incoming> {
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
-    let acceptor = tls.map(|cfg| {
+    let tls = tls.map(|cfg| {
         let mut cfg = (*cfg).clone();
         cfg.enable_secret_extraction = true;
-        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        Arc::new(cfg)
     });
     tokio::spawn(async move {
         loop {
@@ -176,9 +180,9 @@ pub fn spawn(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!("could not set TCP_NODELAY: {e}");
             }
-            let (tx, acceptor, state) = (tx.clone(), acceptor.clone(), state.clone());
+            let (tx, tls, state) = (tx.clone(), tls.clone(), state.clone());
             tokio::spawn(async move {
-                let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, first_head(tcp, acceptor));
+                let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, first_head(tcp, tls));
                 match first.await {
                     Ok(Ok((transport, head))) => {
                         if let Some(up) = crate::gateway::fast::DataUpgrade::parse(&head) {
@@ -211,10 +215,18 @@ pub fn spawn(
 /// or [`MAX_HEAD`]); returns what was read, which may run past the head.
 async fn first_head(
     tcp: TcpStream,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> io::Result<(Transport, Vec<u8>)> {
-    let mut transport = match acceptor {
-        Some(a) => Transport::Tls(Box::new(a.accept(tcp).await?)),
+    let mut transport = match tls {
+        Some(cfg) => {
+            // A config of its own per connection (a shallow copy) whose key log keeps this
+            // connection's traffic secrets: the data path needs them to follow KeyUpdates.
+            let log = airlock_wire::record::TrafficSecretLog::new();
+            let mut cfg = (*cfg).clone();
+            cfg.key_log = log.clone();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            Transport::Tls(Box::new(acceptor.accept(tcp).await?), log)
+        }
         None => Transport::Plain(tcp),
     };
     let mut head = Vec::with_capacity(1024);
@@ -222,7 +234,7 @@ async fn first_head(
     while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = match &mut transport {
             Transport::Plain(s) => s.read(&mut chunk).await?,
-            Transport::Tls(s) => s.read(&mut chunk).await?,
+            Transport::Tls(s, _) => s.read(&mut chunk).await?,
         };
         if n == 0 {
             break;
