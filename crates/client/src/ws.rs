@@ -281,6 +281,14 @@ pub async fn connect_data(
             })?;
         upgrade(&mut stream, url, &host, port).await?;
         if stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            // A KeyUpdate that came with the 101 was followed by rustls, and its answer (a
+            // KeyUpdate of ours) waits for our next write: send it before taking the keys, or
+            // the gateway would read our records with the key before it.
+            let _ = std::io::Write::write(&mut stream.get_mut().1.writer(), &[]);
+            stream.flush().await.map_err(|source| WsError::Io {
+                target: url.to_owned(),
+                source,
+            })?;
             let (tcp, session) = stream.into_inner();
             DataWs::take_over_tls13(
                 tcp,

@@ -38,6 +38,10 @@ const MAX_RECORDS: u64 = 1 << 24;
 /// [`MAX_RECORDS`] for the KeyUpdate record).
 const UPDATE_AFTER: u64 = MAX_RECORDS - 1024;
 
+/// KeyUpdates rustls may have followed before the record layer took over whose secrets are
+/// still recognised.
+const UPDATES_BEFORE_TAKEOVER: usize = 8;
+
 const APPLICATION_DATA: u8 = 0x17;
 const ALERT: u8 = 0x15;
 const HANDSHAKE: u8 = 0x16;
@@ -293,17 +297,24 @@ impl RecordKey {
         })
     }
 
-    /// Keeps `secret` for KeyUpdates if it derives the key and IV rustls extracted.
+    /// Keeps `secret` for KeyUpdates if it derives the key and IV rustls extracted, or the
+    /// secret a few updates on does: rustls may have followed (and answered) a KeyUpdate that
+    /// came with the end of the HTTP upgrade, before the record layer took over.
     fn adopt_secret(
         &mut self,
         extracted: &ConnectionTrafficSecrets,
-        secret: Vec<u8>,
+        mut secret: Vec<u8>,
     ) -> Result<(), RecordError> {
         let (alg, hkdf, key, iv) = parts(extracted)?;
-        if expand_label(hkdf, &secret, b"key", alg.key_len())? == key
-            && expand_label(hkdf, &secret, b"iv", 12)? == iv
-        {
-            self.secret = Some(TrafficSecret { hkdf, secret });
+        let hash_len = hkdf.hmac_algorithm().digest_algorithm().output_len();
+        for _ in 0..=UPDATES_BEFORE_TAKEOVER {
+            if expand_label(hkdf, &secret, b"key", alg.key_len())? == key
+                && expand_label(hkdf, &secret, b"iv", 12)? == iv
+            {
+                self.secret = Some(TrafficSecret { hkdf, secret });
+                return Ok(());
+            }
+            secret = expand_label(hkdf, &secret, b"traffic upd", hash_len)?;
         }
         Ok(())
     }
