@@ -634,19 +634,7 @@ const UPDATE_EVERY: u64 = 64 * 1024;
 /// through unchanged, and after the first chunk and then every [`UPDATE_EVERY`] bytes in a
 /// direction it updates the keys of the side it writes to, asking the peer for an update too.
 fn relay(listener: TcpListener, gateway: u16, server: &Server, updates: Arc<Updates>) {
-    let key_pem = std::fs::read(server.cert.with_file_name("key.pem")).unwrap();
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .unwrap()
-        .unwrap();
-    let certs = airlock_client::tls::read_certs(&server.cert).unwrap();
-    let mut sc = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(sc));
+    let acceptor = tokio_rustls::TlsAcceptor::from(gateway_config(server));
     let connector =
         tokio_rustls::TlsConnector::from(client_config(&server.cert, &[&rustls::version::TLS13]));
     tokio::spawn(async move {
@@ -771,6 +759,94 @@ async fn key_updates_from_the_peer_are_followed_in_both_directions() {
         "updates to the client and agent: {before:?} -> {after:?}"
     );
     shell(&bin, &server, &front, &agent.instance_id, "still").await;
+}
+
+/// The server's own certificate and key in a rustls server config (TLS 1.3 only), for the
+/// stand-ins of the gateway below.
+fn gateway_config(server: &Server) -> Arc<rustls::ServerConfig> {
+    let key_pem = std::fs::read(server.cert.with_file_name("key.pem")).unwrap();
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .unwrap()
+        .unwrap();
+    let certs = airlock_client::tls::read_certs(&server.cert).unwrap();
+    let mut sc = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    sc.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(sc)
+}
+
+/// A KeyUpdate that arrives with the 101, before the client's record layer takes over: rustls
+/// follows it and queues its answer; the client must send that answer before its first record
+/// under the next key, or the gateway cannot read it. A rustls stand-in for the gateway sends
+/// the 101 and a KeyUpdate in one write, then echoes a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_update_that_comes_with_the_101_is_answered_before_the_takeover() {
+    let bin = binary().await;
+    let server = Server::start(&bin, None).await;
+    let acceptor = tokio_rustls::TlsAcceptor::from(gateway_config(&server));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let gateway = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        let mut s = acceptor.accept(tcp).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(s.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim()
+            .to_owned();
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            airlock_wire::ws::accept_key(&key)
+        );
+        // Both records in rustls's buffer first, then one write: they arrive together.
+        std::io::Write::write_all(&mut s.get_mut().1.writer(), resp.as_bytes()).unwrap();
+        s.get_mut().1.refresh_traffic_keys().unwrap();
+        s.flush().await.unwrap();
+        // Echo one masked frame back unmasked (it fits one read here).
+        let mut h = [0u8; 14];
+        s.read_exact(&mut h[..2]).await.unwrap();
+        assert_eq!(h[1] & 0x7F, 126, "a 16-bit length");
+        s.read_exact(&mut h[2..8]).await.unwrap();
+        let len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        airlock_wire::ws::apply_mask(&mut body, [h[4], h[5], h[6], h[7]], 0);
+        let mut out = [0u8; 14];
+        let n = airlock_wire::ws::Header::encode(2, len, None, &mut out);
+        s.write_all(&out[..n]).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        s.flush().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    });
+    let url = format!("wss://127.0.0.1:{port}/v1/data-channel/x?role=publish_subscribe");
+    let cfg = client_config(&server.cert, &[&rustls::version::TLS13]);
+    let mut ws = airlock_client::ws::connect_data(&url, Some(cfg))
+        .await
+        .unwrap();
+    let payload = bytes::Bytes::from(vec![7u8; 20_000]);
+    ws.send(airlock_client::ws::Message::Binary(payload.clone()))
+        .await
+        .unwrap();
+    let back = tokio::time::timeout(STEP, ws.next())
+        .await
+        .expect("the echo in time")
+        .expect("a message")
+        .expect("readable under the gateway's next key");
+    assert_eq!(back, airlock_client::ws::Message::Binary(payload));
+    ws.close(None).await.unwrap();
+    gateway.await.unwrap();
 }
 
 /// tinyproxy on a free loopback port with its own configuration and log; killed on drop.

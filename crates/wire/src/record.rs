@@ -777,4 +777,51 @@ mod tests {
         data_record(&mut s_tx, &mut wire, b"x");
         assert_eq!(open_all(&mut c_rx, &wire), Err(RecordError::Malformed));
     }
+
+    #[test]
+    fn a_secret_is_recognised_a_few_updates_on() {
+        // rustls followed two KeyUpdates before the take-over: the key log still holds
+        // secret 0, the extracted keys are those of secret 2.
+        let hash = hkdf::HKDF_SHA384;
+        let s0 = vec![5u8; 48];
+        let s1 = expand_label(hash, &s0, b"traffic upd", 48).unwrap();
+        let s2 = expand_label(hash, &s1, b"traffic upd", 48).unwrap();
+        let (c, s) = (vec![1u8; 48], s0.clone());
+        let (mut rx, _) = key_pair(
+            rustls::ExtractedSecrets {
+                tx: (0, derived(&c)),
+                rx: (0, derived(&s2)),
+            },
+            Some(TrafficSecrets {
+                client: c,
+                server: s,
+            }),
+            true,
+        )
+        .unwrap();
+        assert!(rx.updatable());
+        // The peer's next update (to secret 3) is followed.
+        let mut peer = RecordKey::new(0, &derived(&s2)).unwrap();
+        peer.adopt_secret(&derived(&s2), s2).unwrap();
+        assert!(peer.updatable());
+        let mut wire = Vec::new();
+        handshake_record(&mut peer, &mut wire, &KEY_UPDATE_NOT_REQUESTED);
+        peer.advance().unwrap();
+        data_record(&mut peer, &mut wire, b"after");
+        assert_eq!(open_all(&mut rx, &wire).unwrap(), b"after");
+        // A secret of another connection is not taken.
+        let (other, _) = key_pair(
+            rustls::ExtractedSecrets {
+                tx: (0, derived(&[1u8; 48])),
+                rx: (0, derived(&[9u8; 48])),
+            },
+            Some(TrafficSecrets {
+                client: vec![1u8; 48],
+                server: vec![2u8; 48],
+            }),
+            true,
+        )
+        .unwrap();
+        assert!(!other.updatable());
+    }
 }
