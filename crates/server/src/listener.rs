@@ -193,6 +193,10 @@ pub fn spawn(
                                 ))
                                 .await;
                         } else {
+                            // Only the data path takes over TLS: forget the secrets here.
+                            if let Transport::Tls(_, log) = &transport {
+                                let _ = log.take();
+                            }
                             let io = ServerIo {
                                 prefix: Bytes::from(head),
                                 inner: transport,
