@@ -849,6 +849,78 @@ async fn a_key_update_that_comes_with_the_101_is_answered_before_the_takeover() 
     gateway.await.unwrap();
 }
 
+/// The gateway's side of the same: a rustls client sends its upgrade and a KeyUpdate in one
+/// write (rustls on the gateway follows it before the record layer takes over, so the logged
+/// secret is one update behind the extracted key), and after the 101 updates its keys again:
+/// the gateway's record layer must recognise the secret and follow the second update, then
+/// answer the (bogus) open message with its refusal, readable under the gateway's next key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_follows_key_updates_around_the_upgrade() {
+    let bin = binary().await;
+    let server = Server::start(&bin, None).await;
+    let tcp = TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let cfg = client_config(&server.cert, &[&rustls::version::TLS13]);
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    let req = format!(
+        "GET /v1/data-channel/admin-0000000000000000?role=publish_subscribe HTTP/1.1\r\n\
+         Host: 127.0.0.1:{}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.port()
+    );
+    std::io::Write::write_all(&mut s.get_mut().1.writer(), req.as_bytes()).unwrap();
+    s.get_mut().1.refresh_traffic_keys().unwrap();
+    s.flush().await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.unwrap());
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains(&airlock_wire::ws::accept_key(key)), "{head}");
+    // Now on the gateway's record layer: another update, then the open message.
+    s.get_mut().1.refresh_traffic_keys().unwrap();
+    let open = json!({
+        "MessageSchemaVersion": "1.0",
+        "RequestId": "00000000-0000-4000-8000-000000000000",
+        "TokenValue": "bm90LWEtdG9rZW4",
+        "ClientId": "00000000-0000-4000-8000-000000000001",
+        "ClientVersion": "1.2.0.0",
+    })
+    .to_string();
+    let mask = [9, 8, 7, 6];
+    let mut frame = [0u8; 14];
+    let n = airlock_wire::ws::Header::encode(1, open.len(), Some(mask), &mut frame);
+    let mut body = open.into_bytes();
+    airlock_wire::ws::apply_mask(&mut body, mask, 0);
+    s.write_all(&frame[..n]).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    s.flush().await.unwrap();
+    // The refusal: a close frame (1008) with the reason.
+    let mut h = [0u8; 4];
+    tokio::time::timeout(STEP, s.read_exact(&mut h[..2]))
+        .await
+        .expect("the gateway answers in time")
+        .expect("the gateway read the open message under the updated keys");
+    assert_eq!(h[0] & 0x0F, 8, "a close frame");
+    let mut len = usize::from(h[1] & 0x7F);
+    if len == 126 {
+        s.read_exact(&mut h[2..4]).await.unwrap();
+        len = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    }
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.unwrap();
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1008);
+    let reason = String::from_utf8_lossy(&payload[2..]);
+    assert!(reason.contains("token"), "{reason}");
+}
+
 /// tinyproxy on a free loopback port with its own configuration and log; killed on drop.
 struct Tinyproxy {
     _child: Child,
