@@ -170,7 +170,12 @@ pub async fn main(args: Vec<String>) -> anyhow::Result<i32> {
         access_key_id,
         secret_access_key,
         region,
-        ca_file: std::env::var_os("AIRLOCK_CA_FILE").map(Into::into),
+        // The AWS CLI trusted the endpoint through AWS_CA_BUNDLE: the data channel to the same
+        // server must trust what it trusted.
+        ca_file: ["AIRLOCK_CA_FILE", "AWS_CA_BUNDLE"]
+            .into_iter()
+            .find_map(|v| std::env::var_os(v).filter(|p| !p.is_empty()))
+            .map(Into::into),
         session_token,
     })?;
     // Exactly the real plugin's line: for SSH it comes before the server's banner on stdout.

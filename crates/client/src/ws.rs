@@ -267,6 +267,9 @@ pub async fn connect_data(
         };
         let mut cfg = (*base).clone();
         cfg.enable_secret_extraction = true;
+        // The traffic secrets too, so the record layer can follow the gateway's KeyUpdates.
+        let log = airlock_wire::record::TrafficSecretLog::new();
+        cfg.key_log = log.clone();
         let name = rustls::pki_types::ServerName::try_from(host.clone())
             .map_err(|_| WsError::BadUrl(url.to_owned()))?;
         let mut stream = tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -278,9 +281,23 @@ pub async fn connect_data(
             })?;
         upgrade(&mut stream, url, &host, port).await?;
         if stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+            // A KeyUpdate that came with the 101 was followed by rustls, and its answer (a
+            // KeyUpdate of ours) waits for our next write: send it before taking the keys, or
+            // the gateway would read our records with the key before it.
+            let _ = std::io::Write::write(&mut stream.get_mut().1.writer(), &[]);
+            stream.flush().await.map_err(|source| WsError::Io {
+                target: url.to_owned(),
+                source,
+            })?;
             let (tcp, session) = stream.into_inner();
-            DataWs::take_over_tls13(tcp, session.into(), airlock_wire::Role::Client, Vec::new())
-                .map_err(|e| other(e.to_string()))?
+            DataWs::take_over_tls13(
+                tcp,
+                session.into(),
+                log.take(),
+                airlock_wire::Role::Client,
+                Vec::new(),
+            )
+            .map_err(|e| other(e.to_string()))?
         } else {
             DataWs::over_stream(stream, airlock_wire::Role::Client, &[])
         }

@@ -22,8 +22,12 @@ use crate::state::AppState;
 pub enum Transport {
     /// Plain TCP (loopback, or behind a TLS-terminating proxy).
     Plain(TcpStream),
-    /// TLS terminated here.
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS terminated here, with the connection's traffic secrets (for the data path's record
+    /// layer to follow KeyUpdates).
+    Tls(
+        Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        Arc<airlock_wire::record::TrafficSecretLog>,
+    ),
 }
 
 /// A connection for hyper: the transport, with the bytes the accept loop read first replayed.
@@ -46,7 +50,7 @@ impl AsyncRead for ServerIo {
         }
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -59,7 +63,7 @@ impl AsyncWrite for ServerIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -70,7 +74,7 @@ impl AsyncWrite for ServerIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -81,14 +85,14 @@ impl AsyncWrite for ServerIo {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.inner {
             Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -104,10 +108,10 @@ pub fn spawn(
     app: axum::Router,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let acceptor = tls.map(|cfg| {
+    let tls = tls.map(|cfg| {
         let mut cfg = (*cfg).clone();
         cfg.enable_secret_extraction = true;
-        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+        Arc::new(cfg)
     });
     tokio::spawn(async move {
         let mut refused_logged = Instant::now() - Duration::from_secs(60);
@@ -140,8 +144,8 @@ pub fn spawn(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!("could not set TCP_NODELAY: {e}");
             }
-            let (acceptor, state, app, shutdown) = (
-                acceptor.clone(),
+            let (tls, state, app, shutdown) = (
+                tls.clone(),
                 state.clone(),
                 app.clone(),
                 shutdown.clone(),
@@ -153,7 +157,7 @@ pub fn spawn(
                 let limits = &state.config.limits;
                 let first = tokio::time::timeout(
                     limits.header_timeout,
-                    first_head(tcp, acceptor, limits.max_header_bytes),
+                    first_head(tcp, tls, limits.max_header_bytes),
                 );
                 match first.await {
                     Ok(Ok((transport, head))) => {
@@ -166,6 +170,10 @@ pub fn spawn(
                                 .await;
                             drop(slot);
                         } else {
+                            // Only the data path takes over TLS: forget the secrets here.
+                            if let Transport::Tls(_, log) = &transport {
+                                let _ = log.take();
+                            }
                             let io = ServerIo {
                                 prefix: Bytes::from(head),
                                 inner: transport,
@@ -230,11 +238,19 @@ async fn serve_http(
 /// or `max_head` bytes); returns what was read, which may run past the head.
 async fn first_head(
     tcp: TcpStream,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     max_head: usize,
 ) -> io::Result<(Transport, Vec<u8>)> {
-    let mut transport = match acceptor {
-        Some(a) => Transport::Tls(Box::new(a.accept(tcp).await?)),
+    let mut transport = match tls {
+        Some(cfg) => {
+            // A config of its own per connection (a shallow copy) whose key log keeps this
+            // connection's traffic secrets: the data path needs them to follow KeyUpdates.
+            let log = airlock_wire::record::TrafficSecretLog::new();
+            let mut cfg = (*cfg).clone();
+            cfg.key_log = log.clone();
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            Transport::Tls(Box::new(acceptor.accept(tcp).await?), log)
+        }
         None => Transport::Plain(tcp),
     };
     let mut head = Vec::with_capacity(1024);
@@ -248,7 +264,7 @@ async fn first_head(
         }
         let n = match &mut transport {
             Transport::Plain(s) => s.read(&mut chunk).await?,
-            Transport::Tls(s) => s.read(&mut chunk).await?,
+            Transport::Tls(s, _) => s.read(&mut chunk).await?,
         };
         if n == 0 {
             break;

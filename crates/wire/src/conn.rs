@@ -74,18 +74,17 @@ impl std::fmt::Debug for WsConn {
 
 impl WsConn {
     /// A connection over TCP carrying TLS 1.3 whose handshake rustls finished: `secrets` are
-    /// what `dangerous_extract_secrets` returned, `prefix` plaintext already read past the
-    /// HTTP upgrade (usually none).
+    /// what `dangerous_extract_secrets` returned, `traffic` the traffic secrets a
+    /// [`record::TrafficSecretLog`] kept (without them a KeyUpdate ends the connection),
+    /// `prefix` plaintext already read past the HTTP upgrade (usually none).
     pub fn over_tls13(
         tcp: TcpStream,
         secrets: rustls::ExtractedSecrets,
+        traffic: Option<record::TrafficSecrets>,
         role: Role,
         prefix: &[u8],
     ) -> Result<WsConn, RecordError> {
-        let (rseq, rsec) = secrets.rx;
-        let (tseq, tsec) = secrets.tx;
-        let rx = RecordKey::new(rseq, &rsec)?;
-        let tx = RecordKey::new(tseq, &tsec)?;
+        let (rx, tx) = record::key_pair(secrets, traffic, role == Role::Client)?;
         let (r, w) = tcp.into_split();
         Ok(WsConn {
             reader: WsReader::new(Box::new(r), Some(rx), prefix),
@@ -95,16 +94,18 @@ impl WsConn {
 
     /// Takes over a TLS 1.3 connection whose handshake (and HTTP upgrade) rustls has done:
     /// plaintext rustls already decrypted is appended to `prefix`, and the record layer goes on
-    /// with the connection's keys. (Both the client and the gateway switch this way.)
+    /// with the connection's keys (and `traffic`, its traffic secrets, to follow KeyUpdates).
+    /// (Both the client and the gateway switch this way.)
     pub fn take_over_tls13(
         tcp: TcpStream,
         mut tls: rustls::Connection,
+        traffic: Option<record::TrafficSecrets>,
         role: Role,
         mut prefix: Vec<u8>,
     ) -> Result<WsConn, WireError> {
         let _ = std::io::Read::read_to_end(&mut tls.reader(), &mut prefix);
         let secrets = tls.dangerous_extract_secrets()?;
-        Ok(WsConn::over_tls13(tcp, secrets, role, &prefix)?)
+        Ok(WsConn::over_tls13(tcp, secrets, traffic, role, &prefix)?)
     }
 
     /// A connection over plain TCP (loopback servers, or behind a TLS-terminating proxy).

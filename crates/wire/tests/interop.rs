@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use airlock_wire::record::{TrafficSecretLog, TrafficSecrets};
 use airlock_wire::ws::{apply_mask, Header};
 use airlock_wire::{CloseFrame, Message, Role, WsConn};
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
+fn configs() -> (rustls::ServerConfig, rustls::ClientConfig) {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let der = cert.cert.der().clone();
@@ -32,7 +33,7 @@ fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         .with_root_certificates(roots)
         .with_no_client_auth();
     client.enable_secret_extraction = true;
-    (Arc::new(server), Arc::new(client))
+    (server, client)
 }
 
 type Pair = (
@@ -41,7 +42,17 @@ type Pair = (
 );
 
 async fn handshake() -> Pair {
-    let (sc, cc) = configs();
+    let (pair, _, _) = handshake_logged().await;
+    pair
+}
+
+/// A handshake whose traffic secrets each end's key log kept (server's, client's).
+async fn handshake_logged() -> (Pair, Arc<TrafficSecretLog>, Arc<TrafficSecretLog>) {
+    let (mut sc, mut cc) = configs();
+    let (slog, clog) = (TrafficSecretLog::new(), TrafficSecretLog::new());
+    sc.key_log = slog.clone();
+    cc.key_log = clog.clone();
+    let (sc, cc) = (Arc::new(sc), Arc::new(cc));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let server = tokio::spawn(async move {
@@ -51,29 +62,31 @@ async fn handshake() -> Pair {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let client = TlsConnector::from(cc).connect(name, tcp).await.unwrap();
-    (server.await.unwrap(), client)
+    ((server.await.unwrap(), client), slog, clog)
 }
 
 fn client_side(c: tokio_rustls::client::TlsStream<TcpStream>) -> WsConn {
+    client_side_with(c, None)
+}
+
+fn client_side_with(
+    c: tokio_rustls::client::TlsStream<TcpStream>,
+    traffic: Option<TrafficSecrets>,
+) -> WsConn {
     let (tcp, conn) = c.into_inner();
-    WsConn::over_tls13(
-        tcp,
-        conn.dangerous_extract_secrets().unwrap(),
-        Role::Client,
-        &[],
-    )
-    .unwrap()
+    WsConn::take_over_tls13(tcp, conn.into(), traffic, Role::Client, Vec::new()).unwrap()
 }
 
 fn server_side(s: tokio_rustls::server::TlsStream<TcpStream>) -> WsConn {
+    server_side_with(s, None)
+}
+
+fn server_side_with(
+    s: tokio_rustls::server::TlsStream<TcpStream>,
+    traffic: Option<TrafficSecrets>,
+) -> WsConn {
     let (tcp, conn) = s.into_inner();
-    WsConn::over_tls13(
-        tcp,
-        conn.dangerous_extract_secrets().unwrap(),
-        Role::Server,
-        &[],
-    )
-    .unwrap()
+    WsConn::take_over_tls13(tcp, conn.into(), traffic, Role::Server, Vec::new()).unwrap()
 }
 
 #[tokio::test]
@@ -192,4 +205,132 @@ async fn tampering_on_the_wire_is_an_error_not_a_panic() {
     let r = server.next().await.unwrap();
     assert!(r.is_err(), "{r:?}");
     assert!(server.next().await.is_none());
+}
+
+/// Writes one binary WebSocket frame on a rustls stream (masked when `mask` is given, as a
+/// client's are).
+async fn write_frame<S: AsyncWriteExt + Unpin>(s: &mut S, payload: &[u8], mask: Option<[u8; 4]>) {
+    let mut head = [0u8; 14];
+    let n = Header::encode(2, payload.len(), mask, &mut head);
+    let mut body = payload.to_vec();
+    if let Some(k) = mask {
+        apply_mask(&mut body, k, 0);
+    }
+    s.write_all(&head[..n]).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+/// Reads one binary WebSocket frame from a rustls stream (unmasking it when masked).
+async fn read_frame<S: AsyncReadExt + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut head = [0u8; 14];
+    s.read_exact(&mut head[..2]).await.unwrap();
+    let extra = match head[1] & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    } + if head[1] & 0x80 != 0 { 4 } else { 0 };
+    s.read_exact(&mut head[2..2 + extra]).await.unwrap();
+    let h = Header::parse(&head[..2 + extra]).unwrap().unwrap();
+    let mut body = vec![0u8; h.len as usize];
+    s.read_exact(&mut body).await.unwrap();
+    if let Some(k) = h.mask {
+        apply_mask(&mut body, k, 0);
+    }
+    body
+}
+
+fn pattern(n: usize, seed: u8) -> Bytes {
+    (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+}
+
+/// rustls on the gateway's side updates its keys (asking for ours): the record layer on the
+/// client's side reads on under the gateway's next key, and its answer (a KeyUpdate of its
+/// own before its next record) is what rustls reads the client's later data with.
+#[tokio::test]
+async fn a_key_update_from_a_rustls_server_is_followed_and_answered() {
+    let ((mut s, c), _, clog) = handshake_logged().await;
+    let mut client = client_side_with(c, clog.take());
+    let first = pattern(100_000, 1);
+    write_frame(&mut s, &first, None).await;
+    s.get_mut().1.refresh_traffic_keys().unwrap();
+    let second = pattern(70_000, 2);
+    write_frame(&mut s, &second, None).await;
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(first)
+    );
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(second)
+    );
+    // The client sends under its old key, its KeyUpdate, then its next key; rustls reads all.
+    for seed in 3..6 {
+        let m = pattern(50_000, seed);
+        client.send(Message::Binary(m.clone())).await.unwrap();
+        assert_eq!(read_frame(&mut s).await, m);
+    }
+    // And again, both ways, the update requested by rustls a second time.
+    s.get_mut().1.refresh_traffic_keys().unwrap();
+    write_frame(&mut s, b"again", None).await;
+    assert_eq!(
+        client.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"again"))
+    );
+    client
+        .send(Message::Binary(pattern(20_000, 9)))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, pattern(20_000, 9));
+    s.shutdown().await.unwrap();
+    assert!(client.next().await.is_none());
+}
+
+/// The same from the other side: rustls as the client updates its keys, the record layer on
+/// the gateway's side follows and answers.
+#[tokio::test]
+async fn a_key_update_from_a_rustls_client_is_followed_and_answered() {
+    let ((s, mut c), slog, _) = handshake_logged().await;
+    let mut server = server_side_with(s, slog.take());
+    let mask = Some([1, 2, 3, 4]);
+    write_frame(&mut c, &pattern(40_000, 1), mask).await;
+    c.get_mut().1.refresh_traffic_keys().unwrap();
+    write_frame(&mut c, &pattern(40_000, 2), mask).await;
+    for seed in 1..3 {
+        assert_eq!(
+            server.next().await.unwrap().unwrap(),
+            Message::Binary(pattern(40_000, seed))
+        );
+    }
+    for seed in 3..6 {
+        server
+            .send(Message::Binary(pattern(30_000, seed)))
+            .await
+            .unwrap();
+        assert_eq!(read_frame(&mut c).await, pattern(30_000, seed));
+    }
+    write_frame(&mut c, b"still", mask).await;
+    assert_eq!(
+        server.next().await.unwrap().unwrap(),
+        Message::Binary(Bytes::from_static(b"still"))
+    );
+}
+
+/// Without the traffic secrets (no key log), a KeyUpdate is a clean error, not garbage.
+#[tokio::test]
+async fn without_the_key_log_a_key_update_is_an_error() {
+    let ((mut s, c), _, _) = handshake_logged().await;
+    let mut client = client_side(c);
+    s.get_mut().1.refresh_traffic_keys().unwrap();
+    write_frame(&mut s, b"x", None).await;
+    let r = client.next().await.unwrap();
+    assert!(
+        matches!(
+            r,
+            Err(airlock_wire::WireError::Record(
+                airlock_wire::record::RecordError::KeyUpdate
+            ))
+        ),
+        "{r:?}"
+    );
 }

@@ -93,7 +93,7 @@ pub async fn serve(
         let resp = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
         let _ = match &mut transport {
             Transport::Plain(s) => s.write_all(resp).await,
-            Transport::Tls(s) => s.write_all(resp).await,
+            Transport::Tls(s, _) => s.write_all(resp).await,
         };
         tracing::warn!(%peer, "data-channel upgrade without a valid Sec-WebSocket-Key/Version");
         return;
@@ -111,13 +111,14 @@ pub async fn serve(
             }
             WsConn::over_tcp(s, Role::Server, &early)
         }
-        Transport::Tls(mut s) => {
+        Transport::Tls(mut s, log) => {
             if s.write_all(resp.as_bytes()).await.is_err() || s.flush().await.is_err() {
                 return;
             }
             if s.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
                 let (tcp, session) = s.into_inner();
-                match WsConn::take_over_tls13(tcp, session.into(), Role::Server, early) {
+                match WsConn::take_over_tls13(tcp, session.into(), log.take(), Role::Server, early)
+                {
                     Ok(c) => c,
                     Err(e) => {
                         tracing::warn!(%peer, "data channel: {e}");
