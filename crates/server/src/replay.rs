@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 /// Signatures remembered at most; past it the oldest are forgotten first.
 const MAX_REMEMBERED: usize = 200_000;
 
+/// The signatures remembered, and the order they came in (oldest first).
+type Seen = (HashSet<String>, VecDeque<(Instant, String)>);
+
 /// The signatures of single-use requests seen within the skew window.
 #[derive(Debug)]
 pub struct ReplayGuard {
     ttl: Duration,
-    seen: Mutex<(HashSet<String>, VecDeque<(Instant, String)>)>,
+    seen: Mutex<Seen>,
 }
 
 /// Whether an operation's answer carries a secret (a data-channel token, a key, a code), so
