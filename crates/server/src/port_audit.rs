@@ -535,7 +535,8 @@ mod tests {
     #[test]
     fn fields_out_of_bounds_are_refused() {
         assert_eq!(check_fields(&rec()), Ok(()));
-        let bad: Vec<(&str, Box<dyn Fn(&mut PortConnectionRecord)>)> = vec![
+        type Change = Box<dyn Fn(&mut PortConnectionRecord)>;
+        let bad: Vec<(&str, Change)> = vec![
             ("SessionId", Box::new(|r| r.session_id = "s".repeat(129))),
             ("SessionId", Box::new(|r| r.session_id.clear())),
             (

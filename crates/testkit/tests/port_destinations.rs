@@ -605,6 +605,9 @@ async fn agent_run_flags_and_state_file_rules_refuse_ssh_and_port_forward_with_t
 // ---------------------------------------------------------------------------------------------
 // Reports the server refuses
 
+/// A change that spoils a report.
+type Change = Box<dyn Fn(&mut PortConnectionRecord)>;
+
 fn report_payload(rec: &PortConnectionRecord) -> Vec<u8> {
     serde_json::to_vec(&airlock_proto::MgsPayload {
         content: serde_json::to_string(rec).unwrap(),
@@ -665,7 +668,7 @@ async fn reports_out_of_bounds_or_for_another_instance_are_refused() {
         async move { airlock_server::port_audit::handle_reply(&state, &instance, &payload).await }
     };
     let now = airlock_proto::unix_millis();
-    let bad: Vec<(u32, Box<dyn Fn(&mut PortConnectionRecord)>)> = vec![
+    let bad: Vec<(u32, Change)> = vec![
         (1, Box::new(|r| r.destination = "d".repeat(100_000))),
         (2, Box::new(|r| r.end_reason = "e".repeat(5_000))),
         (3, Box::new(|r| r.session_owner = "o".repeat(2_000))),

@@ -329,7 +329,7 @@ pub async fn connect(rules: &DestinationRules, host: &str, port: u16) -> Result<
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 

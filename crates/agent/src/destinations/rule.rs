@@ -316,7 +316,7 @@ fn parse_ports(text: &str, s: &str) -> Result<Ports, RuleError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 
