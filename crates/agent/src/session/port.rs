@@ -195,16 +195,35 @@ const MAX_RECORD_DESTINATION: usize = 512;
 /// Longest owner and end reason a record carries (the server refuses longer ones).
 const MAX_RECORD_TEXT: usize = 1024;
 
-/// `s` cut to at most `max` bytes on a character boundary.
+/// `s` cut to at most `max` bytes on a character boundary, control characters made spaces:
+/// the server refuses a record with either, and an end reason can carry words from the peer
+/// (a reset reason), who must not be able to make their own record refused.
 fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s.get(..end).unwrap_or_default().to_owned()
+    s.get(..end)
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::cut;
+
+    #[test]
+    fn record_text_is_cut_and_cleaned() {
+        assert_eq!(cut("closed", 1024), "closed");
+        assert_eq!(
+            cut("reset by peer: a\nb\u{1b}[2J", 1024),
+            "reset by peer: a b [2J"
+        );
+        assert_eq!(cut(&"é".repeat(600), 1023).len(), 1022);
+        assert_eq!(cut(&"x".repeat(5000), 1024).len(), 1024);
+    }
 }
 
 /// What the client's data goes to: the mux engine, or a single-connection relay.
