@@ -309,8 +309,12 @@ async fn a_deny_rule_on_a_loopback_port_refuses_it_under_every_name_of_the_host(
     let server = TestServer::start().await;
     let secret = echo_target().await;
     let open = echo_target().await;
+    let v6_denied = echo_target().await;
     let deny = format!("127.0.0.0/8:{secret}");
-    let agent = server.agent_with(agent_with_rules(&[], &[&deny])).await;
+    let deny_v6 = format!("[::1]:{v6_denied}");
+    let agent = server
+        .agent_with(agent_with_rules(&[], &[&deny, &deny_v6]))
+        .await;
     let api = server.api();
     // The denied port, by every name of this host (localhost also resolves to ::1, which is
     // not denied: one refused address refuses the destination).
@@ -330,6 +334,25 @@ async fn a_deny_rule_on_a_loopback_port_refuses_it_under_every_name_of_the_host(
         );
         f.stop().await;
     }
+    // localhost is 127.0.0.1 and ::1: one denied address refuses the name, though the other
+    // would pass.
+    let mut f = forward(
+        &api,
+        &agent.instance_id,
+        None,
+        v6_denied,
+        DEFAULT_MUX_WINDOW,
+    )
+    .await;
+    closed_at_once(f.addr).await;
+    let why = failure(&f.next_report().await);
+    assert!(
+        why.contains(&format!(
+            "{REFUSED} deny [::1/128]:{v6_denied} (address [::1]:{v6_denied})"
+        )),
+        "{why}"
+    );
+    f.stop().await;
     // Another port of the same host is open.
     let f = forward(&api, &agent.instance_id, None, open, DEFAULT_MUX_WINDOW).await;
     let mut c = TcpStream::connect(f.addr).await.unwrap();
@@ -357,8 +380,18 @@ async fn an_allow_list_lets_through_only_what_it_names() {
     .await;
     let mut c = TcpStream::connect(good.addr).await.unwrap();
     echoes(&mut c, b"allowed").await;
-    // Another port, and localhost (which is also ::1, not on the list), are refused.
-    for (host, port) in [(Some("127.0.0.1"), other), (None, allowed)] {
+    // localhost is 127.0.0.1 and ::1: only the listed address is used, and it answers.
+    let local = forward(&api, &agent.instance_id, None, allowed, DEFAULT_MUX_WINDOW).await;
+    let mut l = TcpStream::connect(local.addr).await.unwrap();
+    echoes(&mut l, b"localhost").await;
+    drop(l);
+    local.stop().await;
+    // Another port, and another address of this host, are refused.
+    for (host, port) in [
+        (Some("127.0.0.1"), other),
+        (Some("::1"), allowed),
+        (Some("127.0.0.2"), allowed),
+    ] {
         let mut f = forward(&api, &agent.instance_id, host, port, DEFAULT_MUX_WINDOW).await;
         closed_at_once(f.addr).await;
         let why = failure(&f.next_report().await);

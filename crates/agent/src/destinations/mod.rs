@@ -14,9 +14,12 @@
 //! 3. when any allow rule is given, only what an allow rule matches passes;
 //! 4. otherwise it passes.
 //!
-//! The check is made on the addresses really connected to: the name is resolved once, every
-//! address it resolves to must pass (one refused address refuses the destination), and the
-//! connection goes to those checked addresses, never to a second lookup (no DNS rebinding).
+//! The check is made on the addresses really connected to: the name is resolved once and
+//! every address it resolves to is checked. One address that a deny rule (explicit or default)
+//! refuses refuses the whole destination (a name that leads to the metadata service is not
+//! used at all); addresses that are merely not on the allow list are left out, and the
+//! destination is refused when none is left. The connection goes to the checked addresses,
+//! never to a second lookup (no DNS rebinding).
 //! Aliases are judged as the address they reach: `::ffff:a.b.c.d` as `a.b.c.d`, the embedded
 //! IPv4 address of IPv4-compatible, NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`) addresses as
 //! well as the IPv6 address, and `0.0.0.0`/`::` (which reach the local host on Linux) as
@@ -110,6 +113,8 @@ pub struct Refusal {
     pub addr: SocketAddr,
     /// The rule that refused it, as shown.
     pub rule: String,
+    /// A deny rule refused it (not merely missing from the allow list).
+    pub denied: bool,
 }
 
 impl std::fmt::Display for Refusal {
@@ -175,6 +180,7 @@ impl DestinationRules {
         let refuse = |label: &str| Refusal {
             addr,
             rule: label.to_owned(),
+            denied: true,
         };
         // 1. Explicit deny, on any form of the address.
         for ip in &forms {
@@ -200,7 +206,10 @@ impl DestinationRules {
                 .iter()
                 .any(|ip| self.allow.iter().any(|a| a.rule.matches(*ip, port)))
         {
-            return Err(refuse("allow-list (no --allow-destination rule matches)"));
+            return Err(Refusal {
+                denied: false,
+                ..refuse("allow-list (no --allow-destination rule matches)")
+            });
         }
         Ok(())
     }
@@ -293,13 +302,21 @@ pub async fn connect(rules: &DestinationRules, host: &str, port: u16) -> Result<
         if ips.is_empty() {
             return Err(format!("cannot connect to {shown}: {host} has no address"));
         }
-        let addrs: Vec<SocketAddr> = ips
-            .into_iter()
-            .take(MAX_ADDRS)
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect();
-        for a in &addrs {
-            if let Err(refusal) = rules.check(*a) {
+        let mut addrs = Vec::new();
+        let mut not_listed = None;
+        for ip in ips.into_iter().take(MAX_ADDRS) {
+            let a = SocketAddr::new(ip, port);
+            match rules.check(a) {
+                Ok(()) => addrs.push(a),
+                Err(refusal) if refusal.denied => {
+                    tracing::warn!(destination = shown, "{refusal}");
+                    return Err(format!("cannot connect to {shown}: {refusal}"));
+                }
+                Err(refusal) => not_listed = not_listed.or(Some(refusal)),
+            }
+        }
+        if addrs.is_empty() {
+            if let Some(refusal) = not_listed {
                 tracing::warn!(destination = shown, "{refusal}");
                 return Err(format!("cannot connect to {shown}: {refusal}"));
             }
