@@ -1,7 +1,9 @@
 //! The record of every connection forwarded by a port session (port forwarding and SSH over a
 //! session, which the incumbent never logs). Agents report each connection when it ends, on
 //! their control channel (`agent_task_reply`, topic [`PORT_CONNECTION_TOPIC`]); the server
-//! checks that the session is one of that agent's, takes the owner from its own session row,
+//! refuses a report with a field out of bounds ([`check_fields`]), for a session that is not
+//! that agent's, that ended over [`REPORT_GRACE_MS`] ago, or whose times fall outside the
+//! session's life ([`check_against_session`]), takes the owner from its own session row,
 //! logs the record and keeps it in `port_connections` (through one [`Writer`], in batched
 //! transactions), where `Airlock.ListPortConnections` ([`crate::api::port_connections`]) reads
 //! them back.
