@@ -299,42 +299,7 @@ pub async fn connect(rules: &DestinationRules, host: &str, port: u16) -> Result<
         let ips = addresses(host)
             .await
             .map_err(|e| format!("cannot connect to {shown}: {}", mux::describe_io(&e)))?;
-        if ips.is_empty() {
-            return Err(format!("cannot connect to {shown}: {host} has no address"));
-        }
-        let mut addrs = Vec::new();
-        let mut not_listed = None;
-        for ip in ips.into_iter().take(MAX_ADDRS) {
-            let a = SocketAddr::new(ip, port);
-            match rules.check(a) {
-                Ok(()) => addrs.push(a),
-                Err(refusal) if refusal.denied => {
-                    tracing::warn!(destination = shown, "{refusal}");
-                    return Err(format!("cannot connect to {shown}: {refusal}"));
-                }
-                Err(refusal) => not_listed = not_listed.or(Some(refusal)),
-            }
-        }
-        if addrs.is_empty() {
-            if let Some(refusal) = not_listed {
-                tracing::warn!(destination = shown, "{refusal}");
-                return Err(format!("cannot connect to {shown}: {refusal}"));
-            }
-        }
-        let mut last = None;
-        for a in addrs {
-            match TcpStream::connect(a).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok(s);
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(match last {
-            Some(e) => format!("cannot connect to {shown}: {}", mux::describe_io(&e)),
-            None => format!("cannot connect to {shown}: {host} has no address"),
-        })
+        connect_checked(rules, &shown, ips, port).await
     };
     match tokio::time::timeout(mux::DIAL_TIMEOUT, attempt).await {
         Ok(r) => r,
@@ -343,6 +308,47 @@ pub async fn connect(rules: &DestinationRules, host: &str, port: u16) -> Result<
             mux::DIAL_TIMEOUT.as_secs()
         )),
     }
+}
+
+/// Checks each of `ips` (what the destination `shown` resolved to, once) and connects to the
+/// first that passes and answers: the socket's peer is always an address that was checked.
+async fn connect_checked(
+    rules: &DestinationRules,
+    shown: &str,
+    ips: Vec<IpAddr>,
+    port: u16,
+) -> Result<TcpStream, String> {
+    let mut addrs = Vec::new();
+    let mut not_listed = None;
+    for ip in ips.into_iter().take(MAX_ADDRS) {
+        let a = SocketAddr::new(ip, port);
+        match rules.check(a) {
+            Ok(()) => addrs.push(a),
+            Err(refusal) if refusal.denied => {
+                tracing::warn!(destination = shown, "{refusal}");
+                return Err(format!("cannot connect to {shown}: {refusal}"));
+            }
+            Err(refusal) => not_listed = not_listed.or(Some(refusal)),
+        }
+    }
+    if let (true, Some(refusal)) = (addrs.is_empty(), not_listed) {
+        tracing::warn!(destination = shown, "{refusal}");
+        return Err(format!("cannot connect to {shown}: {refusal}"));
+    }
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect(a).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => format!("cannot connect to {shown}: {}", mux::describe_io(&e)),
+        None => format!("cannot connect to {shown}: the name has no address"),
+    })
 }
 
 #[cfg(test)]
@@ -457,6 +463,48 @@ mod tests {
         let many = vec!["10.0.0.0/8:1"; MAX_RULES + 1];
         let e = DestinationRules::new::<&str, &str>(&[], &many).unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_connection_goes_to_an_address_that_was_checked() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // One denied address among the answers refuses the name; nothing is connected to.
+        let r = DestinationRules::default();
+        let e = connect_checked(&r, "x", vec![ip("127.0.0.1"), ip("169.254.169.254")], port)
+            .await
+            .unwrap_err();
+        assert!(e.contains(REFUSED) && e.contains("169.254.169.254"), "{e}");
+        let e = connect_checked(
+            &r,
+            "x",
+            vec![ip("::ffff:169.254.169.254"), ip("127.0.0.1")],
+            port,
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains(REFUSED), "{e}");
+        // Answers off the allow list are skipped: the socket's peer is the allowed address.
+        let allow = format!("127.0.0.1:{port}");
+        let r = DestinationRules::new::<&str, &str>(&[&allow], &[]).unwrap();
+        let s = connect_checked(
+            &r,
+            "x",
+            vec![ip("::1"), ip("127.0.0.2"), ip("127.0.0.1")],
+            port,
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.peer_addr().unwrap(), sa(&allow));
+        // None left: refused, naming the allow list.
+        let e = connect_checked(&r, "x", vec![ip("::1"), ip("127.0.0.2")], port)
+            .await
+            .unwrap_err();
+        assert!(e.contains("allow-list"), "{e}");
+        // No answer at all.
+        let e = connect_checked(&r, "x", vec![], port).await.unwrap_err();
+        assert!(e.contains("no address"), "{e}");
     }
 
     #[tokio::test]
