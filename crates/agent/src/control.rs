@@ -84,6 +84,13 @@ pub async fn run(
         run_as = run_as.name,
         "agent starting"
     );
+    // The operator's destination rules: the command line's and the state file's; a rule that
+    // does not parse stops the agent (never skipped: it may be a deny).
+    let destinations = std::sync::Arc::new(
+        state
+            .destination_rules(&config.destinations)
+            .map_err(|e| ControlError::Setup(e.to_string()))?,
+    );
     // Port sessions' connection records wait here while the control channel is down.
     let (records_tx, mut records_rx) = mpsc::channel::<PortConnectionRecord>(1024);
     let ctx = SessionContext {
@@ -95,6 +102,7 @@ pub async fn run(
         window: config.window,
         mux_window: config.mux_window,
         records: Some(records_tx),
+        destinations,
     };
     let tracker = TaskTracker::new();
     let sessions: Arc<std::sync::Mutex<HashMap<String, CancellationToken>>> = Default::default();

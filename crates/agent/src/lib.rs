@@ -3,6 +3,7 @@
 //! unprivileged run-as user. It listens on no port.
 
 pub mod control;
+pub mod destinations;
 pub mod register;
 pub mod runas;
 pub mod session;
@@ -31,6 +32,8 @@ pub struct AgentConfig {
     /// Per-stream credit offered to Airlock clients for multiplexed port forwarding (0 turns
     /// Airlock's mux off, leaving smux v1).
     pub mux_window: u32,
+    /// Where port sessions may connect (the defaults refuse link-local and cloud metadata).
+    pub destinations: std::sync::Arc<destinations::DestinationRules>,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +46,7 @@ impl Default for AgentConfig {
             max_payload: 256 * 1024,
             window: 64,
             mux_window: airlock_client::port::DEFAULT_MUX_WINDOW,
+            destinations: Default::default(),
         }
     }
 }

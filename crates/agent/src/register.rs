@@ -113,5 +113,7 @@ pub async fn register(reg: &Registration) -> Result<AgentState, RegisterError> {
         instance_id,
         private_key: base64::engine::general_purpose::STANDARD.encode(key.to_bytes()),
         ca_file: reg.ca_file.clone(),
+        allow_destinations: Vec::new(),
+        deny_destinations: Vec::new(),
     })
 }

@@ -40,6 +40,14 @@ pub struct AgentState {
     /// PEM file of certificates to trust for the server, if not the system's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Destination rules (`CIDR:PORTS`) port sessions may connect to; when any is given, only
+    /// those (see [`crate::destinations`]). `airlock agent run --allow-destination` adds to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_destinations: Vec<String>,
+    /// Destination rules port sessions may never connect to, beside the defaults.
+    /// `airlock agent run --deny-destination` adds to them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_destinations: Vec<String>,
 }
 
 impl std::fmt::Debug for AgentState {
@@ -77,6 +85,14 @@ impl AgentState {
         Ok(SigningKey::from_bytes(&bytes))
     }
 
+    /// `rules` with this file's destination rules added (the agent applies both).
+    pub fn destination_rules(
+        &self,
+        rules: &crate::destinations::DestinationRules,
+    ) -> Result<crate::destinations::DestinationRules, crate::destinations::RuleError> {
+        rules.extended(&self.allow_destinations, &self.deny_destinations)
+    }
+
     /// Reads the state file.
     pub fn load(path: &Path) -> Result<AgentState, StateError> {
         let display = path.display().to_string();
@@ -89,9 +105,16 @@ impl AgentState {
             message: e.to_string(),
         })?;
         state.signing_key().map_err(|_| StateError::Invalid {
-            path: display,
+            path: display.clone(),
             message: "bad PrivateKey".into(),
         })?;
+        // A rule that does not parse stops the agent rather than being skipped.
+        state
+            .destination_rules(&Default::default())
+            .map_err(|e| StateError::Invalid {
+                path: display,
+                message: e.to_string(),
+            })?;
         Ok(state)
     }
 

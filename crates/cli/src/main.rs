@@ -180,6 +180,15 @@ struct AgentRunArgs {
     /// Allow --run-as root.
     #[arg(long)]
     allow_root_sessions: bool,
+    /// Let port sessions connect only to CIDR:PORTS (e.g. 10.0.0.0/8:5432, [::1]:22,
+    /// 192.0.2.7:80,443, 127.0.0.1:8000-8100, fe80::/10:*); repeatable. Adds to
+    /// AllowDestinations in the state file.
+    #[arg(long, value_name = "CIDR:PORTS")]
+    allow_destination: Vec<String>,
+    /// Never let port sessions connect to CIDR:PORTS; beats any allow. Link-local and the
+    /// cloud metadata addresses are refused by default. Repeatable; adds to DenyDestinations.
+    #[arg(long, value_name = "CIDR:PORTS")]
+    deny_destination: Vec<String>,
 }
 
 /// `airlock start-session`.
@@ -399,9 +408,14 @@ async fn agent_run(a: AgentRunArgs) -> anyhow::Result<i32> {
         .state
         .unwrap_or_else(airlock_agent::state::default_state_path);
     let state = airlock_agent::AgentState::load(&path)?;
+    let destinations = airlock_agent::destinations::DestinationRules::new(
+        &a.allow_destination,
+        &a.deny_destination,
+    )?;
     let config = airlock_agent::AgentConfig {
         run_as: a.run_as,
         allow_root_sessions: a.allow_root_sessions,
+        destinations: std::sync::Arc::new(destinations),
         ..Default::default()
     };
     let cancel = tokio_util::sync::CancellationToken::new();

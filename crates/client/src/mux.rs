@@ -79,6 +79,26 @@ pub struct MuxConfig {
     pub max_payload: usize,
     /// Server role: where each stream connects (host name or address, port).
     pub target: Option<(String, u16)>,
+    /// Server role: how a stream's target is connected; `None` is [`dial_target`]. The agent
+    /// puts its destination rules here, so every stream is checked on the address it really
+    /// connects to.
+    pub dialer: Option<Dialer>,
+}
+
+/// The future a [`Dialer`] returns: the connected socket, or why not in words (sent to the
+/// peer as the stream's reset reason and kept in its [`StreamReport`]).
+pub type DialFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<TcpStream, String>> + Send>>;
+
+/// Connects server-role streams to their target in place of [`dial_target`] (the agent's
+/// destination rules), so the engine need not know what is allowed.
+#[derive(Clone)]
+pub struct Dialer(pub Arc<dyn Fn(String, u16) -> DialFuture + Send + Sync>);
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dialer(..)")
+    }
 }
 
 impl MuxConfig {
@@ -100,6 +120,7 @@ impl MuxConfig {
             max_streams: 4096,
             max_payload: max_payload.max(1024),
             target: None,
+            dialer: None,
         }
     }
 }
@@ -250,6 +271,7 @@ struct Shared {
     consumed: mpsc::UnboundedSender<(u32, usize)>,
     hooks: MuxHooks,
     cancel: CancellationToken,
+    dialer: Option<Dialer>,
 }
 
 /// What the engine takes from its inbound queue: the session's received stream bytes, or
@@ -291,6 +313,7 @@ pub async fn run<I: MuxInput, O: From<MuxOut> + Send + 'static>(
         consumed: consumed_tx,
         hooks,
         cancel: streams_cancel.clone(),
+        dialer: config.dialer.clone(),
     });
     let mut engine = Engine {
         config,
@@ -772,8 +795,12 @@ impl StreamTask {
             }
             Origin::Dial(host, port) => {
                 let shown = display_target(&host, port);
+                let dial: DialFuture = match &self.shared.dialer {
+                    Some(d) => (d.0)(host, port),
+                    None => Box::pin(async move { dial_target(&host, port).await }),
+                };
                 let r = tokio::select! {
-                    r = dial_target(&host, port) => r,
+                    r = dial => r,
                     _ = self.shared.cancel.cancelled() => Err("session ended".to_owned()),
                 };
                 (r, shown)

@@ -1,7 +1,9 @@
 //! The record of every connection forwarded by a port session (port forwarding and SSH over a
 //! session, which the incumbent never logs). Agents report each connection when it ends, on
 //! their control channel (`agent_task_reply`, topic [`PORT_CONNECTION_TOPIC`]); the server
-//! checks that the session is one of that agent's, takes the owner from its own session row,
+//! refuses a report with a field out of bounds ([`check_fields`]), for a session that is not
+//! that agent's, that ended over [`REPORT_GRACE_MS`] ago, or whose times fall outside the
+//! session's life ([`check_against_session`]), takes the owner from its own session row,
 //! logs the record and keeps it in `port_connections` (through one [`Writer`], in batched
 //! transactions), where `Airlock.ListPortConnections` ([`crate::api::port_connections`]) reads
 //! them back.
@@ -62,6 +64,25 @@ const BATCH: usize = 512;
 const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(20);
 /// Sessions whose owner and target the writer remembers.
 const SESSION_CACHE: usize = 4096;
+/// How long a remembered session that was still open is trusted to be open before it is
+/// looked up again (its end is what refuses late reports).
+const OPEN_SESSION_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Largest `agent_task_reply` payload read as a report; larger ones are refused unread.
+pub const MAX_REPORT_BYTES: usize = 16 * 1024;
+/// Longest session id in a report.
+pub const MAX_SESSION_ID: usize = 128;
+/// Longest `host:port` in a report (a DNS name is at most 253 characters).
+pub const MAX_DESTINATION: usize = 512;
+/// Longest end reason (and informational owner) in a report.
+pub const MAX_TEXT: usize = 1024;
+/// How far an agent's clock may be from the server's.
+pub const CLOCK_SKEW_MS: i64 = 10 * 60 * 1000;
+/// How long after its session ended a connection may still be reported (an agent queues its
+/// reports while its control channel is down, and reconnects within its back-off of 5 min).
+pub const REPORT_GRACE_MS: i64 = 15 * 60 * 1000;
+/// The modes an agent reports.
+const MODES: [&str; 4] = ["airlock-mux", "smux", "basic", "stream"];
 
 /// The queue to the task that stores records: reports arrive one per forwarded connection
 /// (a busy forward ends thousands a second), so they are checked and stored in batches, one
@@ -123,19 +144,41 @@ async fn write_loop(
     store_batch(&store, &mut sessions, &mut batch).await;
 }
 
-/// The owner and target of recent sessions (they never change), so that a record costs no
-/// lookup; forgotten wholesale when it grows past [`SESSION_CACHE`].
+/// What a report is checked against: the session as the server recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionFacts {
+    /// Principal ARN.
+    pub owner: String,
+    /// Instance id.
+    pub target: String,
+    /// Epoch ms.
+    pub start_date: i64,
+    /// Epoch ms, when it ended.
+    pub end_date: Option<i64>,
+}
+
+/// Recent sessions (owner and target never change; an end is final), so that a record costs
+/// no lookup; an open session is looked up again after [`OPEN_SESSION_RECHECK`] to see whether
+/// it ended. Forgotten wholesale when it grows past [`SESSION_CACHE`].
 #[derive(Default)]
-struct SessionCache(HashMap<String, Option<(String, String)>>);
+struct SessionCache(HashMap<String, (std::time::Instant, Option<SessionFacts>)>);
 
 impl SessionCache {
-    /// `(owner, target)` of `session_id`, `None` when there is no such session.
-    async fn get(&mut self, store: &Store, session_id: &str) -> Option<(String, String)> {
-        if let Some(known) = self.0.get(session_id) {
-            return known.clone();
+    /// The session `session_id`, `None` when there is no such session.
+    async fn get(&mut self, store: &Store, session_id: &str) -> Option<SessionFacts> {
+        if let Some((at, known)) = self.0.get(session_id) {
+            let open = known.as_ref().is_some_and(|s| s.end_date.is_none());
+            if !open || at.elapsed() < OPEN_SESSION_RECHECK {
+                return known.clone();
+            }
         }
         let found = match store.session(session_id).await {
-            Ok(s) => s.map(|s| (s.owner, s.target)),
+            Ok(s) => s.map(|s| SessionFacts {
+                owner: s.owner,
+                target: s.target,
+                start_date: s.start_date,
+                end_date: s.end_date,
+            }),
             Err(e) => {
                 // Not remembered: the next record asks again.
                 tracing::error!(session_id, "cannot look up the session: {e}");
@@ -145,7 +188,10 @@ impl SessionCache {
         if self.0.len() >= SESSION_CACHE {
             self.0.clear();
         }
-        self.0.insert(session_id.to_owned(), found.clone());
+        self.0.insert(
+            session_id.to_owned(),
+            (std::time::Instant::now(), found.clone()),
+        );
         found
     }
 }
@@ -162,26 +208,26 @@ async fn store_batch(
     }
     let mut rows = Vec::with_capacity(batch.len());
     for (instance_id, rec) in batch.drain(..) {
-        let Some((owner, target)) = sessions.get(store, &rec.session_id).await else {
+        let Some(session) = sessions.get(store, &rec.session_id).await else {
             tracing::warn!(
                 instance_id,
                 session_id = rec.session_id,
-                "port connection record for an unknown session; ignored"
+                "port connection record for an unknown session; refused"
             );
             continue;
         };
-        if target != instance_id {
+        if let Err(why) = check_against_session(&rec, &instance_id, &session, now_ms()) {
             tracing::warn!(
                 instance_id,
                 session_id = rec.session_id,
-                "port connection record for a session that is not this agent's; ignored"
+                "port connection record refused: {why}"
             );
             continue;
         }
         let row = PortConnection {
             session_id: rec.session_id,
-            owner,
-            target,
+            owner: session.owner,
+            target: session.target,
             stream_id: i64::from(rec.stream_id),
             destination: rec.destination,
             mode: rec.mode,
@@ -234,6 +280,14 @@ async fn store_batch(
 /// Handles an `agent_task_reply` payload from `instance_id`'s control channel: a well-formed
 /// port connection record goes to the writer.
 pub async fn handle_reply(state: &AppState, instance_id: &str, payload: &[u8]) {
+    if payload.len() > MAX_REPORT_BYTES {
+        tracing::warn!(
+            instance_id,
+            bytes = payload.len(),
+            "agent_task_reply larger than {MAX_REPORT_BYTES} bytes; refused unread"
+        );
+        return;
+    }
     let Ok(reply) = serde_json::from_slice::<MgsPayload>(payload) else {
         tracing::warn!(instance_id, "malformed agent_task_reply");
         return;
@@ -242,9 +296,87 @@ pub async fn handle_reply(state: &AppState, instance_id: &str, payload: &[u8]) {
         return;
     }
     match serde_json::from_str::<PortConnectionRecord>(&reply.content) {
-        Ok(rec) => state.port_audit.submit(instance_id, rec).await,
+        Ok(rec) => match check_fields(&rec) {
+            Ok(()) => state.port_audit.submit(instance_id, rec).await,
+            Err(why) => tracing::warn!(instance_id, "port connection record refused: {why}"),
+        },
         Err(e) => tracing::warn!(instance_id, "malformed port connection record: {e}"),
     }
+}
+
+fn check_text(name: &str, v: &str, max: usize, may_be_empty: bool) -> Result<(), String> {
+    if v.len() > max {
+        return Err(format!("{name} is {} bytes (at most {max})", v.len()));
+    }
+    if v.is_empty() && !may_be_empty {
+        return Err(format!("{name} is empty"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("{name} holds control characters"));
+    }
+    Ok(())
+}
+
+/// The checks a report passes on its own, before anything is looked up: every field within
+/// its bounds (lengths, a known mode, numbers that fit the store's signed columns).
+pub fn check_fields(rec: &PortConnectionRecord) -> Result<(), String> {
+    check_text("SessionId", &rec.session_id, MAX_SESSION_ID, false)?;
+    check_text("SessionOwner", &rec.session_owner, MAX_TEXT, true)?;
+    check_text("Destination", &rec.destination, MAX_DESTINATION, false)?;
+    check_text("EndReason", &rec.end_reason, MAX_TEXT, true)?;
+    if !MODES.contains(&rec.mode.as_str()) {
+        let shown: String = rec.mode.chars().take(32).collect();
+        return Err(format!("Mode {shown:?} is not one of {}", MODES.join(", ")));
+    }
+    for (name, v) in [
+        ("BytesToTarget", rec.bytes_to_target),
+        ("BytesFromTarget", rec.bytes_from_target),
+        ("StartedAt", rec.started_at),
+        ("DurationMs", rec.duration_ms),
+    ] {
+        if i64::try_from(v).is_err() {
+            return Err(format!("{name} {v} is out of range"));
+        }
+    }
+    Ok(())
+}
+
+/// The checks against the session the report names, at `now` (epoch ms): it must run on the
+/// reporting agent's instance, not have ended more than [`REPORT_GRACE_MS`] ago, and the
+/// connection's times must fall within the session's life (give or take [`CLOCK_SKEW_MS`]).
+pub fn check_against_session(
+    rec: &PortConnectionRecord,
+    instance_id: &str,
+    session: &SessionFacts,
+    now: i64,
+) -> Result<(), String> {
+    if session.target != instance_id {
+        return Err(format!(
+            "session {} runs on {}, not on the reporting instance",
+            rec.session_id, session.target
+        ));
+    }
+    if let Some(end) = session.end_date {
+        if now.saturating_sub(end) > REPORT_GRACE_MS {
+            return Err(format!(
+                "session {} ended {} s ago",
+                rec.session_id,
+                now.saturating_sub(end) / 1000
+            ));
+        }
+    }
+    let started = clamp(rec.started_at);
+    let ended = started.saturating_add(clamp(rec.duration_ms));
+    let latest = session.end_date.unwrap_or(now).min(now);
+    if started < session.start_date.saturating_sub(CLOCK_SKEW_MS)
+        || ended > latest.saturating_add(CLOCK_SKEW_MS)
+    {
+        return Err(format!(
+            "the connection's times ({started} ms + {} ms) fall outside its session's life",
+            clamp(rec.duration_ms)
+        ));
+    }
+    Ok(())
 }
 
 /// Stores records in one transaction, in order.
@@ -370,4 +502,106 @@ fn row_to_record(r: &sqlx::sqlite::SqliteRow) -> Result<PortConnection, sqlx::Er
         end_reason: r.try_get("end_reason")?,
         failed: r.try_get("failed")?,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rec() -> PortConnectionRecord {
+        PortConnectionRecord {
+            session_id: "alice-0123456789abcdef0".into(),
+            session_owner: "arn:aws:iam::000000000000:user/alice".into(),
+            stream_id: 3,
+            destination: "localhost:22".into(),
+            mode: "smux".into(),
+            bytes_to_target: 1,
+            bytes_from_target: 2,
+            started_at: 1_000_000,
+            duration_ms: 50,
+            end_reason: "closed".into(),
+            failed: false,
+        }
+    }
+
+    fn session(end: Option<i64>) -> SessionFacts {
+        SessionFacts {
+            owner: "arn:aws:iam::000000000000:user/alice".into(),
+            target: "mi-0".into(),
+            start_date: 999_000,
+            end_date: end,
+        }
+    }
+
+    #[test]
+    fn fields_out_of_bounds_are_refused() {
+        assert_eq!(check_fields(&rec()), Ok(()));
+        type Change = Box<dyn Fn(&mut PortConnectionRecord)>;
+        let bad: Vec<(&str, Change)> = vec![
+            ("SessionId", Box::new(|r| r.session_id = "s".repeat(129))),
+            ("SessionId", Box::new(|r| r.session_id.clear())),
+            (
+                "SessionOwner",
+                Box::new(|r| r.session_owner = "o".repeat(1025)),
+            ),
+            ("Destination", Box::new(|r| r.destination = "d".repeat(513))),
+            ("Destination", Box::new(|r| r.destination.clear())),
+            ("Destination", Box::new(|r| r.destination = "a\nb:1".into())),
+            ("EndReason", Box::new(|r| r.end_reason = "e".repeat(1025))),
+            (
+                "EndReason",
+                Box::new(|r| r.end_reason = "ok\u{1b}[31m".into()),
+            ),
+            ("Mode", Box::new(|r| r.mode = "x".repeat(100_000))),
+            ("Mode", Box::new(|r| r.mode.clear())),
+            ("BytesToTarget", Box::new(|r| r.bytes_to_target = u64::MAX)),
+            (
+                "BytesFromTarget",
+                Box::new(|r| r.bytes_from_target = 1 << 63),
+            ),
+            ("StartedAt", Box::new(|r| r.started_at = u64::MAX)),
+            ("DurationMs", Box::new(|r| r.duration_ms = u64::MAX)),
+        ];
+        for (field, change) in bad {
+            let mut r = rec();
+            change(&mut r);
+            let e = check_fields(&r).unwrap_err();
+            assert!(e.starts_with(field), "{field}: {e}");
+            assert!(e.len() < 200, "the reason stays short: {e}");
+        }
+    }
+
+    #[test]
+    fn reports_must_fit_their_session() {
+        let now = 1_000_100;
+        assert_eq!(
+            check_against_session(&rec(), "mi-0", &session(None), now),
+            Ok(())
+        );
+        // Another instance's session.
+        let e = check_against_session(&rec(), "mi-1", &session(None), now).unwrap_err();
+        assert!(e.contains("not on the reporting instance"), "{e}");
+        // Ended recently: still taken; ended long ago: refused.
+        assert_eq!(
+            check_against_session(&rec(), "mi-0", &session(Some(1_000_060)), now),
+            Ok(())
+        );
+        let late = 1_000_060 + REPORT_GRACE_MS + 1;
+        let e = check_against_session(&rec(), "mi-0", &session(Some(1_000_060)), late).unwrap_err();
+        assert!(e.contains("ended"), "{e}");
+        // Times outside the session's life.
+        for (started, duration) in [
+            (0, 0),
+            (999_000 - CLOCK_SKEW_MS as u64 - 1, 0),
+            (1_000_000, CLOCK_SKEW_MS as u64 + 1_000),
+            (i64::MAX as u64, i64::MAX as u64),
+        ] {
+            let mut r = rec();
+            r.started_at = started;
+            r.duration_ms = duration;
+            let e = check_against_session(&r, "mi-0", &session(None), now).unwrap_err();
+            assert!(e.contains("outside its session's life"), "{e}");
+        }
+    }
 }

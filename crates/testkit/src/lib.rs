@@ -145,6 +145,23 @@ impl TestServer {
         .await
     }
 
+    /// Registers and starts an agent with `config` (e.g. destination rules), and waits until
+    /// it is connected.
+    pub async fn agent_with(&self, config: airlock_agent::AgentConfig) -> TestAgent {
+        let (id, code) = self.activation(1).await;
+        let state = airlock_agent::register(&airlock_agent::Registration {
+            server: self.url.clone(),
+            activation_id: id,
+            activation_code: code,
+            ca_file: self.admin.ca_file.clone(),
+        })
+        .await
+        .expect("registration");
+        let agent = TestAgent::spawn(state, config);
+        self.wait_online(&agent.instance_id).await;
+        agent
+    }
+
     /// Registers an agent with an activation id and code, starts it, and waits until it is
     /// connected.
     pub async fn agent_from(&self, id: String, code: String) -> TestAgent {

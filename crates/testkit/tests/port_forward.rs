@@ -1332,7 +1332,8 @@ async fn a_burst_of_connection_reports_is_stored_whole_in_order_and_checked() {
             mode: "airlock-mux".into(),
             bytes_to_target: 1,
             bytes_from_target: 2,
-            started_at: 3,
+            // A sane time: the server refuses connections outside their session's life.
+            started_at: airlock_proto::unix_millis(),
             duration_ms: 4,
             end_reason: "closed".into(),
             failed: false,

@@ -60,6 +60,8 @@ pub struct SessionContext {
     pub mux_window: u32,
     /// Where port sessions send the record of each forwarded connection (to the server).
     pub records: Option<tokio::sync::mpsc::Sender<PortConnectionRecord>>,
+    /// Where port sessions may connect.
+    pub destinations: std::sync::Arc<crate::destinations::DestinationRules>,
 }
 
 /// Runs a shell session to its end.
@@ -368,7 +370,17 @@ async fn run_port(
                 mode: mode.name(),
             };
             let window = agreed.map_or(0, |a| a.mux_window);
-            port::run(ws, ch, &p, mode, window, recorder, cancel).await?
+            port::run(
+                ws,
+                ch,
+                &p,
+                mode,
+                window,
+                recorder,
+                &ctx.destinations,
+                cancel,
+            )
+            .await?
         }
     };
     match (end, ws) {

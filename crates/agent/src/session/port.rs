@@ -16,6 +16,7 @@
 //! Each connection is reported when it ends, as a [`PortConnectionRecord`], for the audit
 //! trail.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +34,7 @@ use airlock_proto::{
 };
 
 use super::sleep_until;
+use crate::destinations::DestinationRules;
 
 /// smux keep-alive interval (xtaci's default), for clients that expect NOPs.
 const SMUX_KEEPALIVE: Duration = Duration::from_secs(10);
@@ -158,15 +160,15 @@ impl Recorder {
             .unwrap_or(0);
         let rec = PortConnectionRecord {
             session_id: self.session_id.clone(),
-            session_owner: self.owner.clone(),
+            session_owner: cut(&self.owner, MAX_RECORD_TEXT),
             stream_id: r.stream,
-            destination: r.destination.clone(),
+            destination: cut(&r.destination, MAX_RECORD_DESTINATION),
             mode: self.mode.to_owned(),
             bytes_to_target: r.received,
             bytes_from_target: r.sent,
             started_at,
             duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
-            end_reason: r.end.clone(),
+            end_reason: cut(&r.end, MAX_RECORD_TEXT),
             failed: r.failed,
         };
         tracing::info!(
@@ -185,6 +187,42 @@ impl Recorder {
                 tracing::warn!("the audit queue is full; a port connection record was dropped");
             }
         }
+    }
+}
+
+/// Longest destination a record carries (the server refuses longer ones).
+const MAX_RECORD_DESTINATION: usize = 512;
+/// Longest owner and end reason a record carries (the server refuses longer ones).
+const MAX_RECORD_TEXT: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, control characters made spaces:
+/// the server refuses a record with either, and an end reason can carry words from the peer
+/// (a reset reason), who must not be able to make their own record refused.
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.get(..end)
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::cut;
+
+    #[test]
+    fn record_text_is_cut_and_cleaned() {
+        assert_eq!(cut("closed", 1024), "closed");
+        assert_eq!(
+            cut("reset by peer: a\nb\u{1b}[2J", 1024),
+            "reset by peer: a b [2J"
+        );
+        assert_eq!(cut(&"é".repeat(600), 1023).len(), 1022);
+        assert_eq!(cut(&"x".repeat(5000), 1024).len(), 1024);
     }
 }
 
@@ -216,7 +254,8 @@ enum PumpEnd {
 
 /// Runs the port session over an open, handshaken data channel until it ends. `window` is
 /// the per-stream credit agreed for Airlock's mux. Gives the socket back (when it is still
-/// usable) for the end of the session.
+/// usable) for the end of the session. Every target connection goes through `rules`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     ws: WsStream,
     ch: &mut ReliableChannel,
@@ -224,6 +263,7 @@ pub async fn run(
     mode: Mode,
     window: u32,
     recorder: Recorder,
+    rules: &Arc<DestinationRules>,
     cancel: CancellationToken,
 ) -> anyhow::Result<(PortEnd, Option<WsStream>)> {
     let (out_tx, mut out_rx) = mpsc::channel::<MuxOut>(16);
@@ -237,6 +277,7 @@ pub async fn run(
             };
             let mut config = MuxConfig::new(kind, MuxRole::Server, ch.config().max_payload, window);
             config.target = Some((p.host.clone(), p.port));
+            config.dialer = Some(rules.dialer());
             if mode == (Mode::Smux { keepalive: true }) {
                 config.keepalive = Some(SMUX_KEEPALIVE);
             }
@@ -264,6 +305,7 @@ pub async fn run(
             let (in_tx, in_rx) = mpsc::channel::<RawIn>(64);
             let h = tokio::spawn(raw_relay(
                 p.clone(),
+                rules.clone(),
                 mode,
                 in_rx,
                 out_tx,
@@ -416,6 +458,7 @@ async fn wait_room(sink: &Sink) {
 /// time). Returns an error to end the session with when the target cannot be reached.
 async fn raw_relay(
     p: PortParams,
+    rules: Arc<DestinationRules>,
     mode: Mode,
     mut rx: mpsc::Receiver<RawIn>,
     out: mpsc::Sender<MuxOut>,
@@ -443,7 +486,7 @@ async fn raw_relay(
         let opened_at = SystemTime::now();
         let started = Instant::now();
         let sock = tokio::select! {
-            r = mux::dial_target(&p.host, p.port) => r,
+            r = crate::destinations::connect(&rules, &p.host, p.port) => r,
             _ = cancel.cancelled() => return Ok(()),
         };
         let sock = match sock {
