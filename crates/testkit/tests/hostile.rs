@@ -592,6 +592,20 @@ async fn refused(api: &ApiClient, target: &str, body: Value) -> (String, String)
     }
 }
 
+/// StartSession with `document` must be refused: as invalid, or by the policy.
+async fn refused_document(api: &ApiClient, target: &str, document: &str) {
+    let (code, message) = refused(
+        api,
+        "AmazonSSM.StartSession",
+        json!({ "Target": target, "DocumentName": document }),
+    )
+    .await;
+    assert!(
+        code == "AccessDeniedException" || code == "ValidationException",
+        "{document}: {code} {message}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn document_names_cannot_dodge_the_document_check() {
     let mut d = Deployment::start(&[]).await;
@@ -619,16 +633,7 @@ async fn document_names_cannot_dodge_the_document_check() {
         "arn:aws-cn:ssm:us-east-1::document/AWS-StartSSHSession",
         "AWS-StartSSHSession/",
     ] {
-        let (code, message) = refused(
-            &bob,
-            "AmazonSSM.StartSession",
-            json!({ "Target": target, "DocumentName": name }),
-        )
-        .await;
-        assert!(
-            code == "AccessDeniedException" || code == "ValidationException",
-            "{name}: {code} {message}"
-        );
+        refused_document(&bob, &target, name).await;
     }
     // An allow on a document prefix is no way to another document either.
     let carol = user_with_policy(
@@ -645,16 +650,7 @@ async fn document_names_cannot_dodge_the_document_check() {
         "arn:aws:ssm:us-east-1:000000000000:document/MyTeam-x/../AWS-StartSSHSession",
         "AWS-StartPortForwardingSession",
     ] {
-        let (code, message) = refused(
-            &carol,
-            "AmazonSSM.StartSession",
-            json!({ "Target": target, "DocumentName": name }),
-        )
-        .await;
-        assert!(
-            code == "AccessDeniedException" || code == "ValidationException",
-            "{name}: {code} {message}"
-        );
+        refused_document(&carol, &target, name).await;
     }
     // The canonical ARN of an allowed document works.
     let grant = bob

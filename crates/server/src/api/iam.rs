@@ -30,6 +30,19 @@ fn policy_arn(state: &AppState, name: &str) -> String {
     format!("arn:aws:iam::{}:policy/{name}", state.config.account_id)
 }
 
+/// The policy name and validated document text of a CreatePolicy or UpdatePolicy.
+fn named_document(i: &Input) -> Result<(&str, String), ApiError> {
+    let name = req(&i.policy_name, "policyName")?;
+    valid_name(name, "policyName")?;
+    let doc = document_text(
+        i.policy_document
+            .as_ref()
+            .ok_or_else(|| ApiError::validation("PolicyDocument is required."))?,
+    )?;
+    validate_policy(&doc)?;
+    Ok((name, doc))
+}
+
 /// Authorises attaching or detaching a managed policy, with `iam:PolicyARN` in the context as
 /// AWS gives it, so a policy can say which policies a delegate may hand out.
 async fn authorize_attach(
@@ -233,10 +246,7 @@ async fn simple(
                 Ok(json!({}))
             }
             "CreatePolicy" => {
-                let name = req(&i.policy_name, "policyName")?;
-                valid_name(name, "policyName")?;
-                let doc = document_text(i.policy_document.as_ref().ok_or_else(|| ApiError::validation("PolicyDocument is required."))?)?;
-                validate_policy(&doc)?;
+                let (name, doc) = named_document(&i)?;
                 authorize(state, caller, "iam:CreatePolicy", &policy_arn(state, name)).await?;
                 // Creating never rewrites: an existing name (AdministratorAccess, a boundary,
                 // the caller's own policy) is AWS's EntityAlreadyExists.
@@ -252,10 +262,7 @@ async fn simple(
             "UpdatePolicy" => {
                 // Changing a managed policy is its own operation, authorised as AWS authorises
                 // a new default version of a policy (iam:CreatePolicyVersion).
-                let name = req(&i.policy_name, "policyName")?;
-                valid_name(name, "policyName")?;
-                let doc = document_text(i.policy_document.as_ref().ok_or_else(|| ApiError::validation("PolicyDocument is required."))?)?;
-                validate_policy(&doc)?;
+                let (name, doc) = named_document(&i)?;
                 authorize(state, caller, "iam:CreatePolicyVersion", &policy_arn(state, name)).await?;
                 if name == BUILT_IN_ADMIN_POLICY {
                     return Err(ApiError::client("InvalidInput", format!("Policy {name} is built in and cannot be changed.")));
