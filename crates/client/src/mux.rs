@@ -177,8 +177,14 @@ impl Credit {
         })
     }
 
+    /// Adds credit the peer granted. Saturating: a peer sending WINDOW frames without end
+    /// must not wrap the count negative (which would stall the stream for good).
     fn add(&self, n: u32) {
-        self.avail.fetch_add(i64::from(n), Ordering::AcqRel);
+        let _ = self
+            .avail
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                Some(a.saturating_add(i64::from(n)))
+            });
         self.notify.notify_one();
     }
 
@@ -197,8 +203,12 @@ impl Credit {
     }
 
     fn take(&self, n: usize) {
-        self.avail
-            .fetch_sub(i64::try_from(n).unwrap_or(i64::MAX), Ordering::AcqRel);
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let _ = self
+            .avail
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                Some(a.saturating_sub(n))
+            });
     }
 }
 
@@ -470,7 +480,7 @@ impl Engine {
                 };
                 let window = e.window;
                 let len = data.len();
-                let queued = e.queued.load(Ordering::Acquire) + len;
+                let queued = e.queued.load(Ordering::Acquire).saturating_add(len);
                 if smux && queued > SMUX_STREAM_LIMIT {
                     self.reset(stream, "the local side stopped reading");
                     return;
@@ -1017,6 +1027,19 @@ mod tests {
         let _ = engine.await;
         reader.abort();
         credit
+    }
+
+    #[test]
+    fn credit_saturates_instead_of_wrapping() {
+        // A peer granting WINDOW after WINDOW of 4 GiB: the credit stays positive (a plain
+        // atomic add wrapped it negative, stalling the stream for good).
+        let c = Credit::new(i64::MAX - 5);
+        c.add(u32::MAX);
+        c.add(u32::MAX);
+        assert_eq!(c.avail.load(Ordering::Acquire), i64::MAX);
+        let c = Credit::new(i64::MIN + 5);
+        c.take(usize::MAX);
+        assert_eq!(c.avail.load(Ordering::Acquire), i64::MIN);
     }
 
     #[tokio::test]
