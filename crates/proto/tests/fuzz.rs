@@ -13,6 +13,8 @@
     clippy::indexing_slicing
 )]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use airlock_proto::mux::{self, MuxDecoder, MuxError, MuxFrame, MuxKind};
@@ -20,6 +22,22 @@ use airlock_proto::*;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use uuid::Uuid;
+
+#[global_allocator]
+static ALLOC: common::alloc::Tracking = common::alloc::Tracking;
+
+/// The most one allocation may ask for while these inputs (a few kilobytes each) are decoded:
+/// a decoder sizing a buffer by a length it read, instead of by what arrived, breaks it.
+const ALLOC_BOUND: usize = 1024 * 1024;
+
+/// Fails the case if anything on this thread asked for more than [`ALLOC_BOUND`] at once
+/// since the last call.
+fn check_alloc() -> Result<(), TestCaseError> {
+    let peak = common::alloc::peak();
+    common::alloc::reset_peak();
+    prop_assert!(peak < ALLOC_BOUND, "allocated {} bytes at once", peak);
+    Ok(())
+}
 
 /// `default` cases, or `AIRLOCK_FUZZ_CASES` when set.
 fn config(default: u32) -> ProptestConfig {
@@ -286,6 +304,7 @@ proptest! {
         max in prop_oneof![Just(DEFAULT_MAX_FRAME_LEN), 0usize..600],
         verify in any::<bool>(),
     ) {
+        common::alloc::reset_peak();
         let opts = DecodeOptions { max_frame_len: max, verify_digest: verify };
         let peeked = peek_message_type(&bytes);
         if let Ok(f) = decode(Bytes::from(bytes), &opts) {
@@ -293,6 +312,7 @@ proptest! {
             let again = decode(f.encode(true), &DecodeOptions::default()).unwrap();
             prop_assert_eq!(again, f);
         }
+        check_alloc()?;
     }
 
     #[test]
@@ -301,6 +321,7 @@ proptest! {
         digest in any::<bool>(),
         muts in prop::collection::vec(mutation(), 1..4),
     ) {
+        common::alloc::reset_peak();
         let bytes = mutate(f.encode(digest).to_vec(), &muts);
         for verify in [true, false] {
             let opts = DecodeOptions { verify_digest: verify, ..DecodeOptions::default() };
@@ -308,6 +329,7 @@ proptest! {
                 prop_assert_eq!(decode(g.encode(true), &DecodeOptions::default()).ok(), Some(g));
             }
         }
+        check_alloc()?;
     }
 
     #[test]
@@ -321,12 +343,16 @@ proptest! {
 
     #[test]
     fn payload_decoders_survive_arbitrary_bytes(p in prop::collection::vec(any::<u8>(), 0..300)) {
+        common::alloc::reset_peak();
         decode_every_payload(&p)?;
+        check_alloc()?;
     }
 
     #[test]
     fn payload_decoders_survive_arbitrary_json(v in json()) {
+        common::alloc::reset_peak();
         decode_every_payload(&serde_json::to_vec(&v).unwrap())?;
+        check_alloc()?;
     }
 
     #[test]
@@ -341,6 +367,7 @@ proptest! {
         max_body in prop_oneof![0usize..64, Just(1 << 20), Just(usize::MAX)],
         chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..80), 0..12),
     ) {
+        common::alloc::reset_peak();
         let kind = if airlock { MuxKind::Airlock } else { MuxKind::Smux1 };
         let mut dec = MuxDecoder::new(kind, max_body);
         let mut out = Vec::new();
@@ -350,6 +377,7 @@ proptest! {
             }
             prop_assert!(dec.buffered() < kind.header_len() + max_body.min(kind.max_body()).max(mux::MAX_RESET_REASON));
         }
+        check_alloc()?;
     }
 }
 
@@ -390,6 +418,7 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..8),
         max_body in prop_oneof![0usize..3000, Just(1 << 20)],
     ) {
+        common::alloc::reset_peak();
         let kind = if airlock { MuxKind::Airlock } else { MuxKind::Smux1 };
         let mut wire = BytesMut::new();
         for f in &frames {
@@ -397,6 +426,7 @@ proptest! {
         }
         let bytes = Bytes::from(mutate(wire.to_vec(), &muts));
         let _ = decode_in_pieces(kind, max_body, &bytes, &cuts);
+        check_alloc()?;
     }
 
     #[test]
@@ -407,6 +437,7 @@ proptest! {
         caps in prop::option::of((capabilities(), capabilities())),
         inputs in prop::collection::vec(input(), 0..80),
     ) {
+        common::alloc::reset_peak();
         let role = if agent { Role::Agent } else { Role::Client };
         let mut cfg = ChannelConfig::new(role);
         cfg.incoming_capacity = incoming_capacity;
@@ -457,5 +488,6 @@ proptest! {
         }
         prop_assert!(events <= incoming_capacity + 1024 + 1);
         let _ = delivered;
+        check_alloc()?;
     }
 }
