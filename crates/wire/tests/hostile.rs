@@ -5,10 +5,13 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use airlock_wire::ws::FrameError;
 use airlock_wire::{Message, Role, WireError, WsConn, DEFAULT_MAX_MESSAGE};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 #[global_allocator]
 static ALLOC: common::alloc::Tracking = common::alloc::Tracking;
@@ -178,4 +181,65 @@ async fn a_client_refuses_masked_server_frames() {
         got.first().map(|r| r.as_ref().ok()),
         Some(Some(&Message::Text("hello".into())))
     );
+}
+
+/// The wrap attack through TLS 1.3, as the deployed gateway receives it: the server end
+/// switched to the record layer after rustls's handshake, the attacker on rustls's stream.
+#[tokio::test]
+async fn the_wrap_attack_over_tls_is_refused_without_allocating() {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![der.clone()], key)
+        .unwrap();
+    server.enable_secret_extraction = true;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = l.accept().await.unwrap();
+        TlsAcceptor::from(Arc::new(server))
+            .accept(tcp)
+            .await
+            .unwrap()
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut attacker = TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (tcp, conn) = accept.await.unwrap().into_inner();
+    let mut gateway = WsConn::over_tls13(
+        tcp,
+        conn.dangerous_extract_secrets().unwrap(),
+        Role::Server,
+        &[],
+    )
+    .unwrap();
+
+    common::alloc::reset_peak();
+    attacker.write_all(&wrap_attack()).await.unwrap();
+    attacker.flush().await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), gateway.next())
+        .await
+        .expect("the reader refuses at once");
+    let peak = common::alloc::peak();
+    assert!(
+        matches!(got, Some(Err(WireError::Frame(FrameError::BadLength)))),
+        "{got:?}"
+    );
+    assert!(peak < ALLOC_BOUND, "allocated {peak} bytes at once");
 }
