@@ -283,6 +283,14 @@ impl WsReader {
                 (Role::Client, true) => return Err(FrameError::Masked.into()),
                 _ => {}
             }
+            // Fragments out of order are refused at their header, before their payload is
+            // waited for and buffered.
+            match (h.opcode, self.frag.is_some()) {
+                (opcode::CONTINUATION, false) | (opcode::TEXT | opcode::BINARY, true) => {
+                    return Err(FrameError::Fragments.into())
+                }
+                _ => {}
+            }
             // What the message will hold once this frame is in: a continuation adds to the
             // fragments so far (control frames, which may come between them, stand alone).
             // Every sum is checked: lengths come from the peer, before authentication.

@@ -243,3 +243,19 @@ async fn the_wrap_attack_over_tls_is_refused_without_allocating() {
     );
     assert!(peak < ALLOC_BOUND, "allocated {peak} bytes at once");
 }
+
+#[tokio::test]
+async fn fragments_out_of_order_are_refused_at_their_header() {
+    // A continuation with nothing to continue, declaring 16 MiB it never sends: refused at
+    // once, not after waiting for (and reserving room for) the payload.
+    let attack = long_header(false, 0x0, DEFAULT_MAX_MESSAGE as u64);
+    let (got, peak) = read_hostile(Role::Server, &attack).await;
+    assert_eq!(frame_error(&got), Some(&FrameError::Fragments), "{got:?}");
+    assert!(peak < ALLOC_BOUND, "allocated {peak} bytes at once");
+    // A new message inside a fragmented one, likewise.
+    let mut attack = frame(false, 0x2, b"first", true);
+    attack.extend(long_header(true, 0x2, DEFAULT_MAX_MESSAGE as u64));
+    let (got, peak) = read_hostile(Role::Server, &attack).await;
+    assert_eq!(frame_error(&got), Some(&FrameError::Fragments), "{got:?}");
+    assert!(peak < ALLOC_BOUND, "allocated {peak} bytes at once");
+}
