@@ -1120,7 +1120,8 @@ mod tests {
             } else {
                 MuxRole::Client
             };
-            let mut cfg = MuxConfig::new(kind, role, 64 * 1024, 256 * 1024);
+            // A small window, so credit goes back and forth within a case.
+            let mut cfg = MuxConfig::new(kind, role, 64 * 1024, 4096);
             cfg.max_streams = 1 + rng.below(4) as usize;
             if role == MuxRole::Server {
                 cfg.target = Some(("127.0.0.1".into(), port));
@@ -1138,11 +1139,22 @@ mod tests {
             let (in_tx, in_rx) = mpsc::channel::<Bytes>(1024);
             let (out_tx, mut out_rx) = mpsc::channel::<MuxOut>(16);
             let cancel = CancellationToken::new();
+            // Client role: local connections become streams 3, 5, … that the frames hit.
+            let incoming = if role == MuxRole::Client {
+                let (tx, rx) = mpsc::channel(4);
+                for _ in 0..1 + rng.below(3) {
+                    let s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                    tx.send(s).await.unwrap();
+                }
+                Some(rx)
+            } else {
+                None
+            };
             let engine = tokio::spawn(run(
                 cfg,
                 in_rx,
                 out_tx,
-                None,
+                incoming,
                 MuxHooks::default(),
                 cancel.clone(),
             ));
@@ -1164,6 +1176,8 @@ mod tests {
                 }
                 at = end;
             }
+            // Let streams dial, write and grant credit before the input ends.
+            tokio::time::sleep(Duration::from_millis(5)).await;
             drop(in_tx);
             let r = tokio::time::timeout(Duration::from_secs(10), engine)
                 .await
