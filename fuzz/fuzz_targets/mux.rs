@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to both stream-multiplexing decoders, cut into pieces as data-channel
-//! payloads cut them; whatever decodes must re-encode to bytes that decode to the same frames (after one
-//! normalising pass).
-//! Mirrors the mux properties of `crates/proto/tests/fuzz.rs`. Run with `cargo fuzz run mux`
+//! payloads cut them; the buffered partial frame stays within its bound, and whatever decodes
+//! re-encodes to bytes that decode to the same frames (after one normalising pass). Mirrors
+//! the mux properties of `crates/proto/tests/fuzz.rs`. Run with `cargo fuzz run mux`
 //! from fuzz/ (nightly toolchain).
 #![no_main]
 
