@@ -1,6 +1,7 @@
 //! `airlock agent`: registers a host once with an activation code, then keeps one outbound
 //! control channel to the server and runs each session it is given in a real PTY as an
 //! unprivileged run-as user. It listens on no port.
+#![forbid(unsafe_code)]
 
 pub mod control;
 pub mod destinations;

@@ -1,6 +1,7 @@
 //! `airlock-client`, the SDK: a SigV4-signed API client, the client side of a session's data
 //! channel, port forwarding over it ([`port`], on the multiplexing engine [`mux`] that the
 //! agent shares), outbound WebSockets (TLS, proxies) shared with the agent, and profile loading.
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod config;

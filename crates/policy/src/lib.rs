@@ -28,6 +28,7 @@
 //! assert_eq!(decision.explain(), r#"allowed by statement 0 of identity policy "alice-inline""#);
 //! # Ok::<(), airlock_policy::PolicyError>(())
 //! ```
+#![forbid(unsafe_code)]
 
 mod condition;
 mod context;

@@ -378,7 +378,12 @@ impl ReliableChannel {
                     MessageType::StartPublication => self.paused = false,
                     _ => {}
                 }
-                if self.events.len() < self.config.incoming_capacity + CONTROL_EVENT_SLACK {
+                if self.events.len()
+                    < self
+                        .config
+                        .incoming_capacity
+                        .saturating_add(CONTROL_EVENT_SLACK)
+                {
                     self.events.push_back(Event::Control(frame));
                 }
             }
@@ -428,7 +433,7 @@ impl ReliableChannel {
             && self.incoming_bytes.saturating_add(frame.payload.len()) <= MAX_INCOMING_BYTES
         {
             self.queue_ack(&frame, now);
-            self.incoming_bytes += frame.payload.len();
+            self.incoming_bytes = self.incoming_bytes.saturating_add(frame.payload.len());
             self.incoming.insert(seq, frame);
         }
         // Otherwise the buffer is full: drop without an ack, the peer resends.

@@ -11,6 +11,7 @@
 //!
 //! Everything is re-exported at the crate root, except the free functions of [`mux`] and
 //! [`version`], which read better with their module's name.
+#![forbid(unsafe_code)]
 #![warn(clippy::indexing_slicing)]
 
 pub mod channel;

@@ -407,7 +407,15 @@ impl MuxDecoder {
             let Some(h) = self.header(&self.partial)? else {
                 return Ok(());
             };
-            let need = hl + h.len - self.partial.len();
+            // `partial` never holds a whole frame, so this is positive; checked all the same,
+            // as the length comes from the peer.
+            let need = hl
+                .checked_add(h.len)
+                .and_then(|whole| whole.checked_sub(self.partial.len()))
+                .ok_or(MuxError::TooLarge {
+                    len: h.len,
+                    max: self.max_body,
+                })?;
             let take = need.min(input.len());
             self.partial.extend_from_slice(&input.split_to(take));
             if take < need {
@@ -419,7 +427,7 @@ impl MuxDecoder {
         }
         // Whole frames straight out of the input, without copying.
         while let Some(h) = self.header(&input)? {
-            if input.len() < hl + h.len {
+            if input.len().saturating_sub(hl) < h.len {
                 break;
             }
             input.advance(hl);

@@ -3,6 +3,7 @@
 //!
 //! [`start`] binds, migrates, bootstraps a first admin when the store is empty, and serves
 //! until [`RunningServer::shutdown`].
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;

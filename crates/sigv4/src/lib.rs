@@ -12,6 +12,7 @@
 //!
 //! The crate does no I/O; it works on a borrowed [`Request`] so any HTTP stack can use it. It is
 //! tested byte for byte against AWS's SigV4 test suite (`shared/testdata/sigv4/v4`).
+#![forbid(unsafe_code)]
 
 mod canonical;
 mod date;

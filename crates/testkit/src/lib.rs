@@ -1,6 +1,7 @@
 //! Test support: [`TestServer`] runs the real server on a loopback port 0 with its own data
 //! directory; [`TestAgent`] registers and runs the real agent against it. Both stop on drop
 //! or [`TestServer::stop`]. No mocks: tests drive real sockets.
+#![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;

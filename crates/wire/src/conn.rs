@@ -23,6 +23,8 @@ const BULK_EXTRA: usize = 2 * 1024 * 1024;
 const FLUSH_AT: usize = 1024 * 1024;
 /// Largest message accepted unless the owner sets another limit.
 pub const DEFAULT_MAX_MESSAGE: usize = 16 << 20;
+/// Longest WebSocket frame header (2 bytes, 8 of extended length, 4 of mask).
+const MAX_FRAME_HEADER: usize = 14;
 
 /// Which end of the WebSocket this is: clients mask what they send (RFC 6455 §5.3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +89,7 @@ impl WsConn {
         let (rx, tx) = record::key_pair(secrets, traffic, role == Role::Client)?;
         let (r, w) = tcp.into_split();
         Ok(WsConn {
-            reader: WsReader::new(Box::new(r), Some(rx), prefix),
+            reader: WsReader::new(Box::new(r), Some(rx), prefix, role),
             writer: WsWriter::new(Box::new(w), Some(tx), role),
         })
     }
@@ -112,7 +114,7 @@ impl WsConn {
     pub fn over_tcp(tcp: TcpStream, role: Role, prefix: &[u8]) -> WsConn {
         let (r, w) = tcp.into_split();
         WsConn {
-            reader: WsReader::new(Box::new(r), None, prefix),
+            reader: WsReader::new(Box::new(r), None, prefix, role),
             writer: WsWriter::new(Box::new(w), None, role),
         }
     }
@@ -124,7 +126,7 @@ impl WsConn {
     {
         let (r, w) = tokio::io::split(io);
         WsConn {
-            reader: WsReader::new(Box::new(r), None, prefix),
+            reader: WsReader::new(Box::new(r), None, prefix, role),
             writer: WsWriter::new(Box::new(w), None, role),
         }
     }
@@ -134,9 +136,9 @@ impl WsConn {
         (self.writer, self.reader)
     }
 
-    /// Sets the largest message the reader accepts.
+    /// Sets the largest message the reader accepts (and so the most it buffers).
     pub fn set_max_message(&mut self, max: usize) {
-        self.reader.max_message = max;
+        self.reader.set_max_message(max);
     }
 
     /// The next message; `None` once the connection is closed.
@@ -169,6 +171,8 @@ impl WsConn {
 pub struct WsReader {
     io: BoxRead,
     key: Option<RecordKey>,
+    /// Our end: a server accepts only masked frames, a client only unmasked ones.
+    role: Role,
     /// `[..plain]` is plaintext not yet parsed into messages; `[plain..]` is TLS not yet opened.
     buf: BytesMut,
     plain: usize,
@@ -181,12 +185,13 @@ pub struct WsReader {
 }
 
 impl WsReader {
-    fn new(io: BoxRead, key: Option<RecordKey>, prefix: &[u8]) -> WsReader {
+    fn new(io: BoxRead, key: Option<RecordKey>, prefix: &[u8], role: Role) -> WsReader {
         let mut buf = BytesMut::with_capacity(prefix.len().max(4096));
         buf.extend_from_slice(prefix);
         WsReader {
             io,
             key,
+            role,
             plain: prefix.len(),
             buf,
             want: 0,
@@ -195,6 +200,12 @@ impl WsReader {
             eof: false,
             done: false,
         }
+    }
+
+    /// Sets the largest message accepted, which also bounds how much the reader buffers: a
+    /// peer cannot make it reserve more than this plus a few records' worth of room.
+    pub fn set_max_message(&mut self, max: usize) {
+        self.max_message = max;
     }
 
     /// The next message; `None` once the connection is closed (after a close frame, the
@@ -226,14 +237,14 @@ impl WsReader {
             // grown well past that while bulk data flows, because growing moves the partial
             // message (the memory is shared with messages already handed out): with room for
             // several messages that copy happens once per few megabytes, not once per message.
-            let need = (self.want + (self.want / MAX_PLAINTEXT + 1) * OVERHEAD).max(4096);
+            let need = room_for(self.want, self.max_message);
             if self.buf.capacity() - self.buf.len() < need {
                 let extra = if self.want >= READ_CHUNK / 2 {
                     BULK_EXTRA
                 } else {
                     READ_CHUNK
                 };
-                self.buf.reserve(need + extra);
+                self.buf.reserve(need.saturating_add(extra));
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) => self.eof = true,
@@ -264,23 +275,50 @@ impl WsReader {
     fn parse(&mut self) -> Result<Option<Message>, WireError> {
         loop {
             let Some(h) = Header::parse(&self.buf[..self.plain])? else {
-                self.want = 14;
+                self.want = MAX_FRAME_HEADER;
                 return Ok(None);
             };
-            let so_far = self.frag.as_ref().map_or(0, |(_, b)| b.len() as u64);
-            if h.len + so_far > self.max_message as u64 {
+            // RFC 6455 §5.1: clients mask every frame, servers none.
+            match (self.role, h.mask.is_some()) {
+                (Role::Server, false) => return Err(FrameError::Unmasked.into()),
+                (Role::Client, true) => return Err(FrameError::Masked.into()),
+                _ => {}
+            }
+            // Fragments out of order are refused at their header, before their payload is
+            // waited for and buffered.
+            match (h.opcode, self.frag.is_some()) {
+                (opcode::CONTINUATION, false) | (opcode::TEXT | opcode::BINARY, true) => {
+                    return Err(FrameError::Fragments.into())
+                }
+                _ => {}
+            }
+            // What the message will hold once this frame is in: a continuation adds to the
+            // fragments so far (control frames, which may come between them, stand alone).
+            // Every sum is checked: lengths come from the peer, before authentication.
+            let so_far = match (&self.frag, h.opcode) {
+                (Some((_, b)), opcode::CONTINUATION) => b.len() as u64,
+                _ => 0,
+            };
+            let size = h.len.checked_add(so_far);
+            if size.is_none_or(|s| s > self.max_message as u64) {
                 return Err(FrameError::TooLong {
-                    size: h.len + so_far,
+                    size: size.unwrap_or(u64::MAX),
                     max: self.max_message,
                 }
                 .into());
             }
-            let total = h.header_len as u64 + h.len;
-            if (self.plain as u64) < total {
-                self.want = (total - self.plain as u64) as usize;
+            // Within max_message now, so it fits a usize.
+            let total = usize::try_from(h.len)
+                .ok()
+                .and_then(|l| l.checked_add(h.header_len))
+                .ok_or(FrameError::TooLong {
+                    size: h.len,
+                    max: self.max_message,
+                })?;
+            if self.plain < total {
+                self.want = total - self.plain;
                 return Ok(None);
             }
-            let total = total as usize;
             let mut payload = self.buf.split_to(total);
             self.plain -= total;
             payload.advance(h.header_len);
@@ -324,6 +362,15 @@ impl WsReader {
             }
         }
     }
+}
+
+/// Receive-buffer room for `want` more plaintext bytes arriving in TLS records, bounded by
+/// the largest message plus a header whatever `want` says, with saturating arithmetic.
+fn room_for(want: usize, max_message: usize) -> usize {
+    let want = want.min(max_message.saturating_add(MAX_FRAME_HEADER));
+    let records = want / MAX_PLAINTEXT + 1;
+    want.saturating_add(records.saturating_mul(OVERHEAD))
+        .max(4096)
 }
 
 fn message(op: u8, payload: BytesMut) -> Result<Message, FrameError> {
@@ -439,8 +486,11 @@ impl WsWriter {
         let len = payload.len() + second.len();
         let mut header = [0u8; 14];
         let n = Header::encode(op, len, mask, &mut header);
-        self.out
-            .reserve(n + len + (len / MAX_PLAINTEXT + 2) * OVERHEAD);
+        let records = (len / MAX_PLAINTEXT).saturating_add(2);
+        self.out.reserve(
+            n.saturating_add(len)
+                .saturating_add(records.saturating_mul(OVERHEAD)),
+        );
         self.put(&header[..n], None)?;
         self.put(payload, mask.map(|k| (k, 0)))?;
         self.put(second, mask.map(|k| (k, payload.len())))?;

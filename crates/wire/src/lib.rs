@@ -6,6 +6,7 @@
 //! the connection ([`conn`]) hands out payloads as slices of its receive buffer.
 //!
 //! On the wire nothing changes: peers see standard TLS 1.3 and RFC 6455 frames.
+#![forbid(unsafe_code)]
 
 pub mod conn;
 pub mod record;

@@ -478,6 +478,8 @@ pub fn open_records(
         if header[0] != APPLICATION_DATA || !(TAG_LEN + 1..=MAX_CIPHERTEXT).contains(&len) {
             return Err(RecordError::Malformed);
         }
+        // `len` is at most MAX_CIPHERTEXT and `pos + HEADER_LEN + len` at most `end` from
+        // here on, so none of the sums below can wrap whatever the peer declared.
         if end - pos < HEADER_LEN + len {
             break;
         }

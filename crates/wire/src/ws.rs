@@ -78,6 +78,16 @@ pub enum FrameError {
     /// A text message or close reason that is not UTF-8.
     #[error("WebSocket text that is not UTF-8")]
     Utf8,
+    /// A 64-bit payload length with its most significant bit set, which RFC 6455 §5.2
+    /// forbids: refused before any arithmetic on it can wrap.
+    #[error("WebSocket frame length with the most significant bit set")]
+    BadLength,
+    /// A client frame that is not masked: a server must close the connection (RFC 6455 §5.1).
+    #[error("unmasked WebSocket frame from a client")]
+    Unmasked,
+    /// A server frame that is masked: a client must close the connection (RFC 6455 §5.1).
+    #[error("masked WebSocket frame from a server")]
+    Masked,
 }
 
 /// A parsed frame header.
@@ -110,7 +120,7 @@ impl Header {
             return Err(FrameError::BadOpcode(op));
         }
         let masked = b1 & 0x80 != 0;
-        let (len, mut at) = match b1 & 0x7F {
+        let (len, mut at): (u64, usize) = match b1 & 0x7F {
             126 => match buf.get(2..4) {
                 Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
                 None => return Ok(None),
@@ -119,7 +129,11 @@ impl Header {
                 Some(b) => {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(b);
-                    (u64::from_be_bytes(a), 10)
+                    let len = u64::from_be_bytes(a);
+                    if len >> 63 != 0 {
+                        return Err(FrameError::BadLength);
+                    }
+                    (len, 10)
                 }
                 None => return Ok(None),
             },
@@ -129,7 +143,7 @@ impl Header {
             return Err(FrameError::BadControl);
         }
         let mask = if masked {
-            let Some(k) = buf.get(at..at + 4) else {
+            let Some(k) = buf.get(at..at.saturating_add(4)) else {
                 return Ok(None);
             };
             at += 4;
@@ -251,6 +265,11 @@ mod tests {
             Header::parse(&[0x89, 126, 0, 200]),
             Err(FrameError::BadControl)
         );
+        // RFC 6455 §5.2: the most significant bit of a 64-bit length must be 0.
+        let mut top = [0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(Header::parse(&top), Err(FrameError::BadLength));
+        top[2] = 0x7F;
+        assert_eq!(Header::parse(&top).unwrap().unwrap().len, 0x7F << 56);
     }
 
     #[test]
