@@ -47,6 +47,10 @@ pub struct ServerConfig {
     /// The master key sealing secrets at rest (default `master.key` in the data directory);
     /// keep it apart from database backups.
     pub master_key_file: Option<PathBuf>,
+    /// How often the audit checkpoint (`audit.checkpoint` in the data directory) is brought up
+    /// to date: records newer than it can be cut from the trail's end unnoticed, so keep it
+    /// short. It is also written on shutdown.
+    pub audit_checkpoint_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
             max_clock_skew: Duration::from_secs(300),
             token_ttl: Duration::from_secs(60),
             master_key_file: None,
+            audit_checkpoint_interval: Duration::from_secs(1),
         }
     }
 }

@@ -26,4 +26,6 @@ pub struct AppState {
     pub tls: bool,
     /// Stores the records of forwarded connections that agents report.
     pub port_audit: crate::port_audit::Writer,
+    /// Keeps the signed checkpoint of the audit chain's head outside the database.
+    pub audit_checkpoint: crate::audit_checkpoint::Checkpointer,
 }
