@@ -709,6 +709,11 @@ pub async fn audit(c: AuditCommand, format: Format) -> anyhow::Result<i32> {
                     }
                 }
             }
+            if format == Format::Text {
+                for w in out["Warnings"].as_array().into_iter().flatten() {
+                    println!("Warning: {}", w.as_str().unwrap_or_default());
+                }
+            }
             Ok(if ok { 0 } else { 1 })
         }
     }

@@ -95,6 +95,10 @@ pub struct AuditVerification {
     pub problem: Option<String>,
     /// The checkpoint compared against, when one verified.
     pub checkpoint: Option<Checkpoint>,
+    /// What the server recorded about the checkpoint itself (found missing, altered or ahead
+    /// of the database at a start), from the chain's `audit-checkpoint` records: a new
+    /// checkpoint was started then, and what was cut before it could not be checked.
+    pub warnings: Vec<String>,
 }
 
 /// A signed statement of the chain's head: `count` records, the last with hash `hash`, as of
@@ -331,9 +335,27 @@ impl Store {
         let mut expected_seq = 1i64;
         let mut prev_hash = GENESIS.to_owned();
         let mut count = 0i64;
+        let mut warnings = Vec::new();
         while let Some(r) = rows.try_next().await? {
             let rec = row_to_record(&r);
             count += 1;
+            let authentic = record_hash(
+                self.key.audit_key(),
+                &rec.prev_hash,
+                rec.seq,
+                rec.time,
+                &rec.event,
+            ) == rec.hash;
+            // The server's own notes about the checkpoint are shown even where the chain
+            // breaks (a note is often the first record after a hole), when their hash holds.
+            if authentic && rec.event.event == "audit-checkpoint" {
+                warnings.push(format!(
+                    "record {} ({}): {}",
+                    rec.seq,
+                    when(rec.time),
+                    rec.event.statement
+                ));
+            }
             let bad = |problem: String| AuditVerification {
                 records: count,
                 ok: false,
@@ -341,6 +363,7 @@ impl Store {
                 first_bad_seq: Some(rec.seq),
                 problem: Some(problem),
                 checkpoint: None,
+                warnings: warnings.clone(),
             };
             if rec.seq != expected_seq {
                 return Ok(Walk {
@@ -356,14 +379,7 @@ impl Store {
                     first_missing: None,
                 });
             }
-            if record_hash(
-                self.key.audit_key(),
-                &rec.prev_hash,
-                rec.seq,
-                rec.time,
-                &rec.event,
-            ) != rec.hash
-            {
+            if !authentic {
                 return Ok(Walk {
                     verification: bad(
                         "its contents do not match its hash: the record was altered".into()
@@ -382,6 +398,7 @@ impl Store {
                 first_bad_seq: None,
                 problem: None,
                 checkpoint: None,
+                warnings,
             },
             first_missing: Some(expected_seq),
         })
