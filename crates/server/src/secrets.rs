@@ -190,6 +190,23 @@ impl MasterKey {
         String::from_utf8(plain).map_err(|_| SecretError::Undecryptable)
     }
 
+    /// Seals the way versions before row binding did (`enc1:`, no associated data), for the
+    /// tests of the migration.
+    #[cfg(test)]
+    pub(crate) fn seal_unbound(&self, plain: &str) -> String {
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let mut blob = nonce.to_vec();
+        blob.extend(
+            self.aead
+                .encrypt(&nonce, plain.as_bytes())
+                .unwrap_or_default(),
+        );
+        format!(
+            "{PREFIX_V1}{}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
+    }
+
     /// Which format a stored value is in, so the store knows what to migrate.
     pub fn format_of(stored: &str) -> SealFormat {
         if stored.starts_with(PREFIX_V2) {
@@ -310,14 +327,7 @@ mod tests {
     fn old_unbound_values_open_only_through_the_migration() {
         let dir = std::env::temp_dir().join(format!("airlock-mk-v1-{}", std::process::id()));
         let k = MasterKey::load_or_create(&dir.join("k")).unwrap();
-        // What the previous version wrote: nonce || ChaCha20-Poly1305(no AAD), base64, `enc1:`.
-        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let mut blob = nonce.to_vec();
-        blob.extend(k.aead.encrypt(&nonce, b"old".as_slice()).unwrap());
-        let v1 = format!(
-            "enc1:{}",
-            base64::engine::general_purpose::STANDARD.encode(blob)
-        );
+        let v1 = k.seal_unbound("old");
         assert_eq!(MasterKey::format_of(&v1), SealFormat::Unbound);
         assert_eq!(k.open_legacy(&v1).unwrap(), "old");
         assert!(matches!(k.open(&v1, &HERE), Err(SecretError::Legacy(_))));

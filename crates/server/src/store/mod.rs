@@ -294,6 +294,18 @@ impl Store {
         Ok(Some((key, user)))
     }
 
+    /// The owner of an access key, without opening its secret: a key whose sealed secret no
+    /// longer opens (copied from another row) can still be found and deleted.
+    pub async fn access_key_owner(&self, access_key_id: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.* FROM access_keys k JOIN users u ON u.user_id = k.user_id WHERE k.access_key_id = ?",
+        )
+        .bind(access_key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| User::from_row(&r)))
+    }
+
     /// Records that a key was just used (best effort; callers may ignore the error).
     pub async fn touch_access_key(&self, access_key_id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE access_keys SET last_used_at = ? WHERE access_key_id = ?")
@@ -643,4 +655,53 @@ pub fn random_secret(n: usize) -> String {
     (0..n)
         .map(|_| char::from(CHARS[rng.gen_range(0..CHARS.len())]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Secrets an older version sealed unbound (`enc1:`) or kept in clear are re-sealed bound
+    /// to their row at start, and open as before; until then, they are refused where used.
+    #[tokio::test]
+    async fn old_secrets_are_resealed_bound_to_their_row() {
+        let dir = std::env::temp_dir().join(format!("airlock-reseal-{}", std::process::id()));
+        crate::datadir::private_dir(&dir).unwrap();
+        let key = crate::secrets::MasterKey::load_or_create(&dir.join("master.key")).unwrap();
+        let store = Store::open_in_dir(&dir, key.clone()).await.unwrap();
+        let user = store.create_user("old", false).await.unwrap();
+        let unbound = store.create_access_key(&user.user_id).await.unwrap();
+        let plain = store.create_access_key(&user.user_id).await.unwrap();
+        for (k, stored) in [
+            (&unbound, key.seal_unbound(&unbound.secret_access_key)),
+            (&plain, plain.secret_access_key.clone()),
+        ] {
+            sqlx::query("UPDATE access_keys SET secret_access_key = ? WHERE access_key_id = ?")
+                .bind(stored)
+                .bind(&k.access_key_id)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let err = store.access_key(&unbound.access_key_id).await.unwrap_err();
+        assert!(err.to_string().contains("old unbound format"), "{err}");
+        store.pool.close().await;
+        // The next start re-seals both.
+        let store = Store::open_in_dir(&dir, key).await.unwrap();
+        for k in [&unbound, &plain] {
+            let (opened, _) = store.access_key(&k.access_key_id).await.unwrap().unwrap();
+            assert_eq!(opened.secret_access_key, k.secret_access_key);
+            let stored: String = sqlx::query_scalar(
+                "SELECT secret_access_key FROM access_keys WHERE access_key_id = ?",
+            )
+            .bind(&k.access_key_id)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            assert!(stored.starts_with("enc2:"), "{stored}");
+        }
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
