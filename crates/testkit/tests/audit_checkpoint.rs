@@ -431,6 +431,13 @@ async fn sealed_secrets_swapped_between_rows_open_in_neither() {
         assert_eq!(status_of(p).await, (500, "InternalServerError".into()));
         common::wait_log_line(&[&p.access_key_id, "does not open", "another row"]).await;
     }
+    // The attack it stops: a's secret, moved into b's row, would let a sign as b.
+    let as_b = airlock_client::Profile {
+        access_key_id: users[1].access_key_id.clone(),
+        secret_access_key: users[0].secret_access_key.clone(),
+        ..users[0].clone()
+    };
+    assert_eq!(status_of(&as_b).await, (500, "InternalServerError".into()));
     // The server is still up and serves everyone else, and the broken keys can be deleted.
     let api = server.api();
     api.call("Airlock.ListUsers", &json!({})).await.unwrap();
