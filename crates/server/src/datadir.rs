@@ -40,15 +40,35 @@ pub fn private_file(path: &Path) -> io::Result<()> {
     }
 }
 
-/// One mode this start changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One mode this start changed, or could not change.
+#[derive(Debug)]
 pub struct Tightened {
     /// The file or directory.
     pub path: PathBuf,
     /// Its mode before.
     pub was: u32,
-    /// Its mode now.
-    pub now: u32,
+    /// Its mode now, or why it could not be changed (not the server's file, say): the
+    /// server still starts, and the log says so.
+    pub now: Result<u32, io::Error>,
+}
+
+/// Makes `dir` private ([`secure`]) and logs each change and each failure to change.
+pub fn secure_and_log(dir: &Path) -> io::Result<()> {
+    for t in secure(dir)? {
+        match &t.now {
+            Ok(now) => tracing::warn!(
+                "{} was mode {:o}, open to other users; made it {now:o}",
+                t.path.display(),
+                t.was
+            ),
+            Err(e) => tracing::warn!(
+                "{} is mode {:o}, open to other users, and could not be made private: {e}",
+                t.path.display(),
+                t.was
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Makes `dir` 0700 and everything in it private (directories 0700, files 0600), returning
@@ -68,11 +88,11 @@ fn secure_at(path: &Path, depth: usize, changed: &mut Vec<Tightened>) -> io::Res
     let now = if meta.is_dir() { DIR_MODE } else { FILE_MODE };
     // Only loosened modes are changed: an operator's stricter choice (0400) stays.
     if was & 0o077 != 0 || was & 0o7000 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(was & now & 0o700))?;
+        let now = was & now & 0o700;
         changed.push(Tightened {
             path: path.to_path_buf(),
             was,
-            now: was & now & 0o700,
+            now: std::fs::set_permissions(path, std::fs::Permissions::from_mode(now)).map(|()| now),
         });
     }
     if meta.is_dir() && depth < MAX_DEPTH {
@@ -109,6 +129,7 @@ mod tests {
         assert_eq!(mode(&dir.join("tls/key.pem")), 0o600);
         assert_eq!(mode(&dir.join("ro")), 0o400);
         assert_eq!(changed.len(), 4, "{changed:?}");
+        assert!(changed.iter().all(|t| t.now.is_ok()), "{changed:?}");
         assert!(secure(&dir).unwrap().is_empty());
         std::fs::remove_dir_all(dir).unwrap();
     }

@@ -180,18 +180,10 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         context: format!("creating {}", config.data_dir.display()),
         source,
     })?;
-    let tightened = datadir::secure(&config.data_dir).map_err(|source| ServerError::Io {
+    datadir::secure_and_log(&config.data_dir).map_err(|source| ServerError::Io {
         context: format!("making {} private", config.data_dir.display()),
         source,
     })?;
-    for t in &tightened {
-        tracing::warn!(
-            "{} was mode {:o}, readable by other users; made it {:o}",
-            t.path.display(),
-            t.was,
-            t.now
-        );
-    }
     if config.database_url.is_none() {
         // SQLite gives the -wal and -shm files the database file's mode.
         let db = config.data_dir.join("airlock.db");
