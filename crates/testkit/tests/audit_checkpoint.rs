@@ -245,7 +245,13 @@ async fn normal_operation_and_restarts_verify_intact_and_the_checkpoint_keeps_up
     assert!(newest >= 200);
     let started = Instant::now();
     loop {
-        let covered = checkpoint(&server)["Count"].as_i64().unwrap();
+        // Not there yet at all until the first refresh after the first record.
+        let covered = match std::fs::read(server_dir(&server).join("audit.checkpoint")) {
+            Ok(text) => serde_json::from_slice::<Value>(&text).unwrap()["Count"]
+                .as_i64()
+                .unwrap(),
+            Err(_) => 0,
+        };
         if covered >= newest {
             break;
         }
