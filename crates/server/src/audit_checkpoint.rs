@@ -16,7 +16,8 @@
 //! database restored while the server was down, or under it), or the file at start does not
 //! verify, the writer stops ("frozen") and leaves the evidence for `airlock audit verify`;
 //! the operator moves the file aside and restarts to start a new checkpoint, which the chain
-//! records.
+//! records. A file changed or removed under a running server is put back from the server's
+//! own copy (and logged).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -212,6 +213,7 @@ impl Checkpointer {
                         );
                         note = Some(event("CheckpointRolledBack", msg.clone()));
                         anchor.frozen = Some(msg);
+                        anchor.last = Some(c);
                     }
                     Some(None) => {
                         let msg = format!(
@@ -228,6 +230,7 @@ impl Checkpointer {
                                 hash: c.hash.clone(),
                             });
                         }
+                        anchor.last = Some(c);
                     }
                     _ => anchor.last = Some(c),
                 }
@@ -274,6 +277,23 @@ impl Checkpointer {
     pub async fn flush(&self) {
         let store = &self.inner.store;
         let mut anchor = self.inner.anchor.lock().await;
+        if let Some(last) = &anchor.last {
+            // The server's own copy is the truth: a file changed or removed under it is put
+            // back (the evidence of a truncation included), and that is logged.
+            let on_disk = read(&self.inner.path, store.key.checkpoint_key());
+            if on_disk != CheckpointRead::Valid(last.clone()) {
+                tracing::error!(
+                    "{} was changed or removed while the server ran ({}); restoring it from the server's own record",
+                    self.inner.path.display(),
+                    match on_disk {
+                        CheckpointRead::Missing => "missing".to_owned(),
+                        CheckpointRead::Invalid(why) => why,
+                        CheckpointRead::Valid(c) => format!("it names record {}", c.count),
+                    }
+                );
+                self.write(last.clone()).await;
+            }
+        }
         if anchor.frozen.is_some() {
             return;
         }
@@ -327,16 +347,25 @@ impl Checkpointer {
             tracing::warn!("audit checkpoint: {e}");
             return;
         }
+        if self.write(c.clone()).await {
+            anchor.last = Some(c);
+        }
+    }
+
+    /// Writes `c` to the file (off the runtime's threads); false, logged, when that fails.
+    async fn write(&self, c: Checkpoint) -> bool {
         let path = self.inner.path.clone();
-        let key = *store.key.checkpoint_key();
-        let c2 = c.clone();
-        let written = tokio::task::spawn_blocking(move || write(&path, &key, &c2)).await;
+        let key = *self.inner.store.key.checkpoint_key();
+        let written = tokio::task::spawn_blocking(move || write(&path, &key, &c)).await;
         match written.map_err(std::io::Error::other).and_then(|r| r) {
-            Ok(()) => anchor.last = Some(c),
-            Err(e) => tracing::warn!(
-                "audit checkpoint: writing {}: {e}",
-                self.inner.path.display()
-            ),
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "audit checkpoint: writing {}: {e}",
+                    self.inner.path.display()
+                );
+                false
+            }
         }
     }
 

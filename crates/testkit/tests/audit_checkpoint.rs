@@ -219,6 +219,34 @@ async fn an_altered_checkpoint_is_named_tampered() {
     );
 }
 
+/// Under a running server the checkpoint it wrote is its own record: one altered on disk (to
+/// hide records cut from the end) is put back from it, and logged: the cut is still named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_altered_under_a_running_server_is_restored_and_logged() {
+    common::capture_logs();
+    let server = TestServer::start().await;
+    calls(&server, 3).await;
+    assert_eq!(verify(&server).await["Ok"], true);
+    let path = server_dir(&server).join("audit.checkpoint");
+    let mut cp = checkpoint(&server);
+    let count = cp["Count"].as_i64().unwrap();
+    cp["Count"] = json!(count - 2);
+    std::fs::write(&path, serde_json::to_vec(&cp).unwrap()).unwrap();
+    let pool = db(&server).await;
+    sqlx::query("DELETE FROM audit_log WHERE seq > ?")
+        .bind(count - 2)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert_status(&verify(&server).await, "truncated");
+    common::wait_log_line(&[
+        &path.display().to_string(),
+        "changed or removed while the server ran",
+    ])
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn normal_operation_and_restarts_verify_intact_and_the_checkpoint_keeps_up() {
     let mut server = TestServer::start().await;
