@@ -471,7 +471,7 @@ impl Store {
                             v.status = "truncated".into();
                             v.problem = Some(format!(
                                 "records were deleted from the end of the chain: the checkpoint of {} \
-                                 covers {} records, but record {} is missing (the newest left is {}){chain_problem}",
+                                 covers {} records, but record {} is missing (the trail now ends at record {}){chain_problem}",
                                 when(c.time), c.count, c.count, last
                             ));
                         }
