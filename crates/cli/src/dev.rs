@@ -90,8 +90,11 @@ pub async fn run(a: DevArgs, format: Format) -> anyhow::Result<i32> {
     let data_dir = a
         .data_dir
         .unwrap_or_else(|| home().join(".airlock").join("dev"));
-    std::fs::create_dir_all(&data_dir)
+    // The agent's key and the server's state live here: private to this user.
+    airlock_server::private_dir(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    airlock_server::datadir::secure_and_log(&data_dir)
+        .with_context(|| format!("making {} private", data_dir.display()))?;
     let server_dir = data_dir.join("server");
     let server = airlock_server::start(airlock_server::ServerConfig {
         listen: a.listen,

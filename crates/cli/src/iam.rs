@@ -689,14 +689,30 @@ pub async fn audit(c: AuditCommand, format: Format) -> anyhow::Result<i32> {
             let ok = out["Ok"].as_bool() == Some(true);
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
-                Format::Text if ok => {
-                    println!("Audit chain intact: {} records.", s(&out, "Records"))
+                Format::Text if ok => match out["Checkpoint"]["Count"].as_i64() {
+                    Some(n) => println!(
+                        "Audit chain intact: {} records; its end matches the signed checkpoint (record {n}).",
+                        s(&out, "Records")
+                    ),
+                    None => println!("Audit chain intact: {} records.", s(&out, "Records")),
+                },
+                // Named by what was found: BROKEN, TRUNCATED, ROLLED-BACK, CHECKPOINT-TAMPERED,
+                // CHECKPOINT-MISSING (older servers send no status: a break).
+                Format::Text => {
+                    let status = out["Status"].as_str().unwrap_or("broken").to_uppercase();
+                    match out["FirstBadSeq"].as_i64() {
+                        Some(seq) => println!(
+                            "Audit chain {status} at record {seq}: {}",
+                            s(&out, "Problem")
+                        ),
+                        None => println!("Audit chain {status}: {}", s(&out, "Problem")),
+                    }
                 }
-                Format::Text => println!(
-                    "Audit chain BROKEN at record {}: {}",
-                    s(&out, "FirstBadSeq"),
-                    s(&out, "Problem")
-                ),
+            }
+            if format == Format::Text {
+                for w in out["Warnings"].as_array().into_iter().flatten() {
+                    println!("Warning: {}", w.as_str().unwrap_or_default());
+                }
             }
             Ok(if ok { 0 } else { 1 })
         }

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub master_key_file: Option<PathBuf>,
     /// What one peer may cost the server (connections, head and body sizes, failed logins).
     pub limits: crate::limits::Limits,
+    /// How often the audit checkpoint (`audit.checkpoint` in the data directory) is brought up
+    /// to date: records newer than it can be cut from the trail's end unnoticed, so keep it
+    /// short. It is also written on shutdown.
+    pub audit_checkpoint_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +69,7 @@ impl Default for ServerConfig {
             token_ttl: Duration::from_secs(60),
             master_key_file: None,
             limits: crate::limits::Limits::default(),
+            audit_checkpoint_interval: Duration::from_secs(1),
         }
     }
 }

@@ -6,9 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod audit_checkpoint;
 pub mod auth;
 pub mod authz;
 pub mod config;
+pub mod datadir;
 pub mod gateway;
 pub mod limits;
 pub mod listener;
@@ -34,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{ServerConfig, TlsMode};
 pub use limits::Limits;
+pub use datadir::private_dir;
 pub use state::AppState;
 
 /// Errors starting the server.
@@ -103,6 +106,8 @@ impl RunningServer {
         self.state.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.serve).await;
+        // The last records of this run are covered before the process goes.
+        self.state.audit_checkpoint.flush().await;
     }
 
     /// Resolves when the server stops by itself (it does not, unless it fails).
@@ -152,6 +157,15 @@ async fn bootstrap_admin(
     Ok(Some(admin))
 }
 
+/// The file behind a `sqlite:` URL, when it names one.
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| PathBuf::from(path))
+}
+
 /// Writes a file only its owner can read.
 pub fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -167,10 +181,22 @@ pub fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()>
 
 /// Starts the server.
 pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+    datadir::private_dir(&config.data_dir).map_err(|source| ServerError::Io {
         context: format!("creating {}", config.data_dir.display()),
         source,
     })?;
+    datadir::secure_and_log(&config.data_dir).map_err(|source| ServerError::Io {
+        context: format!("making {} private", config.data_dir.display()),
+        source,
+    })?;
+    if config.database_url.is_none() {
+        // SQLite gives the -wal and -shm files the database file's mode.
+        let db = config.data_dir.join("airlock.db");
+        datadir::private_file(&db).map_err(|source| ServerError::Io {
+            context: format!("creating {}", db.display()),
+            source,
+        })?;
+    }
     let key_path = config
         .master_key_file
         .clone()
@@ -184,6 +210,12 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     if orphaned > 0 {
         tracing::warn!("{orphaned} sessions from a previous run were marked Failed");
     }
+    let db_file = match &config.database_url {
+        None => Some(config.data_dir.join("airlock.db")),
+        Some(url) => sqlite_file(url),
+    };
+    let audit_checkpoint =
+        audit_checkpoint::Checkpointer::start(store.clone(), &config.data_dir, db_file).await?;
     let bootstrap = bootstrap_admin(&store, &config.data_dir).await?;
 
     let loopback = config.listen.ip().is_loopback();
@@ -227,12 +259,14 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     let refusals = refusals::Refusals::spawn(store.clone(), shutdown.clone());
     let limits = config.limits.clone();
     let replays = replay::ReplayGuard::new(2 * config.max_clock_skew);
+    audit_checkpoint.spawn_refresh(config.audit_checkpoint_interval, shutdown.clone());
     let state = Arc::new(AppState {
         store,
         hub: gateway::hub::Hub::default(),
         config,
         shutdown,
         port_audit,
+        audit_checkpoint,
         tasks: TaskTracker::new(),
         policies: authz::PolicyCache::default(),
         tls: tls.is_some(),

@@ -34,4 +34,6 @@ pub struct AppState {
     pub replays: crate::replay::ReplayGuard,
     /// Writes the audit records of unauthenticated refusals, off the request path.
     pub refusals: crate::refusals::Refusals,
+    /// Keeps the signed checkpoint of the audit chain's head outside the database.
+    pub audit_checkpoint: crate::audit_checkpoint::Checkpointer,
 }

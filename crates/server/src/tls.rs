@@ -83,7 +83,7 @@ pub fn self_signed(data_dir: &Path) -> Result<Loaded, TlsError> {
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
     if !cert.exists() || !key.exists() {
-        std::fs::create_dir_all(&dir).map_err(|source| TlsError::Io {
+        crate::datadir::private_dir(&dir).map_err(|source| TlsError::Io {
             path: dir.display().to_string(),
             source,
         })?;
@@ -100,10 +100,8 @@ pub fn self_signed(data_dir: &Path) -> Result<Loaded, TlsError> {
         }
         let generated = rcgen::generate_simple_self_signed(names)?;
         write_private(&key, generated.key_pair.serialize_pem().as_bytes())?;
-        std::fs::write(&cert, generated.cert.pem()).map_err(|source| TlsError::Io {
-            path: cert.display().to_string(),
-            source,
-        })?;
+        // The certificate is public, but it lives in the private data directory like the rest.
+        write_private(&cert, generated.cert.pem().as_bytes())?;
     }
     load(&cert, &key)
 }

@@ -192,9 +192,9 @@ pub async fn dispatch(
             // Authorised on the key owner's ARN, as IAM does; an unknown key on `user/*`.
             let owner = state
                 .store
-                .access_key(&id)
+                .access_key_owner(&id)
                 .await?
-                .map(|(_, u)| u.name)
+                .map(|u| u.name)
                 .unwrap_or_else(|| "*".to_owned());
             authorize(state, caller, "iam:DeleteAccessKey", &resource(&owner)).await?;
             if !state.store.delete_access_key(&id).await? {

@@ -185,8 +185,8 @@ pub async fn dispatch(
         "ListAuditEvents" => list_audit(state, caller, input).await,
         "VerifyAudit" => match authorize(state, caller, "airlock:VerifyAudit", "*").await {
             Ok(()) => state
-                .store
-                .verify_audit()
+                .audit_checkpoint
+                .verify()
                 .await
                 .map_err(ApiError::from)
                 .map(|v| json!(v)),

@@ -640,7 +640,13 @@ impl Store {
         )
         .bind(&c.access_key_id)
         .bind(&c.user_id)
-        .bind(self.key.seal(&c.secret_access_key))
+        .bind(self.key.seal(
+            &c.secret_access_key,
+            &super::secret_at(
+                "session_credentials",
+                &super::secret_row(&c.access_key_id, &c.user_id),
+            ),
+        ))
         .bind(&c.token_hash)
         .bind(c.mfa)
         .bind(c.issued_at)
@@ -661,10 +667,19 @@ impl Store {
             .await?;
         let Some(r) = row else { return Ok(None) };
         let sealed: String = r.get("secret_access_key");
+        let access_key_id: String = r.get("access_key_id");
+        let user_id: String = r.get("user_id");
+        let secret_access_key = self.key.open(
+            &sealed,
+            &super::secret_at(
+                "session_credentials",
+                &super::secret_row(&access_key_id, &user_id),
+            ),
+        )?;
         Ok(Some(SessionCredentials {
-            access_key_id: r.get("access_key_id"),
-            user_id: r.get("user_id"),
-            secret_access_key: self.key.open(&sealed)?,
+            access_key_id,
+            user_id,
+            secret_access_key,
             token_hash: r.get("token_hash"),
             mfa: r.get("mfa"),
             issued_at: r.get("issued_at"),

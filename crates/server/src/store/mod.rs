@@ -42,8 +42,11 @@ pub struct Store {
     pub(crate) pool: SqlitePool,
     /// Seals secrets at rest.
     pub(crate) key: crate::secrets::MasterKey,
-    /// Serialises audit appends so the hash chain has one writer.
-    pub(crate) audit_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Serialises audit appends so the hash chain has one writer; holds the last record this
+    /// server wrote, which the next one chains to.
+    pub(crate) audit_lock: std::sync::Arc<tokio::sync::Mutex<Option<audit::AuditHead>>>,
+    /// A copy of that head the checkpoint writer reads without queueing behind appends.
+    pub(crate) audit_head: std::sync::Arc<std::sync::Mutex<Option<audit::AuditHead>>>,
 }
 
 /// The `[{"Key":…,"Value":…}]` tags stored with an activation, as pairs.
@@ -62,6 +65,24 @@ pub fn activation_tags(json: &str) -> Vec<(String, String)> {
 /// Milliseconds since the Unix epoch, the unit of every timestamp column.
 pub fn now_ms() -> i64 {
     i64::try_from(airlock_proto::unix_millis()).unwrap_or(i64::MAX)
+}
+
+/// The tables whose `secret_access_key` column is sealed.
+const SEALED_TABLES: [&str; 2] = ["access_keys", "session_credentials"];
+
+/// The identity a sealed secret is bound to: its key id and its owner, so it opens neither in
+/// another key's row nor after its row is handed to another user.
+pub(crate) fn secret_row(access_key_id: &str, user_id: &str) -> String {
+    format!("{access_key_id}/{user_id}")
+}
+
+/// Where a `secret_access_key` of `table` is sealed, for the row `row` ([`secret_row`]).
+pub(crate) fn secret_at<'a>(table: &'a str, row: &'a str) -> crate::secrets::SealedAt<'a> {
+    crate::secrets::SealedAt {
+        table,
+        column: "secret_access_key",
+        row,
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -97,24 +118,52 @@ impl Store {
             pool,
             key,
             audit_lock: Default::default(),
+            audit_head: Default::default(),
         };
-        store.seal_plain_secrets().await?;
+        store.reseal_secrets().await?;
         Ok(store)
     }
 
-    async fn seal_plain_secrets(&self) -> Result<(), StoreError> {
-        let rows = sqlx::query("SELECT access_key_id, secret_access_key FROM access_keys")
+    /// Seals what an older version stored in clear and re-seals what it sealed unbound
+    /// (`enc1:`), binding each secret to its row. A value that does not open is left as it is
+    /// (and named in the log): it fails where it is used, not here.
+    async fn reseal_secrets(&self) -> Result<(), StoreError> {
+        use crate::secrets::{MasterKey, SealFormat};
+        for table in SEALED_TABLES {
+            let rows = sqlx::query(&format!(
+                "SELECT access_key_id, user_id, secret_access_key FROM {table}"
+            ))
             .fetch_all(&self.pool)
             .await?;
-        for r in rows {
-            let id: String = r.get("access_key_id");
-            let secret: String = r.get("secret_access_key");
-            if !crate::secrets::MasterKey::is_sealed(&secret) {
-                sqlx::query("UPDATE access_keys SET secret_access_key = ? WHERE access_key_id = ?")
-                    .bind(self.key.seal(&secret))
-                    .bind(&id)
-                    .execute(&self.pool)
-                    .await?;
+            let mut resealed = 0u64;
+            for r in rows {
+                let id: String = r.get("access_key_id");
+                let user_id: String = r.get("user_id");
+                let stored: String = r.get("secret_access_key");
+                let plain = match MasterKey::format_of(&stored) {
+                    SealFormat::Bound => continue,
+                    SealFormat::Plain => stored,
+                    SealFormat::Unbound => match self.key.open_legacy(&stored) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::error!("{table} {id}: {e}; left as it is");
+                            continue;
+                        }
+                    },
+                };
+                let row = secret_row(&id, &user_id);
+                sqlx::query(&format!(
+                    "UPDATE {table} SET secret_access_key = ? WHERE access_key_id = ? AND secret_access_key = ?"
+                ))
+                .bind(self.key.seal(&plain, &secret_at(table, &row)))
+                .bind(&id)
+                .bind(r.get::<String, _>("secret_access_key"))
+                .execute(&self.pool)
+                .await?;
+                resealed += 1;
+            }
+            if resealed > 0 {
+                tracing::info!("re-sealed {resealed} secrets in {table}, each bound to its row");
             }
         }
         Ok(())
@@ -204,7 +253,13 @@ impl Store {
         )
         .bind(&key.access_key_id)
         .bind(&key.user_id)
-        .bind(self.key.seal(&key.secret_access_key))
+        .bind(self.key.seal(
+            &key.secret_access_key,
+            &secret_at(
+                "access_keys",
+                &secret_row(&key.access_key_id, &key.user_id),
+            ),
+        ))
         .bind(&key.status)
         .bind(key.created_at)
         .execute(&self.pool)
@@ -226,7 +281,10 @@ impl Store {
         .await?;
         let Some(r) = row else { return Ok(None) };
         let mut key = AccessKey::from_row(&r);
-        key.secret_access_key = self.key.open(&key.secret_access_key)?;
+        key.secret_access_key = self.key.open(
+            &key.secret_access_key,
+            &secret_at("access_keys", &secret_row(&key.access_key_id, &key.user_id)),
+        )?;
         let user = User {
             user_id: r.get("user_id"),
             name: r.get("name"),
@@ -234,6 +292,18 @@ impl Store {
             created_at: r.get("user_created_at"),
         };
         Ok(Some((key, user)))
+    }
+
+    /// The owner of an access key, without opening its secret: a key whose sealed secret no
+    /// longer opens (copied from another row) can still be found and deleted.
+    pub async fn access_key_owner(&self, access_key_id: &str) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(
+            "SELECT u.* FROM access_keys k JOIN users u ON u.user_id = k.user_id WHERE k.access_key_id = ?",
+        )
+        .bind(access_key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| User::from_row(&r)))
     }
 
     /// Records that a key was just used (best effort; callers may ignore the error).
@@ -585,4 +655,53 @@ pub fn random_secret(n: usize) -> String {
     (0..n)
         .map(|_| char::from(CHARS[rng.gen_range(0..CHARS.len())]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Secrets an older version sealed unbound (`enc1:`) or kept in clear are re-sealed bound
+    /// to their row at start, and open as before; until then, they are refused where used.
+    #[tokio::test]
+    async fn old_secrets_are_resealed_bound_to_their_row() {
+        let dir = std::env::temp_dir().join(format!("airlock-reseal-{}", std::process::id()));
+        crate::datadir::private_dir(&dir).unwrap();
+        let key = crate::secrets::MasterKey::load_or_create(&dir.join("master.key")).unwrap();
+        let store = Store::open_in_dir(&dir, key.clone()).await.unwrap();
+        let user = store.create_user("old", false).await.unwrap();
+        let unbound = store.create_access_key(&user.user_id).await.unwrap();
+        let plain = store.create_access_key(&user.user_id).await.unwrap();
+        for (k, stored) in [
+            (&unbound, key.seal_unbound(&unbound.secret_access_key)),
+            (&plain, plain.secret_access_key.clone()),
+        ] {
+            sqlx::query("UPDATE access_keys SET secret_access_key = ? WHERE access_key_id = ?")
+                .bind(stored)
+                .bind(&k.access_key_id)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let err = store.access_key(&unbound.access_key_id).await.unwrap_err();
+        assert!(err.to_string().contains("old unbound format"), "{err}");
+        store.pool.close().await;
+        // The next start re-seals both.
+        let store = Store::open_in_dir(&dir, key).await.unwrap();
+        for k in [&unbound, &plain] {
+            let (opened, _) = store.access_key(&k.access_key_id).await.unwrap().unwrap();
+            assert_eq!(opened.secret_access_key, k.secret_access_key);
+            let stored: String = sqlx::query_scalar(
+                "SELECT secret_access_key FROM access_keys WHERE access_key_id = ?",
+            )
+            .bind(&k.access_key_id)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            assert!(stored.starts_with("enc2:"), "{stored}");
+        }
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
