@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{ServerConfig, TlsMode};
-pub use limits::Limits;
 pub use datadir::private_dir;
+pub use limits::Limits;
 pub use state::AppState;
 
 /// Errors starting the server.

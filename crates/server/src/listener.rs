@@ -144,12 +144,8 @@ pub fn spawn(
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!("could not set TCP_NODELAY: {e}");
             }
-            let (tls, state, app, shutdown) = (
-                tls.clone(),
-                state.clone(),
-                app.clone(),
-                shutdown.clone(),
-            );
+            let (tls, state, app, shutdown) =
+                (tls.clone(), state.clone(), app.clone(), shutdown.clone());
             tokio::spawn(async move {
                 // Held by this task and, through the requests' extensions, by a WebSocket a
                 // request upgrades to: the slot is free when both are done with it.

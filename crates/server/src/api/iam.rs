@@ -397,13 +397,17 @@ async fn simple(
                 if status != "Active" && status != "Inactive" {
                     return Err(super::invalid(status, "status", "Member must satisfy enum value set: [Active, Inactive]"));
                 }
-                let Some((key, owner)) = state.store.access_key(id).await? else {
+                // The owner without opening the sealed secret: a key whose secret no longer
+                // opens (swapped rows, a restore) can still be disabled.
+                let Some(owner) = state.store.access_key_owner(id).await? else {
                     return Err(ApiError::client("NoSuchEntity", format!("The Access Key with id {id} cannot be found.")));
                 };
                 authorize(state, caller, "iam:UpdateAccessKey", &user_arn(state, &owner.name)).await?;
+                let keys = state.store.list_access_keys(&owner.user_id).await?;
+                let was_active = keys.iter().any(|k| k.access_key_id == id && k.status == "Active");
                 // At most two active keys per user, however the second became active.
-                if status == "Active" && key.status != "Active" {
-                    let active = state.store.list_access_keys(&owner.user_id).await?.iter().filter(|k| k.status == "Active").count();
+                if status == "Active" && !was_active {
+                    let active = keys.iter().filter(|k| k.status == "Active").count();
                     if active >= 2 {
                         return Err(ApiError::client("LimitExceeded", "Cannot exceed quota for AccessKeysPerUser: 2"));
                     }

@@ -26,6 +26,9 @@ use crate::state::AppState;
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest WebSocket message accepted on a data channel (a frame of the largest payload we negotiate).
 pub const MAX_DATA_MESSAGE: usize = 1024 * 1024 + 4096;
+/// Largest message before the channel's token is checked: the open message is a small JSON
+/// text, and a connection nobody has authenticated must not make the gateway hold megabytes.
+pub const MAX_OPEN_MESSAGE: usize = 16 * 1024;
 
 /// Upgrades `/v1/data-channel/{session_id}`.
 pub async fn upgrade(
@@ -238,6 +241,10 @@ pub async fn serve(
             return close_with(&mut writer, 1008, &reason).await;
         }
     };
+    // The token is good: from here on, messages as large as the data path carries.
+    if let DcReader::Wire(r) = &mut reader {
+        r.set_max_message(MAX_DATA_MESSAGE);
+    }
     if side == Side::Client {
         if let Err(reason) = authorize_client(&state, &session_id, peer).await {
             tracing::warn!(%peer, session_id, "data channel refused: {reason}");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use airlock_wire::{Role, WsConn};
 use tokio::io::AsyncWriteExt;
 
-use super::data::{self, MAX_DATA_MESSAGE};
+use super::data;
 use crate::listener::Transport;
 use crate::state::AppState;
 
@@ -131,7 +131,8 @@ pub async fn serve(
         }
     };
     let mut conn = conn;
-    conn.set_max_message(MAX_DATA_MESSAGE);
+    // Raised to MAX_DATA_MESSAGE once the open message's token is checked (data::serve).
+    conn.set_max_message(data::MAX_OPEN_MESSAGE);
     let (writer, reader) = conn.split();
     data::serve(
         state,
