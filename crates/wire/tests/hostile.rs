@@ -225,6 +225,7 @@ async fn the_wrap_attack_over_tls_is_refused_without_allocating() {
     let mut gateway = WsConn::over_tls13(
         tcp,
         conn.dangerous_extract_secrets().unwrap(),
+        None,
         Role::Server,
         &[],
     )
