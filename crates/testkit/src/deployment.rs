@@ -35,14 +35,9 @@ pub struct Deployment {
 impl Deployment {
     /// Starts the server with TLS (plus `server_args`), registers and runs one agent.
     pub async fn start(server_args: &[&str]) -> Deployment {
-        // AIRLOCK_TEST_BINARY runs the suite against another build (e.g. an older one, to see
-        // an attack succeed before its fix).
-        let bin = match std::env::var_os("AIRLOCK_TEST_BINARY") {
-            Some(b) => PathBuf::from(b),
-            None => tokio::task::spawn_blocking(airlock_binary)
-                .await
-                .expect("building airlock"),
-        };
+        let bin = tokio::task::spawn_blocking(airlock_binary)
+            .await
+            .expect("building airlock");
         let dir = TempDir::new();
         let port = free_port();
         let data_dir = dir.0.join("server");

@@ -431,6 +431,11 @@ impl TestSession {
 pub fn airlock_binary() -> PathBuf {
     use std::path::Path;
     use std::process::Command;
+    // AIRLOCK_TEST_BINARY runs tests and benchmarks against another build: an older one (to see
+    // an attack succeed before its fix) or one built with other settings (to measure them).
+    if let Some(b) = std::env::var_os("AIRLOCK_TEST_BINARY") {
+        return PathBuf::from(b);
+    }
     // A test runs from <target>/<profile>/deps/; the binary lives in <target>/<profile>/.
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
