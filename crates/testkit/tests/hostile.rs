@@ -136,10 +136,11 @@ async fn websocket_frames_before_authentication_cannot_crash_the_server() {
     let mut d = Deployment::start(&[]).await;
     let data = "/v1/data-channel/nobody-0123456789abcdef0?role=publish_subscribe";
     let control = format!("/v1/control-channel/{}", d.instance_id);
-    let one = frame(false, 2, 1, b"x", false);
-    // The 130-byte abort: a fragment, then a continuation declaring ~2^64 bytes.
+    let one = frame(false, 2, 100, &[b'x'; 100], false);
+    // The issue's ~130-byte abort: a fragment of 100 bytes, then a continuation declaring
+    // 2^64-64 bytes (their sum wraps past 2^64).
     let mut wrap = one.clone();
-    wrap.extend(frame(true, 0, u64::MAX - 15, b"", false));
+    wrap.extend(frame(true, 0, u64::MAX - 63, b"", false));
     // The same with the top bit clear (a legal-looking 2^63-1) and in a single frame.
     let mut huge = one.clone();
     huge.extend(frame(true, 0, (1 << 63) - 1, b"", false));
