@@ -258,8 +258,16 @@ impl Checkpointer {
         Ok(me)
     }
 
-    /// Refreshes the checkpoint every `interval` until `shutdown`, then once more.
-    pub fn spawn_refresh(&self, interval: Duration, shutdown: CancellationToken) {
+    /// Refreshes the checkpoint every `interval` until `shutdown` (whose last write is
+    /// [`crate::RunningServer::shutdown`]'s).
+    ///
+    /// Returns the task: shutdown waits for it before its own last flush, so that no refresh
+    /// of this run writes the file after the server has stopped.
+    pub fn spawn_refresh(
+        &self,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -268,8 +276,7 @@ impl Checkpointer {
                     _ = tokio::time::sleep(interval) => me.flush().await,
                 }
             }
-            me.flush().await;
-        });
+        })
     }
 
     /// Writes the server's current head as the checkpoint, if it moved, the record the

@@ -96,6 +96,7 @@ pub struct RunningServer {
     /// Shared state (tests inspect the hub).
     pub state: Arc<AppState>,
     serve: tokio::task::JoinHandle<()>,
+    checkpoint_refresh: tokio::task::JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -106,7 +107,9 @@ impl RunningServer {
         self.state.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.state.tasks.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.serve).await;
-        // The last records of this run are covered before the process goes.
+        // The last records of this run are covered before the process goes, once the periodic
+        // refresh has stopped (so nothing of this run writes the file afterwards).
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.checkpoint_refresh).await;
         self.state.audit_checkpoint.flush().await;
     }
 
@@ -259,7 +262,8 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     let refusals = refusals::Refusals::spawn(store.clone(), shutdown.clone());
     let limits = config.limits.clone();
     let replays = replay::ReplayGuard::new(2 * config.max_clock_skew);
-    audit_checkpoint.spawn_refresh(config.audit_checkpoint_interval, shutdown.clone());
+    let checkpoint_refresh =
+        audit_checkpoint.spawn_refresh(config.audit_checkpoint_interval, shutdown.clone());
     let state = Arc::new(AppState {
         store,
         hub: gateway::hub::Hub::default(),
@@ -300,5 +304,6 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         bootstrap,
         state,
         serve,
+        checkpoint_refresh,
     })
 }
