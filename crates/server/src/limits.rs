@@ -21,7 +21,7 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Largest request head (request line and headers), in bytes.
     pub max_header_bytes: usize,
-    /// Largest API request body, in bytes.
+    /// Largest request body (API calls and agent registration), in bytes.
     pub max_body_bytes: usize,
     /// Failed authentications one source address may make in a burst before further failures
     /// are summarised in the audit trail instead of recorded one by one.

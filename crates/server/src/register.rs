@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::api::{ApiError, MAX_BODY};
+use crate::api::ApiError;
 use crate::state::AppState;
 use crate::store::{now_ms, Instance};
 
@@ -50,12 +50,13 @@ pub async fn register(
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     // Refused before it is buffered, in the API's shape (axum's own limit answers in plain text).
-    let result = match to_bytes(body, MAX_BODY).await {
+    let max_body = state.config.limits.max_body_bytes;
+    let result = match to_bytes(body, max_body).await {
         Ok(body) => register_inner(&state, peer, &body).await,
         Err(_) => Err(ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "ValidationException",
-            message: format!("Request body exceeds the limit of {MAX_BODY} bytes."),
+            message: format!("Request body exceeds the limit of {max_body} bytes."),
         }),
     };
     match result {

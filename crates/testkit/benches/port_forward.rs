@@ -310,24 +310,9 @@ impl Deployment {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(server.stdout.take().unwrap());
-        let (mut url, mut ca_file) = (String::new(), PathBuf::new());
-        while url.is_empty() || (!plain && ca_file.as_os_str().is_empty()) {
-            let mut line = String::new();
-            assert!(out.read_line(&mut line).await.unwrap() > 0, "server exited");
-            if let Some(u) = line.trim().strip_prefix("Airlock server listening on ") {
-                url = u.to_owned();
-            }
-            if let Some(rest) = line.trim().strip_prefix("TLS certificate ") {
-                ca_file = PathBuf::from(rest.split(" (").next().unwrap());
-            }
-        }
-        tokio::spawn(async move {
-            let mut sink = String::new();
-            while out.read_line(&mut sink).await.is_ok_and(|n| n > 0) {
-                sink.clear();
-            }
-        });
+        let banner =
+            airlock_testkit::deployment::read_banner(server.stdout.take().unwrap(), !plain).await;
+        let (url, ca_file) = (banner.url, banner.cert.unwrap_or_default());
         let creds: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(data.join("admin-credentials.json")).unwrap(),
         )

@@ -13,6 +13,47 @@ use airlock_client::{ApiClient, Profile};
 
 use crate::{airlock_binary, free_port, SessionOptions, TempDir, TestSession};
 
+/// What `airlock server` says on stdout once it serves: its URL, and with TLS the certificate
+/// clients are to trust.
+pub struct ServerBanner {
+    /// `https://…` or `http://…`.
+    pub url: String,
+    /// The served certificate's file (with TLS).
+    pub cert: Option<PathBuf>,
+}
+
+/// Reads a starting server's stdout until it has said where it listens (and, with `tls`, which
+/// certificate it serves), then drains the rest in the background so the server never blocks on
+/// a full pipe. Panics when the server exits first or takes over 30 s.
+pub async fn read_banner(stdout: tokio::process::ChildStdout, tls: bool) -> ServerBanner {
+    let mut out = BufReader::new(stdout);
+    let (mut url, mut cert) = (None, None);
+    while url.is_none() || (tls && cert.is_none()) {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line))
+            .await
+            .expect("the server says where it listens")
+            .expect("server stdout");
+        assert!(n > 0, "the server exited at start");
+        if let Some(u) = line.trim().strip_prefix("Airlock server listening on ") {
+            url = Some(u.to_owned());
+        }
+        if let Some(rest) = line.trim().strip_prefix("TLS certificate ") {
+            cert = rest.split(" (").next().map(PathBuf::from);
+        }
+    }
+    tokio::spawn(async move {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).await.is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
+    ServerBanner {
+        url: url.unwrap_or_default(),
+        cert,
+    }
+}
+
 /// A server process and an agent process, torn down on drop.
 pub struct Deployment {
     /// Base URL (`https://127.0.0.1:PORT`).
@@ -56,28 +97,8 @@ impl Deployment {
             .kill_on_drop(true)
             .spawn()
             .expect("airlock server starts");
-        let mut out = BufReader::new(server.stdout.take().expect("stdout"));
-        let (mut url, mut ca_file) = (String::new(), PathBuf::new());
-        while url.is_empty() || ca_file.as_os_str().is_empty() {
-            let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(30), out.read_line(&mut line))
-                .await
-                .expect("the server says where it listens")
-                .expect("server stdout");
-            assert!(n > 0, "the server exited at start");
-            if let Some(u) = line.trim().strip_prefix("Airlock server listening on ") {
-                url = u.to_owned();
-            }
-            if let Some(rest) = line.trim().strip_prefix("TLS certificate ") {
-                ca_file = PathBuf::from(rest.split(" (").next().unwrap_or_default());
-            }
-        }
-        tokio::spawn(async move {
-            let mut sink = String::new();
-            while out.read_line(&mut sink).await.is_ok_and(|n| n > 0) {
-                sink.clear();
-            }
-        });
+        let banner = read_banner(server.stdout.take().expect("stdout"), true).await;
+        let (url, ca_file) = (banner.url, banner.cert.unwrap_or_default());
         let creds: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(data_dir.join("admin-credentials.json"))
                 .expect("admin credentials"),

@@ -119,31 +119,11 @@ impl Server {
             cmd.args(["--public-url", u]);
         }
         let mut child = cmd.spawn().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut url, mut cert) = (None, None);
-        tokio::time::timeout(STEP, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                if let Some(u) = line.strip_prefix("Airlock server listening on ") {
-                    url = Some(u.trim().to_owned());
-                }
-                if let Some(rest) = line.strip_prefix("TLS certificate ") {
-                    cert = rest
-                        .split(" (SHA-256 fingerprint")
-                        .next()
-                        .map(PathBuf::from);
-                }
-                if line.starts_with("Created the first admin") {
-                    return;
-                }
-            }
-            panic!("the server stopped before it was ready");
-        })
-        .await
-        .expect("the server starts");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let url = url.expect("the server prints its URL");
+        let banner =
+            airlock_testkit::deployment::read_banner(child.stdout.take().unwrap(), true).await;
+        let url = banner.url;
         assert!(url.starts_with("https://"), "TLS is on: {url}");
-        let cert = cert.expect("the server prints its certificate");
+        let cert = banner.cert.expect("the server prints its certificate");
         assert_eq!(cert, data.join("tls").join("cert.pem"));
         let creds: Value =
             serde_json::from_slice(&std::fs::read(data.join("admin-credentials.json")).unwrap())

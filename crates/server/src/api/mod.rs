@@ -27,9 +27,6 @@ pub use error::ApiError;
 use crate::state::AppState;
 use crate::store::User;
 
-/// Largest request body the API reads; anything bigger is refused before it is buffered.
-pub const MAX_BODY: usize = 256 * 1024;
-
 /// Who made a request, established by SigV4, with what the policy engine needs about them.
 #[derive(Debug)]
 pub struct Caller {

@@ -258,31 +258,34 @@ pub async fn serve(
     // The session may have ended while this channel was opening (its token taken just before
     // the end revoked the rest): then the relay above is a fresh one nobody would ever close.
     // Checked after the relay exists, so an end from here on finds and finishes it.
-    let refused = match state.store.session(&session_id).await {
+    let owner = match state.store.session(&session_id).await {
         Ok(Some(s)) if s.status == "Terminated" || s.status == "Failed" => {
             // Nothing attached: a relay created for nobody (an attached one is the end's to finish).
             if !relay.is_attached(Side::Agent) && !relay.is_attached(Side::Client) {
                 relay.end();
                 state.hub.remove_relay(&session_id);
             }
-            Some(if s.end_reason.is_empty() {
+            Err(if s.end_reason.is_empty() {
                 "session has ended".to_owned()
             } else {
                 format!("session has ended: {}", s.end_reason)
             })
         }
-        Ok(Some(_)) => None,
-        Ok(None) => Some("unknown session".to_owned()),
-        Err(e) => Some(format!("store error: {e}")),
+        Ok(Some(s)) => Ok(s.owner),
+        Ok(None) => Err("unknown session".to_owned()),
+        Err(e) => Err(format!("store error: {e}")),
     };
-    if let Some(mut reason) = refused {
-        tracing::warn!(%peer, session_id, ?side, "data channel refused: {reason}");
-        // A close frame's reason is at most 123 bytes.
-        while reason.len() > 123 {
-            reason.pop();
+    let owner = match owner {
+        Ok(owner) => owner,
+        Err(mut reason) => {
+            tracing::warn!(%peer, session_id, ?side, "data channel refused: {reason}");
+            // A close frame's reason is at most 123 bytes.
+            while reason.len() > 123 {
+                reason.pop();
+            }
+            return close_with(&mut writer, 1008, &reason).await;
         }
-        return close_with(&mut writer, 1008, &reason).await;
-    }
+    };
     tracing::info!(%peer, session_id, ?side, "data channel open");
 
     if side == Side::Client && relay.is_attached(Side::Client) {
@@ -290,14 +293,7 @@ pub async fn serve(
         // elsewhere): that takeover goes on the record, with where it came from.
         let event = crate::store::audit::AuditEvent {
             event: "data-channel".into(),
-            principal: state
-                .store
-                .session(&session_id)
-                .await
-                .ok()
-                .flatten()
-                .map(|s| s.owner)
-                .unwrap_or_default(),
+            principal: owner,
             source_ip: peer.ip().to_string(),
             action: "ssmmessages:OpenDataChannel".into(),
             resource: session_id.clone(),
