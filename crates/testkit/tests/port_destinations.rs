@@ -18,18 +18,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 
 use airlock_agent::destinations::DestinationRules;
 use airlock_agent::AgentConfig;
 use airlock_client::mux::StreamReport;
-use airlock_client::port::{self, ForwardOptions, PortError, DEFAULT_MUX_WINDOW};
-use airlock_client::{ApiClient, Outcome, SessionOptions};
+use airlock_client::port::DEFAULT_MUX_WINDOW;
+use airlock_client::ApiClient;
 use airlock_proto::PortConnectionRecord;
 use airlock_testkit::{TempDir, TestServer};
+
+mod forwards;
+use forwards::{echo_target, forward};
 
 /// The words every refusal carries.
 const REFUSED: &str = airlock_agent::destinations::REFUSED;
@@ -38,102 +38,6 @@ const METADATA_RULE: &str = "deny 169.254.169.254/32:* (default: cloud metadata"
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Echoes every connection back.
-async fn echo_target() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((c, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = c.into_split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    port
-}
-
-struct Forward {
-    addr: SocketAddr,
-    session_id: String,
-    stop: CancellationToken,
-    task: JoinHandle<Result<Outcome, PortError>>,
-    reports: mpsc::Receiver<StreamReport>,
-}
-
-impl Forward {
-    async fn stop(self) -> Outcome {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the forward stops in time")
-            .unwrap()
-            .expect("an orderly end")
-    }
-
-    async fn next_report(&mut self) -> StreamReport {
-        tokio::time::timeout(Duration::from_secs(15), self.reports.recv())
-            .await
-            .expect("a stream report in time")
-            .expect("reports open")
-    }
-}
-
-/// A forward from a fresh local port to `host:remote_port` (`None`: the agent's localhost).
-async fn forward(
-    api: &ApiClient,
-    target: &str,
-    host: Option<&str>,
-    remote_port: u16,
-    mux_window: u32,
-) -> Forward {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut params = json!({
-        "portNumber": [remote_port.to_string()],
-        "localPortNumber": [addr.port().to_string()],
-    });
-    let doc = match host {
-        Some(h) => {
-            params["host"] = json!([h]);
-            "AWS-StartPortForwardingSessionToRemoteHost"
-        }
-        None => "AWS-StartPortForwardingSession",
-    };
-    let grant = api
-        .start_session(&json!({ "Target": target, "DocumentName": doc, "Parameters": params }))
-        .await
-        .unwrap_or_else(|e| panic!("StartSession to {host:?}: {e}"));
-    let (rep_tx, reports) = mpsc::channel(1024);
-    let opts = SessionOptions {
-        api: Some(api.clone()),
-        tls: api.tls(),
-        mux_window,
-        ..Default::default()
-    };
-    let stop = CancellationToken::new();
-    let session_id = grant.session_id.clone();
-    let task = tokio::spawn(port::forward(
-        grant,
-        opts,
-        listener,
-        ForwardOptions {
-            hooks: port::new_hooks(Some(rep_tx)),
-            max_streams: 0,
-        },
-        stop.clone(),
-    ));
-    Forward {
-        addr,
-        session_id,
-        stop,
-        task,
-        reports,
-    }
-}
 
 /// Connects through a forward whose destination is refused: the connection is closed at once
 /// and nothing comes back.
@@ -208,7 +112,7 @@ async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_w
     let agent = server.agent().await;
     let api = server.api();
     let echo = echo_target().await;
-    let good = forward(&api, &agent.instance_id, None, echo, DEFAULT_MUX_WINDOW).await;
+    let good = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
     let mut live = TcpStream::connect(good.addr).await.unwrap();
     echoes(&mut live, b"before").await;
 
@@ -216,15 +120,15 @@ async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_w
     let mut bad = forward(
         &api,
         &agent.instance_id,
-        Some("169.254.169.254"),
         80,
+        Some("169.254.169.254"),
         DEFAULT_MUX_WINDOW,
     )
     .await;
     closed_at_once(bad.addr).await;
     closed_at_once(bad.addr).await;
     for _ in 0..2 {
-        let rep = bad.next_report().await;
+        let rep = bad.next_report(Duration::from_secs(15)).await;
         assert!(rep.failed, "{rep:?}");
         let why = failure(&rep);
         assert!(
@@ -237,11 +141,11 @@ async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_w
     assert!(!bad.task.is_finished());
     echoes(&mut live, b"between").await;
     let bad_id = bad.session_id.clone();
-    assert_eq!(bad.stop().await.reason, "");
+    assert_eq!(bad.stop().await.expect("an orderly end").reason, "");
 
     // smux v1, as with the AWS plugin: the stream is closed as the AWS agent closes a failed
     // dial; the record is the same.
-    let smux = forward(&api, &agent.instance_id, Some("169.254.169.254"), 80, 0).await;
+    let smux = forward(&api, &agent.instance_id, 80, Some("169.254.169.254"), 0).await;
     closed_at_once(smux.addr).await;
     let smux_id = smux.session_id.clone();
 
@@ -260,10 +164,10 @@ async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_w
             assert_eq!((r.bytes_to_target, r.bytes_from_target), (0, 0));
         }
     }
-    smux.stop().await;
+    smux.stop().await.expect("an orderly end");
     echoes(&mut live, b"after").await;
     drop(live);
-    good.stop().await;
+    good.stop().await.expect("an orderly end");
     agent.stop().await;
 }
 
@@ -290,16 +194,16 @@ async fn every_spelling_of_the_metadata_address_is_refused() {
         "169.254.170.2",
         "100.100.100.200",
     ] {
-        let mut f = forward(&api, &agent.instance_id, Some(host), 80, DEFAULT_MUX_WINDOW).await;
+        let mut f = forward(&api, &agent.instance_id, 80, Some(host), DEFAULT_MUX_WINDOW).await;
         closed_at_once(f.addr).await;
-        let why = failure(&f.next_report().await);
+        let why = failure(&f.next_report(Duration::from_secs(15)).await);
         assert!(
             why.contains(REFUSED) && why.contains("(default: cloud metadata"),
             "{host}: {why}"
         );
         let recs = listed(&api, &f.session_id, 1).await;
         assert!(recs[0].end_reason.contains(REFUSED), "{host}: {recs:?}");
-        f.stop().await;
+        f.stop().await.expect("an orderly end");
     }
     agent.stop().await;
 }
@@ -325,40 +229,40 @@ async fn a_deny_rule_on_a_loopback_port_refuses_it_under_every_name_of_the_host(
         Some("127.1"),
         Some("::ffff:127.0.0.1"),
     ] {
-        let mut f = forward(&api, &agent.instance_id, host, secret, DEFAULT_MUX_WINDOW).await;
+        let mut f = forward(&api, &agent.instance_id, secret, host, DEFAULT_MUX_WINDOW).await;
         closed_at_once(f.addr).await;
-        let why = failure(&f.next_report().await);
+        let why = failure(&f.next_report(Duration::from_secs(15)).await);
         assert!(
             why.contains(&format!("{REFUSED} deny 127.0.0.0/8:{secret}")),
             "{host:?}: {why}"
         );
-        f.stop().await;
+        f.stop().await.expect("an orderly end");
     }
     // localhost is 127.0.0.1 and ::1: one denied address refuses the name, though the other
     // would pass.
     let mut f = forward(
         &api,
         &agent.instance_id,
-        None,
         v6_denied,
+        None,
         DEFAULT_MUX_WINDOW,
     )
     .await;
     closed_at_once(f.addr).await;
-    let why = failure(&f.next_report().await);
+    let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(
         why.contains(&format!(
             "{REFUSED} deny [::1/128]:{v6_denied} (address [::1]:{v6_denied})"
         )),
         "{why}"
     );
-    f.stop().await;
+    f.stop().await.expect("an orderly end");
     // Another port of the same host is open.
-    let f = forward(&api, &agent.instance_id, None, open, DEFAULT_MUX_WINDOW).await;
+    let f = forward(&api, &agent.instance_id, open, None, DEFAULT_MUX_WINDOW).await;
     let mut c = TcpStream::connect(f.addr).await.unwrap();
     echoes(&mut c, b"open").await;
     drop(c);
-    f.stop().await;
+    f.stop().await.expect("an orderly end");
     agent.stop().await;
 }
 
@@ -373,37 +277,37 @@ async fn an_allow_list_lets_through_only_what_it_names() {
     let good = forward(
         &api,
         &agent.instance_id,
-        Some("127.0.0.1"),
         allowed,
+        Some("127.0.0.1"),
         DEFAULT_MUX_WINDOW,
     )
     .await;
     let mut c = TcpStream::connect(good.addr).await.unwrap();
     echoes(&mut c, b"allowed").await;
     // localhost is 127.0.0.1 and ::1: only the listed address is used, and it answers.
-    let local = forward(&api, &agent.instance_id, None, allowed, DEFAULT_MUX_WINDOW).await;
+    let local = forward(&api, &agent.instance_id, allowed, None, DEFAULT_MUX_WINDOW).await;
     let mut l = TcpStream::connect(local.addr).await.unwrap();
     echoes(&mut l, b"localhost").await;
     drop(l);
-    local.stop().await;
+    local.stop().await.expect("an orderly end");
     // Another port, and another address of this host, are refused.
     for (host, port) in [
         (Some("127.0.0.1"), other),
         (Some("::1"), allowed),
         (Some("127.0.0.2"), allowed),
     ] {
-        let mut f = forward(&api, &agent.instance_id, host, port, DEFAULT_MUX_WINDOW).await;
+        let mut f = forward(&api, &agent.instance_id, port, host, DEFAULT_MUX_WINDOW).await;
         closed_at_once(f.addr).await;
-        let why = failure(&f.next_report().await);
+        let why = failure(&f.next_report(Duration::from_secs(15)).await);
         assert!(
             why.contains(&format!("{REFUSED} allow-list")),
             "{host:?}:{port}: {why}"
         );
-        f.stop().await;
+        f.stop().await.expect("an orderly end");
     }
     echoes(&mut c, b"still").await;
     drop(c);
-    good.stop().await;
+    good.stop().await.expect("an orderly end");
     agent.stop().await;
 }
 
@@ -420,15 +324,15 @@ async fn re_allowing_link_local_does_not_reopen_the_metadata_address() {
     let mut f = forward(
         &api,
         &agent.instance_id,
-        Some("169.254.169.254"),
         80,
+        Some("169.254.169.254"),
         DEFAULT_MUX_WINDOW,
     )
     .await;
     closed_at_once(f.addr).await;
-    let why = failure(&f.next_report().await);
+    let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(why.contains(METADATA_RULE), "{why}");
-    f.stop().await;
+    f.stop().await.expect("an orderly end");
     agent.stop().await;
 }
 
@@ -593,24 +497,24 @@ async fn agent_run_flags_and_state_file_rules_refuse_ssh_and_port_forward_with_t
     let mut f = forward(
         &api,
         &instance_id,
-        Some("127.0.0.1"),
         db,
+        Some("127.0.0.1"),
         DEFAULT_MUX_WINDOW,
     )
     .await;
     closed_at_once(f.addr).await;
-    let why = failure(&f.next_report().await);
+    let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(
         why.contains(&format!("{REFUSED} deny 127.0.0.1/32:{db}")),
         "{why}"
     );
-    f.stop().await;
+    f.stop().await.expect("an orderly end");
     // The SSH port denied before on the command line is open now.
-    let ok = forward(&api, &instance_id, None, sshish, DEFAULT_MUX_WINDOW).await;
+    let ok = forward(&api, &instance_id, sshish, None, DEFAULT_MUX_WINDOW).await;
     let mut c = TcpStream::connect(ok.addr).await.unwrap();
     echoes(&mut c, b"open").await;
     drop(c);
-    ok.stop().await;
+    ok.stop().await.expect("an orderly end");
     agent.start_kill().unwrap();
     let _ = agent.wait().await;
 
@@ -693,7 +597,7 @@ async fn reports_out_of_bounds_or_for_another_instance_are_refused() {
     let other = server.agent().await;
     let api = server.api();
     let echo = echo_target().await;
-    let f = forward(&api, &agent.instance_id, None, echo, DEFAULT_MUX_WINDOW).await;
+    let f = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
     let id = f.session_id.clone();
     let state = server.state().clone();
     let send = |instance: String, payload: Vec<u8>| {
@@ -736,7 +640,7 @@ async fn reports_out_of_bounds_or_for_another_instance_are_refused() {
     let mut c = TcpStream::connect(f.addr).await.unwrap();
     echoes(&mut c, b"x").await;
     drop(c);
-    f.stop().await;
+    f.stop().await.expect("an orderly end");
     let recs = listed(&api, &id, 2).await;
     assert!(
         recs.iter()
@@ -753,12 +657,12 @@ async fn reports_for_a_session_that_ended_long_ago_are_refused() {
     let agent = server.agent().await;
     let api = server.api();
     let echo = echo_target().await;
-    let old = forward(&api, &agent.instance_id, None, echo, DEFAULT_MUX_WINDOW).await;
+    let old = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
     let old_id = old.session_id.clone();
-    old.stop().await;
-    let recent = forward(&api, &agent.instance_id, None, echo, DEFAULT_MUX_WINDOW).await;
+    old.stop().await.expect("an orderly end");
+    let recent = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
     let recent_id = recent.session_id.clone();
-    recent.stop().await;
+    recent.stop().await.expect("an orderly end");
     let deadline = Instant::now() + Duration::from_secs(10);
     for id in [&old_id, &recent_id] {
         while server
