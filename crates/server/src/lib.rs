@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod limits;
 pub mod listener;
 pub mod port_audit;
+pub mod preferences;
 pub mod refusals;
 pub mod register;
 pub mod replay;
@@ -278,6 +279,7 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         auth_failures: limits::AuthFailures::new(&limits),
         replays,
         refusals,
+        preferences: preferences::PreferencesCell::default(),
     });
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();

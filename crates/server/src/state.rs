@@ -36,4 +36,6 @@ pub struct AppState {
     pub refusals: crate::refusals::Refusals,
     /// Keeps the signed checkpoint of the audit chain's head outside the database.
     pub audit_checkpoint: crate::audit_checkpoint::Checkpointer,
+    /// Session preferences in force (the `SSM-SessionManagerRunShell` document).
+    pub preferences: crate::preferences::PreferencesCell,
 }

@@ -27,6 +27,14 @@ pub const PORT_FORWARDING: &str = "AWS-StartPortForwardingSession";
 pub const PORT_FORWARDING_TO_REMOTE_HOST: &str = "AWS-StartPortForwardingSessionToRemoteHost";
 /// One stream to the target's SSH port (`ssh -o ProxyCommand`).
 pub const SSH: &str = "AWS-StartSSHSession";
+/// Runs one command in a PTY (parameter `command`).
+pub const INTERACTIVE_COMMAND: &str = "AWS-StartInteractiveCommand";
+/// Runs one command without a PTY; with `separateOutputStream` stdout and stderr stay apart
+/// and the exit status follows as `ExitCode`.
+pub const NON_INTERACTIVE_COMMAND: &str = "AWS-StartNonInteractiveCommand";
+
+/// Longest command a command document takes, in bytes.
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
 /// One parameter of a port document.
 struct Param {
@@ -92,6 +100,9 @@ pub fn session_document(
             true,
         ),
         SSH => ("SSH session", &[SSH_PORT], false),
+        INTERACTIVE_COMMAND | NON_INTERACTIVE_COMMAND => {
+            return command_document(name, parameters);
+        }
         _ => {
             return Err(ApiError::client(
                 "InvalidDocument",
@@ -136,6 +147,66 @@ pub fn session_document(
         "sessionType": "Port",
         "inputs": {},
         "properties": properties,
+    }))
+}
+
+/// The two AWS command documents: `command` runs as given (the parameter *is* the command,
+/// so the document allows any), inside the run-as user's login shell.
+fn command_document(
+    name: &str,
+    parameters: &BTreeMap<String, Vec<String>>,
+) -> Result<Value, ApiError> {
+    let interactive = name == INTERACTIVE_COMMAND;
+    let allowed: &[&str] = if interactive {
+        &["command"]
+    } else {
+        &["command", "separateOutputStream"]
+    };
+    for given in parameters.keys() {
+        if !allowed.contains(&given.as_str()) {
+            return Err(invalid_parameters(format!(
+                "{given} is not a parameter of {name}; it takes {}.",
+                allowed.join(", ")
+            )));
+        }
+    }
+    let one = |key: &str| -> Result<Option<&str>, ApiError> {
+        match parameters.get(key).map(Vec::as_slice) {
+            None | Some([]) => Ok(None),
+            Some([v]) => Ok(Some(v.as_str())),
+            Some(_) => Err(invalid_parameters(format!(
+                "The parameter {key} takes exactly one value."
+            ))),
+        }
+    };
+    let command = one("command")?
+        .filter(|c| !c.trim().is_empty())
+        .ok_or_else(|| invalid_parameters(format!("{name} requires the parameter command.")))?;
+    if command.len() > MAX_COMMAND_BYTES || command.contains('\0') {
+        return Err(invalid_parameters(format!(
+            "The parameter command must be at most {MAX_COMMAND_BYTES} bytes with no NUL."
+        )));
+    }
+    let mut linux = json!({ "commands": command, "runAsElevated": false });
+    if !interactive {
+        let separate = match one("separateOutputStream")?.unwrap_or("false") {
+            "true" => true,
+            "false" => false,
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                return Err(invalid_parameters(format!(
+                    "The parameter separateOutputStream must be true or false, not '{shown}'."
+                )));
+            }
+        };
+        linux["separateOutputStream"] = json!(separate);
+    }
+    Ok(json!({
+        "schemaVersion": "1.0",
+        "description": if interactive { "Interactive command session" } else { "Non-interactive command session" },
+        "sessionType": if interactive { "InteractiveCommands" } else { "NonInteractiveCommands" },
+        "inputs": {},
+        "properties": { "linux": linux },
     }))
 }
 
