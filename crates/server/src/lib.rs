@@ -11,6 +11,7 @@ pub mod auth;
 pub mod authz;
 pub mod config;
 pub mod datadir;
+pub mod document;
 pub mod gateway;
 pub mod limits;
 pub mod listener;
@@ -221,6 +222,9 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     let audit_checkpoint =
         audit_checkpoint::Checkpointer::start(store.clone(), &config.data_dir, db_file).await?;
     let bootstrap = bootstrap_admin(&store, &config.data_dir).await?;
+    // The session preferences: the default version of SSM-SessionManagerRunShell, stored
+    // with its built-in defaults on first start.
+    let preferences = api::documents_api::load_preferences(&store).await?;
 
     let loopback = config.listen.ip().is_loopback();
     let tls = match &config.tls {
@@ -281,6 +285,7 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         refusals,
         preferences: preferences::PreferencesCell::default(),
     });
+    state.preferences.set(preferences);
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());

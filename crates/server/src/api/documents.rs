@@ -210,6 +210,193 @@ fn command_document(
     }))
 }
 
+/// Checks the `properties` of a Port session after interpolation, as the AWS port documents'
+/// parameters are checked: `portNumber` 1–65535, `localPortNumber` 0–65535, `host` a name or an
+/// address.
+pub fn check_port_properties(props: &Map<String, Value>) -> Result<(), ApiError> {
+    for (k, v) in props {
+        let kind = match k.as_str() {
+            "portNumber" => Kind::Port,
+            "localPortNumber" => Kind::LocalPort,
+            "host" => Kind::Host,
+            _ => continue,
+        };
+        let name = match kind {
+            Kind::Port => "portNumber",
+            Kind::LocalPort => "localPortNumber",
+            Kind::Host => "host",
+        };
+        check(
+            &Param {
+                name,
+                default: None,
+                kind,
+            },
+            v.as_str().unwrap_or(""),
+        )?;
+    }
+    Ok(())
+}
+
+/// What a literal link-local or cloud-metadata address in `host` is, if it is one: port
+/// sessions are refused such destinations at StartSession while the preference
+/// `denyLinkLocalDestinations` is on (the agent checks every resolved address as well).
+pub fn link_local_literal(host: &str) -> Option<&'static str> {
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(host);
+    let v4 = |a: Ipv4Addr| -> Option<&'static str> {
+        let o = a.octets();
+        if a == Ipv4Addr::new(100, 100, 100, 200) || a == Ipv4Addr::new(168, 63, 129, 16) {
+            Some("a cloud metadata address")
+        } else if o[0] == 169 && o[1] == 254 {
+            Some("an IPv4 link-local address (169.254.0.0/16, cloud metadata)")
+        } else {
+            None
+        }
+    };
+    if let Ok(a) = unbracketed.parse::<Ipv4Addr>() {
+        return v4(a);
+    }
+    let a = unbracketed.parse::<Ipv6Addr>().ok()?;
+    if let Some(m) = a.to_ipv4_mapped() {
+        return v4(m);
+    }
+    let seg = a.segments();
+    if seg[0] & 0xffc0 == 0xfe80 {
+        return Some("an IPv6 link-local address (fe80::/10)");
+    }
+    if seg[0] == 0xfd00 && seg[1] == 0x0ec2 {
+        return Some("an AWS IPv6 metadata address (fd00:ec2::/32)");
+    }
+    // IPv4-compatible, NAT64 and 6to4 forms of a link-local IPv4 address.
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if seg[..6] == [0, 0, 0, 0, 0, 0] || seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return v4(embedded(seg[6], seg[7]));
+    }
+    if seg[0] == 0x2002 {
+        return v4(embedded(seg[1], seg[2]));
+    }
+    None
+}
+
+/// The AWS-owned session documents Airlock serves: each is listed and readable with Owner
+/// `Amazon`, and none can be changed or deleted. The texts are what GetDocument shows; what a
+/// session of each runs is built by [`session_document`].
+pub const BUILTIN: &[(&str, &str)] = &[
+    (
+        PORT_FORWARDING,
+        r#"{
+  "schemaVersion": "1.0",
+  "description": "Document to start port forwarding session over Session Manager",
+  "sessionType": "Port",
+  "parameters": {
+    "portNumber": {"type": "String", "description": "(Optional) Port number of the server on the instance", "allowedPattern": "^([1-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$", "default": "80"},
+    "localPortNumber": {"type": "String", "description": "(Optional) Port number on local machine to forward traffic to. An open port is chosen at run-time if not provided", "allowedPattern": "^([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$", "default": "0"}
+  },
+  "properties": {"portNumber": "{{ portNumber }}", "type": "LocalPortForwarding", "localPortNumber": "{{ localPortNumber }}"}
+}"#,
+    ),
+    (
+        PORT_FORWARDING_TO_REMOTE_HOST,
+        r#"{
+  "schemaVersion": "1.0",
+  "description": "Document to start port forwarding session over Session Manager to a remote host",
+  "sessionType": "Port",
+  "parameters": {
+    "host": {"type": "String", "description": "(Required) The IP address or host name of the remote host"},
+    "portNumber": {"type": "String", "description": "(Optional) Port number of the server on the remote host", "allowedPattern": "^([1-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$", "default": "80"},
+    "localPortNumber": {"type": "String", "description": "(Optional) Port number on local machine to forward traffic to. An open port is chosen at run-time if not provided", "allowedPattern": "^([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$", "default": "0"}
+  },
+  "properties": {"host": "{{ host }}", "portNumber": "{{ portNumber }}", "type": "LocalPortForwarding", "localPortNumber": "{{ localPortNumber }}"}
+}"#,
+    ),
+    (
+        SSH,
+        r#"{
+  "schemaVersion": "1.0",
+  "description": "Document to start SSH session",
+  "sessionType": "Port",
+  "parameters": {
+    "portNumber": {"type": "String", "description": "(Optional) Port number of SSH server on the instance", "allowedPattern": "^([1-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$", "default": "22"}
+  },
+  "properties": {"portNumber": "{{ portNumber }}"}
+}"#,
+    ),
+    (
+        INTERACTIVE_COMMAND,
+        r#"{
+  "schemaVersion": "1.0",
+  "description": "Document to run single interactive command on an instance",
+  "sessionType": "InteractiveCommands",
+  "parameters": {
+    "command": {"type": "String", "description": "The command to run on the instance"}
+  },
+  "properties": {"linux": {"commands": "{{ command }}", "runAsElevated": false}}
+}"#,
+    ),
+    (
+        NON_INTERACTIVE_COMMAND,
+        r#"{
+  "schemaVersion": "1.0",
+  "description": "Document to run single non-interactive command on an instance",
+  "sessionType": "NonInteractiveCommands",
+  "parameters": {
+    "command": {"type": "String", "description": "The command to run on the instance"},
+    "separateOutputStream": {"type": "String", "description": "(Optional) Whether stdout and stderr stay apart, with the exit code after them", "allowedValues": ["true", "false"], "default": "false"}
+  },
+  "properties": {"linux": {"commands": "{{ command }}", "runAsElevated": false, "separateOutputStream": "{{ separateOutputStream }}"}}
+}"#,
+    ),
+];
+
+/// The text of a built-in AWS document.
+pub fn builtin(name: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
+}
+
+/// The `DocumentContent` a StartSession of document `name` runs: a built-in document, or the
+/// default version of a stored one, parameters checked and interpolated; `inputs` are the
+/// preferences in force. Port destinations that are literal link-local or metadata addresses
+/// are refused here while `denyLinkLocalDestinations` is on.
+pub async fn resolve(
+    state: &crate::state::AppState,
+    name: &str,
+    parameters: &BTreeMap<String, Vec<String>>,
+) -> Result<Value, ApiError> {
+    let prefs = state.preferences.get();
+    let mut content = if name == SHELL || builtin(name).is_some() {
+        session_document(name, parameters)?
+    } else {
+        let Some((_, version)) = state.store.document_at(name, None).await? else {
+            return Err(ApiError::client(
+                "InvalidDocument",
+                format!(
+                    "Document {name} does not exist or is not a Session document this server runs."
+                ),
+            ));
+        };
+        let format = crate::document::Format::parse(&version.format)
+            .unwrap_or(crate::document::Format::Json);
+        let parsed = crate::document::parse_text(&version.content, format)?;
+        let doc = crate::document::validate(&parsed)?;
+        crate::document::render(name, &doc, parameters)?
+    };
+    if prefs.deny_link_local_destinations && content["sessionType"] == "Port" {
+        if let Some(host) = content["properties"]["host"].as_str() {
+            if let Some(what) = link_local_literal(host) {
+                return Err(invalid_parameters(format!(
+                    "The host {host} is {what}; port sessions may not reach it while the \
+                     preference denyLinkLocalDestinations is on."
+                )));
+            }
+        }
+    }
+    content["inputs"] = crate::document::inputs::to_inputs(&prefs);
+    Ok(content)
+}
+
 fn check(p: &Param, value: &str) -> Result<(), ApiError> {
     let ok = match p.kind {
         Kind::Port => parse_port(value).is_some_and(|n| n >= 1),

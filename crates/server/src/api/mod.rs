@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod documents;
+pub mod documents_api;
 pub mod error;
 pub mod iam;
 pub mod instances;
@@ -243,6 +244,13 @@ async fn dispatch(
             instances::deregister(state, caller, parse(input)?).await
         }
         ("Airlock", _) => admin::dispatch(state, caller, op, input).await,
+        ("AmazonSSM", _) => match documents_api::dispatch(state, caller, op, input).await {
+            Some(r) => r,
+            None => Err(ApiError::client(
+                "UnknownOperationException",
+                format!("Unknown operation {target}"),
+            )),
+        },
         _ => Err(ApiError::client(
             "UnknownOperationException",
             format!("Unknown operation {target}"),

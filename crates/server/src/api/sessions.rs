@@ -169,6 +169,19 @@ pub async fn session_resource(
     })
 }
 
+/// The OS user a session runs as (policy-and-api.md §3.5): with `runAsEnabled` the owner's
+/// `SSMSessionRunAs` tag, else the preference `runAsDefaultUser`; without it (or with neither
+/// set) the empty name, which the agent runs as its own unprivileged default user.
+pub fn run_as_user(prefs: &crate::preferences::Preferences, tag: Option<&str>) -> String {
+    if !prefs.run_as_enabled {
+        return String::new();
+    }
+    match tag {
+        Some(t) if !t.is_empty() => t.to_owned(),
+        _ => prefs.run_as_default_user.clone(),
+    }
+}
+
 fn new_session_id(user: &str) -> String {
     use rand::Rng;
     let suffix: String = (0..17)
@@ -250,8 +263,9 @@ pub async fn start(
         )],
     )
     .await?;
-    // The shell or a port document, parameters validated and substituted (documents.rs).
-    let document_content = super::documents::session_document(doc_name, &input.parameters)?;
+    // The document that runs is the one authorised: a built-in or the default version of a
+    // stored one, parameters validated and interpolated, the preferences as its inputs.
+    let document_content = super::documents::resolve(state, doc_name, &input.parameters).await?;
     let instance = state.store.instance(target).await?;
     let registered = instance
         .as_ref()
@@ -278,7 +292,7 @@ pub async fn start(
         exit_code: None,
         end_reason: String::new(),
         owner_user_id: caller.user.user_id.clone(),
-        run_as: caller.principal.run_as_tag().unwrap_or_default().to_owned(),
+        run_as: run_as_user(&state.preferences.get(), caller.principal.run_as_tag()),
     };
     state.store.create_session(&session).await?;
     // The session's start is on the record before anything runs; without it, nothing does.
@@ -317,8 +331,8 @@ pub async fn start(
     let task = AgentTaskPayload {
         session_id: session_id.clone(),
         document_name: doc_name.to_owned(),
-        // From the SSMSessionRunAs principal tag; the agent fails closed if that user is
-        // missing and never runs a session as root.
+        // The SSMSessionRunAs tag or runAsDefaultUser (run_as_user); the agent fails closed
+        // if that user is missing and never runs a session as root.
         run_as_user: session.run_as.clone(),
         session_owner: caller.arn.clone(),
         parameters: json!(input.parameters),

@@ -4,6 +4,7 @@
 //! Every function here is one statement or one transaction; callers never see SQL.
 
 pub mod audit;
+pub mod documents;
 pub mod iam;
 mod rows;
 
