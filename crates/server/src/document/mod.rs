@@ -430,3 +430,352 @@ pub fn render(
         "properties": properties,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// Values that would run something if pasted into a shell command: each must come out of
+    /// the shell as exactly itself, one argument, with nothing else run.
+    const HOSTILE: &[&str] = &[
+        "; touch pwned",
+        "&& touch pwned",
+        "|| touch pwned",
+        "| touch pwned",
+        "$(touch pwned)",
+        "`touch pwned`",
+        "a\ntouch pwned",
+        "a\r\ntouch pwned\n",
+        "'; touch pwned; '",
+        "'\"'\"'; touch pwned",
+        "\"; touch pwned; \"",
+        "\\'; touch pwned #",
+        "\\",
+        "'",
+        "''",
+        "$HOME ${PATH} $0 $$ $?",
+        "* ? [a] {a,b} ~",
+        "> pwned",
+        "< /etc/passwd",
+        "$'\\x27'; touch pwned",
+        "x #; touch pwned",
+        "\t; touch pwned\t",
+        "\u{1b}[2J; touch pwned",
+        "日本語; touch pwned",
+    ];
+
+    fn session_doc(v: Value) -> SessionDocument {
+        validate(&v).unwrap_or_else(|e| panic!("{e}: {v}"))
+    }
+
+    fn one(name: &str, value: &str) -> BTreeMap<String, Vec<String>> {
+        [(name.to_owned(), vec![value.to_owned()])].into()
+    }
+
+    fn shells() -> Vec<&'static str> {
+        [
+            "/bin/sh",
+            "/bin/bash",
+            "/usr/bin/bash",
+            "/bin/dash",
+            "/usr/bin/zsh",
+        ]
+        .into_iter()
+        .filter(|s| std::path::Path::new(s).exists())
+        .collect()
+    }
+
+    /// Runs `commands` with `shell -c` in a fresh directory; returns stdout and whether a file
+    /// other than `out` appeared there.
+    fn run(shell: &str, commands: &str) -> (Vec<u8>, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-doc-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new(shell)
+            .arg("-c")
+            .arg(commands)
+            .current_dir(&dir)
+            .env("HOME", &dir)
+            .output()
+            .unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f != "out")
+            .collect();
+        files.sort();
+        let _ = std::fs::remove_dir_all(&dir);
+        (out.stdout, files)
+    }
+
+    fn command_doc(session_type: &str, template: &str) -> SessionDocument {
+        session_doc(json!({
+            "schemaVersion": "1.0",
+            "sessionType": session_type,
+            "parameters": {
+                "v": {"type": "String"},
+                "l": {"type": "StringList", "default": []}
+            },
+            "properties": {"linux": {"commands": template, "runAsElevated": false}}
+        }))
+    }
+
+    fn commands_of(content: &Value) -> String {
+        content["properties"]["linux"]["commands"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn hostile_values_are_one_inert_word_in_every_shell_and_command_type() {
+        let shells = shells();
+        assert!(!shells.is_empty());
+        for session_type in ["InteractiveCommands", "NonInteractiveCommands"] {
+            // printf writes exactly its one argument: the output proves the value arrived as
+            // one word, unchanged; the directory listing proves nothing else ran.
+            let doc = command_doc(session_type, "printf '%s|' {{ v }} {{l}}");
+            for value in HOSTILE {
+                let mut given = one("v", value);
+                given.insert("l".into(), vec![(*value).to_owned(), "x y".into()]);
+                let content = render("Custom", &doc, &given).unwrap();
+                assert_eq!(content["sessionType"], session_type);
+                let commands = commands_of(&content);
+                for sh in &shells {
+                    let (stdout, files) = run(sh, &commands);
+                    assert!(
+                        files.is_empty(),
+                        "{sh} ran more than the document: {files:?} for {value:?} ({commands})"
+                    );
+                    assert_eq!(
+                        String::from_utf8_lossy(&stdout),
+                        format!("{value}|{value}|x y|"),
+                        "{sh}: {commands}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nul_long_and_option_values_are_refused() {
+        let doc = command_doc("NonInteractiveCommands", "ls -l -- {{v}}");
+        for bad in ["a\0b", "-rf", "--output=/tmp/x", "-"] {
+            let e = render("Custom", &doc, &one("v", bad)).unwrap_err();
+            assert_eq!(e.code, "InvalidParameters", "{bad:?}");
+        }
+        let long = "a".repeat(shell::MAX_VALUE_BYTES + 1);
+        assert_eq!(
+            render("Custom", &doc, &one("v", &long)).unwrap_err().code,
+            "InvalidParameters"
+        );
+        let ok = "a".repeat(shell::MAX_VALUE_BYTES);
+        let c = render("Custom", &doc, &one("v", &ok)).unwrap();
+        assert_eq!(commands_of(&c), format!("ls -l -- '{ok}'"));
+        // An option is taken when the document admits it explicitly.
+        let doc = session_doc(json!({
+            "schemaVersion": "1.0", "sessionType": "InteractiveCommands",
+            "parameters": {"v": {"type": "String", "allowedValues": ["-l", "-a"]}},
+            "properties": {"linux": {"commands": "ls {{v}}"}}
+        }));
+        assert_eq!(
+            commands_of(&render("C", &doc, &one("v", "-l")).unwrap()),
+            "ls '-l'"
+        );
+        assert_eq!(
+            render("C", &doc, &one("v", "-la; touch pwned"))
+                .unwrap_err()
+                .code,
+            "InvalidParameters"
+        );
+    }
+
+    #[test]
+    fn a_whole_command_parameter_runs_only_what_its_constraints_admit() {
+        let doc = session_doc(json!({
+            "schemaVersion": "1.0", "sessionType": "InteractiveCommands",
+            "parameters": {"cmd": {"type": "String", "allowedValues": ["top", "uptime"]}},
+            "properties": {"linux": {"commands": "{{ cmd }}"}}
+        }));
+        assert_eq!(
+            commands_of(&render("C", &doc, &one("cmd", "uptime")).unwrap()),
+            "uptime"
+        );
+        for bad in ["uptime; touch pwned", "top\n", "rm"] {
+            assert_eq!(
+                render("C", &doc, &one("cmd", bad)).unwrap_err().code,
+                "InvalidParameters"
+            );
+        }
+        let doc = session_doc(json!({
+            "schemaVersion": "1.0", "sessionType": "NonInteractiveCommands",
+            "parameters": {"unit": {"type": "String", "allowedPattern": "[a-z0-9-]+"}},
+            "properties": {"linux": {"commands": "systemctl status {{unit}}", "separateOutputStream": true}}
+        }));
+        let c = render("C", &doc, &one("unit", "sshd")).unwrap();
+        assert_eq!(c["properties"]["linux"]["separateOutputStream"], true);
+        // The pattern is anchored: a matching prefix is not enough.
+        for bad in ["sshd; touch pwned", "sshd\nid", "SSHD", ""] {
+            assert_eq!(
+                render("C", &doc, &one("unit", bad)).unwrap_err().code,
+                "InvalidParameters",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn port_documents_take_only_ports_and_hosts() {
+        let doc = session_doc(json!({
+            "schemaVersion": "1.0", "sessionType": "Port",
+            "parameters": {
+                "host": {"type": "String"},
+                "port": {"type": "String", "default": "5432"}
+            },
+            "properties": {"host": "{{host}}", "portNumber": "{{ port }}", "type": "LocalPortForwarding", "localPortNumber": "0"}
+        }));
+        let c = render("Db", &doc, &one("host", "db.internal")).unwrap();
+        assert_eq!(
+            c["properties"],
+            json!({"host": "db.internal", "portNumber": "5432", "type": "LocalPortForwarding", "localPortNumber": "0"})
+        );
+        for value in HOSTILE {
+            for key in ["host", "port"] {
+                let mut given = one("host", "db.internal");
+                given.insert(key.into(), vec![(*value).to_owned()]);
+                let e = render("Db", &doc, &given).unwrap_err();
+                assert_eq!(e.code, "InvalidParameters", "{key}={value:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn standard_stream_documents_are_shells_and_ignore_their_parameters() {
+        let doc = session_doc(json!({
+            "schemaVersion": "1.0", "sessionType": "Standard_Stream",
+            "parameters": {"v": {"type": "String", "default": "x"}},
+            "properties": {"linux": {"commands": "{{v}}"}}
+        }));
+        for value in HOSTILE {
+            let c = render("S", &doc, &one("v", value)).unwrap();
+            assert_eq!(c["properties"], Value::Null);
+            assert!(!c.to_string().contains("pwned"), "{c}");
+        }
+        assert_eq!(
+            render("S", &doc, &one("w", "x")).unwrap_err().code,
+            "InvalidParameters"
+        );
+    }
+
+    #[test]
+    fn unsafe_templates_and_bad_documents_are_refused_at_validation() {
+        let base = |commands: &str| {
+            json!({
+                "schemaVersion": "1.0", "sessionType": "InteractiveCommands",
+                "parameters": {"v": {"type": "String"}},
+                "properties": {"linux": {"commands": commands}}
+            })
+        };
+        for bad in [
+            "echo '{{v}}'",
+            "echo \"{{v}}\"",
+            "echo `{{v}}`",
+            "cat <<E\n{{v}}\nE",
+            "echo {{w}}",
+        ] {
+            assert_eq!(
+                validate(&base(bad)).unwrap_err().code,
+                "InvalidDocumentContent",
+                "{bad}"
+            );
+        }
+        let mut v = base("echo {{v}}");
+        v["schemaVersion"] = json!("2.2");
+        assert_eq!(
+            validate(&v).unwrap_err().code,
+            "InvalidDocumentSchemaVersion"
+        );
+        for (path, value) in [
+            ("/sessionType", json!("Command")),
+            ("/properties/linux/runAsElevated", json!(true)),
+            ("/parameters/v/type", json!("Integer")),
+            ("/parameters/v/allowedPattern", json!("(")),
+            ("/parameters/v/default", json!("-x")),
+        ] {
+            let mut v = base("echo {{v}}");
+            if path == "/parameters/v/default" {
+                v["parameters"]["v"]["allowedValues"] = json!(["a"]);
+            }
+            let (parent, key) = path.rsplit_once('/').unwrap();
+            let target = if parent.is_empty() {
+                &mut v
+            } else {
+                v.pointer_mut(parent).unwrap()
+            };
+            target[key] = value;
+            assert_eq!(
+                validate(&v).unwrap_err().code,
+                "InvalidDocumentContent",
+                "{path}"
+            );
+        }
+        let mut v = base("echo {{v}}");
+        v["extra"] = json!(1);
+        assert_eq!(validate(&v).unwrap_err().code, "InvalidDocumentContent");
+    }
+
+    #[test]
+    fn the_builtin_documents_pass_the_same_checks() {
+        for (name, text) in crate::api::documents::BUILTIN {
+            let v = parse_text(text, Format::Json).unwrap();
+            let d = validate(&v).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!d.parameters.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn yaml_bombs_deep_nesting_and_oversize_content_are_refused() {
+        // A "billion laughs": nine levels of nine aliases each.
+        let mut bomb = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, cur) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            bomb.push_str(&format!(
+                "{cur}: &{cur} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+            ));
+        }
+        let started = std::time::Instant::now();
+        let e = parse_text(&bomb, Format::Yaml).unwrap_err();
+        assert_eq!(e.code, "InvalidDocumentContent", "{e}");
+        // Refused by counting, not after building a billion strings (a generous bound).
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        let deep = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(
+            parse_text(&deep, Format::Json).unwrap_err().code,
+            "InvalidDocumentContent"
+        );
+        let deep_yaml = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(
+            parse_text(&deep_yaml, Format::Yaml).unwrap_err().code,
+            "InvalidDocumentContent"
+        );
+        let big = format!("{{\"description\": \"{}\"}}", "x".repeat(MAX_CONTENT_BYTES));
+        assert_eq!(
+            parse_text(&big, Format::Json).unwrap_err().code,
+            "MaxDocumentSizeExceeded"
+        );
+        // Valid YAML reads as the same document as its JSON.
+        let y = "schemaVersion: '1.0'\nsessionType: Port\nparameters:\n  p:\n    type: String\n    default: '22'\nproperties:\n  portNumber: '{{ p }}'\n";
+        let d = validate(&parse_text(y, Format::Yaml).unwrap()).unwrap();
+        assert_eq!(d.session_type, SessionType::Port);
+        let back = to_text(&parse_text(y, Format::Yaml).unwrap(), Format::Json).unwrap();
+        assert!(back.contains("\"portNumber\": \"{{ p }}\""), "{back}");
+    }
+}
