@@ -83,6 +83,9 @@ pub struct DestinationRules {
     allow: Vec<Entry>,
     deny: Vec<Entry>,
     defaults: Vec<Entry>,
+    /// The default ranges are refused whatever the allow rules say (the server's preference
+    /// `denyLinkLocalDestinations`, see [`DestinationRules::for_session`]).
+    locked: bool,
 }
 
 impl Default for DestinationRules {
@@ -102,6 +105,7 @@ impl Default for DestinationRules {
             allow: Vec::new(),
             deny: Vec::new(),
             defaults,
+            locked: false,
         }
     }
 }
@@ -168,6 +172,27 @@ impl DestinationRules {
         Ok(rules)
     }
 
+    /// The rules one session runs with. While the server's preference
+    /// `denyLinkLocalDestinations` is on (`inputs.denyLinkLocalDestinations` of the task's
+    /// DocumentContent; the server's default), the link-local and metadata ranges are refused
+    /// even where this agent's allow rules re-open them: the server's rule applies on top of the
+    /// agent's own and can only narrow them. Off, or absent (an older server), the agent's
+    /// rules alone decide.
+    pub fn for_session(self: &Arc<Self>, document_content: &serde_json::Value) -> Arc<Self> {
+        let deny = document_content
+            .get("inputs")
+            .and_then(|i| i.get("denyLinkLocalDestinations"))
+            .is_some_and(|v| v.as_bool() == Some(true) || v.as_str() == Some("true"));
+        if deny && !self.locked {
+            Arc::new(DestinationRules {
+                locked: true,
+                ..(**self).clone()
+            })
+        } else {
+            self.clone()
+        }
+    }
+
     /// Whether any rule was given beside the defaults.
     pub fn has_operator_rules(&self) -> bool {
         !self.allow.is_empty() || !self.deny.is_empty()
@@ -191,10 +216,11 @@ impl DestinationRules {
         // 2. Default deny, unless an allow rule inside that range matches.
         for ip in &forms {
             for d in self.defaults.iter().filter(|d| d.rule.net.contains(*ip)) {
-                let reopened = self
-                    .allow
-                    .iter()
-                    .any(|a| a.rule.matches(*ip, port) && a.rule.net.within(&d.rule.net));
+                let reopened = !self.locked
+                    && self
+                        .allow
+                        .iter()
+                        .any(|a| a.rule.matches(*ip, port) && a.rule.net.within(&d.rule.net));
                 if !reopened {
                     return Err(refuse(&d.label));
                 }
@@ -454,6 +480,34 @@ mod tests {
         assert!(refused_by(&both, "169.254.169.254:80")
             .unwrap()
             .starts_with("deny 169.254.0.0/16:*"));
+    }
+
+    #[test]
+    fn the_servers_link_local_preference_locks_the_defaults() {
+        let md = Arc::new(
+            DestinationRules::new::<&str, &str>(&["169.254.169.254:80", "169.254.0.0/16:*"], &[])
+                .unwrap(),
+        );
+        let on = serde_json::json!({"inputs": {"denyLinkLocalDestinations": true}});
+        let off = serde_json::json!({"inputs": {"denyLinkLocalDestinations": false}});
+        let locked = md.for_session(&on);
+        for addr in [
+            "169.254.169.254:80",
+            "[::ffff:169.254.169.254]:80",
+            "169.254.1.1:22",
+        ] {
+            assert!(refused_by(&locked, addr).is_some(), "{addr}");
+        }
+        // Elsewhere the agent's own rules still decide (its allow list stays an allow list).
+        assert!(refused_by(&locked, "10.0.0.1:80").is_some());
+        assert_eq!(
+            refused_by(&md.for_session(&off), "169.254.169.254:80"),
+            None
+        );
+        assert_eq!(
+            refused_by(&md.for_session(&serde_json::json!({})), "169.254.1.1:22"),
+            None
+        );
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> SessionResult {
     let session_id = task.session_id.clone();
+    // The server's link-local/metadata rule (a preference) on top of this agent's own.
+    ctx.destinations = ctx.destinations.for_session(&task.document_content);
     // The SSMSessionRunAs principal tag, resolved here; a missing user or root fails closed.
     if !task.run_as_user.is_empty() {
         match crate::runas::resolve_requested(&task.run_as_user) {

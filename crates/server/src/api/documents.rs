@@ -536,6 +536,50 @@ mod tests {
     }
 
     #[test]
+    fn literal_link_local_and_metadata_hosts_are_recognised() {
+        for bad in [
+            "169.254.169.254",
+            "169.254.0.1",
+            "[fe80::1]",
+            "fe80::1%eth0".split('%').next().unwrap(),
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "[::ffff:a9fe:a9fe]",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::169.254.169.254",
+            "100.100.100.200",
+            "168.63.129.16",
+        ] {
+            assert!(link_local_literal(bad).is_some(), "{bad}");
+        }
+        for good in [
+            "10.0.0.1",
+            "db.internal",
+            "::1",
+            "127.0.0.1",
+            "169.255.0.1",
+            "fec0::1",
+        ] {
+            assert_eq!(link_local_literal(good), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn run_as_follows_the_preferences() {
+        use crate::api::sessions::run_as_user;
+        let mut p = crate::preferences::Preferences::default();
+        assert_eq!(run_as_user(&p, Some("alice")), "alice");
+        assert_eq!(run_as_user(&p, None), "");
+        p.run_as_default_user = "ops".into();
+        assert_eq!(run_as_user(&p, None), "ops");
+        assert_eq!(run_as_user(&p, Some("")), "ops");
+        assert_eq!(run_as_user(&p, Some("alice")), "alice");
+        p.run_as_enabled = false;
+        assert_eq!(run_as_user(&p, Some("alice")), "");
+    }
+
+    #[test]
     fn unknown_documents_and_parameters() {
         assert_eq!(
             session_document("AWS-Nope", &BTreeMap::new())
