@@ -55,6 +55,12 @@ pub enum AdminCommand {
     /// Time-bound grants of a policy to a user.
     #[command(subcommand)]
     Grant(crate::iam::GrantCommand),
+    /// Session preferences (the SSM-SessionManagerRunShell document).
+    #[command(subcommand)]
+    Preferences(crate::documents::PreferencesCommand),
+    /// Session documents (custom shells, commands and port documents).
+    #[command(subcommand)]
+    Document(crate::documents::DocumentCommand),
     /// Make users, groups and policies exactly as a JSON file declares (idempotent).
     Apply {
         /// The declaration (see README).
@@ -329,6 +335,8 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
         AdminCommand::Policy(p) => return crate::iam::policy(p, format).await,
         AdminCommand::Grant(g) => return crate::iam::grant(g, format).await,
         AdminCommand::Apply { file } => return crate::iam::apply(file, format).await,
+        AdminCommand::Preferences(p) => return crate::documents::preferences(p, format).await,
+        AdminCommand::Document(d) => return crate::documents::document(d, format).await,
         AdminCommand::SessionToken { duration } => {
             return crate::iam::session_token(duration, format).await
         }
@@ -348,6 +356,8 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
         | AdminCommand::Policy(_)
         | AdminCommand::Grant(_)
         | AdminCommand::Apply { .. }
+        | AdminCommand::Preferences(_)
+        | AdminCommand::Document(_)
         | AdminCommand::SessionToken { .. }
         | AdminCommand::User(UserCommand::Extra(_))
         | AdminCommand::Instance(InstanceCommand::Tags { .. }) => {}

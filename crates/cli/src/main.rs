@@ -3,6 +3,7 @@
 
 mod admin;
 mod dev;
+mod documents;
 mod iam;
 mod output;
 mod plugin;

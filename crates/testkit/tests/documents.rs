@@ -948,3 +948,143 @@ async fn document_arns_and_the_session_document_access_check_decide_what_runs() 
         .collect();
     assert_eq!(changes.len(), 2, "{audit}");
 }
+
+/// `airlock …` as the admin, with `dir` as the working directory: (exit code, stdout, stderr).
+async fn airlock(server: &TestServer, dir: &TempDir, args: &[&str]) -> (i32, String, String) {
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let out = tokio::process::Command::new(bin)
+        .args(args)
+        .current_dir(&dir.0)
+        .env("HOME", &dir.0)
+        .env_remove("AIRLOCK_CONFIG")
+        .env("AIRLOCK_ENDPOINT", &server.url)
+        .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airlocks_cli_gets_and_sets_preferences_and_manages_documents() {
+    let server = TestServer::start().await;
+    let dir = TempDir::new();
+    let (code, out, err) = airlock(&server, &dir, &["admin", "preferences", "get"]).await;
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["inputs"]["idleSessionTimeout"], "20");
+
+    // Just the inputs, as JSON; then a whole document as YAML.
+    std::fs::write(
+        dir.0.join("p.json"),
+        r#"{"idleSessionTimeout": "9", "maxSessionsPerTarget": 2}"#,
+    )
+    .unwrap();
+    let (code, _, err) = airlock(&server, &dir, &["admin", "preferences", "set", "p.json"]).await;
+    assert_eq!(code, 0, "{err}");
+    let p = server.state().preferences.get();
+    assert_eq!(
+        (p.idle_session_timeout_minutes, p.max_sessions_per_target),
+        (9, Some(2))
+    );
+    std::fs::write(
+        dir.0.join("p.yaml"),
+        "schemaVersion: '1.0'\nsessionType: Standard_Stream\ninputs:\n  idleSessionTimeout: 11\n  runAsDefaultUser: ops\n",
+    )
+    .unwrap();
+    let (code, _, err) = airlock(&server, &dir, &["admin", "preferences", "set", "p.yaml"]).await;
+    assert_eq!(code, 0, "{err}");
+    let p = server.state().preferences.get();
+    assert_eq!(p.idle_session_timeout_minutes, 11);
+    assert_eq!(p.run_as_default_user, "ops");
+    // Refused content: a clear error, exit 1, nothing changed.
+    std::fs::write(dir.0.join("bad.json"), r#"{"idleSessionTimeout": "0"}"#).unwrap();
+    let (code, _, err) = airlock(&server, &dir, &["admin", "preferences", "set", "bad.json"]).await;
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("InvalidDocumentContent") && err.contains("idleSessionTimeout"),
+        "{err}"
+    );
+    assert_eq!(
+        server
+            .state()
+            .preferences
+            .get()
+            .idle_session_timeout_minutes,
+        11
+    );
+
+    std::fs::write(dir.0.join("tail.json"), CUSTOM_JSON).unwrap();
+    let (code, out, err) = airlock(
+        &server,
+        &dir,
+        &["admin", "document", "create", "Tail", "tail.json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Tail") && out.contains("000000000000"),
+        "{out}"
+    );
+    let (code, out, _) = airlock(&server, &dir, &["admin", "document", "list"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Tail") && out.contains("AWS-StartSSHSession") && out.contains("Amazon"),
+        "{out}"
+    );
+    let (code, out, _) = airlock(&server, &dir, &["admin", "document", "describe", "Tail"]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("log") && out.contains("syslog"), "{out}");
+    let (code, out, _) = airlock(
+        &server,
+        &dir,
+        &["admin", "document", "get", "Tail", "--format", "yaml"],
+    )
+    .await;
+    assert_eq!(code, 0);
+    assert!(out.contains("sessionType: NonInteractiveCommands"), "{out}");
+    std::fs::write(
+        dir.0.join("tail2.json"),
+        CUSTOM_JSON.replace("\"20\"", "\"30\""),
+    )
+    .unwrap();
+    let (code, _, err) = airlock(
+        &server,
+        &dir,
+        &["admin", "document", "update", "Tail", "tail2.json"],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = airlock(
+        &server,
+        &dir,
+        &[
+            "--output",
+            "json",
+            "admin",
+            "document",
+            "set-default",
+            "Tail",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["Description"]["DefaultVersion"],
+        "2"
+    );
+    let (code, _, err) = airlock(&server, &dir, &["admin", "document", "delete", "Tail"]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = airlock(&server, &dir, &["admin", "document", "get", "Tail"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("InvalidDocument"), "{err}");
+}

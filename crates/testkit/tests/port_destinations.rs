@@ -39,6 +39,26 @@ const METADATA_RULE: &str = "deny 169.254.169.254/32:* (default: cloud metadata"
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
+/// Turns the server's preference `denyLinkLocalDestinations` off, so that literal link-local
+/// and metadata hosts reach the agent and its own rules alone decide (what these tests check).
+async fn agent_rules_only(server: &TestServer) {
+    set_deny_link_local(server, false).await;
+}
+
+async fn set_deny_link_local(server: &TestServer, on: bool) {
+    let content = json!({"schemaVersion": "1.0", "sessionType": "Standard_Stream",
+                         "inputs": {"denyLinkLocalDestinations": on}});
+    server
+        .api()
+        .call(
+            "AmazonSSM.UpdateDocument",
+            &json!({"Name": "SSM-SessionManagerRunShell", "Content": content.to_string(),
+                    "DocumentVersion": "$LATEST"}),
+        )
+        .await
+        .expect("UpdateDocument");
+}
+
 /// Connects through a forward whose destination is refused: the connection is closed at once
 /// and nothing comes back.
 async fn closed_at_once(addr: SocketAddr) {
@@ -109,6 +129,7 @@ fn agent_with_rules(allow: &[&str], deny: &[&str]) -> AgentConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_working_forward() {
     let server = TestServer::start().await;
+    agent_rules_only(&server).await;
     let agent = server.agent().await;
     let api = server.api();
     let echo = echo_target().await;
@@ -174,6 +195,7 @@ async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spelling_of_the_metadata_address_is_refused() {
     let server = TestServer::start().await;
+    agent_rules_only(&server).await;
     let agent = server.agent().await;
     let api = server.api();
     // Numeric forms the resolver accepts, and IPv6 forms that reach the IPv4 address.
@@ -317,6 +339,7 @@ async fn re_allowing_link_local_does_not_reopen_the_metadata_address() {
     // test here sends a packet off this host) but not the metadata address inside it, which
     // must be named itself.
     let server = TestServer::start().await;
+    agent_rules_only(&server).await;
     let agent = server
         .agent_with(agent_with_rules(&["169.254.0.0/16:*", "0.0.0.0/0:*"], &[]))
         .await;
@@ -332,6 +355,48 @@ async fn re_allowing_link_local_does_not_reopen_the_metadata_address() {
     closed_at_once(f.addr).await;
     let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(why.contains(METADATA_RULE), "{why}");
+    f.stop().await.expect("an orderly end");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_link_local_preference_applies_on_top_of_the_agents_rules() {
+    // The agent re-opens the metadata address on purpose; the server's preference (on by
+    // default) closes it again for every session: a literal address is refused at StartSession,
+    // a numeric spelling (169.254.169.254 as 2852039166) by the agent, before any packet leaves.
+    let server = TestServer::start().await;
+    let agent = server
+        .agent_with(agent_with_rules(
+            &["169.254.169.254:80", "169.254.0.0/16:*"],
+            &[],
+        ))
+        .await;
+    let api = server.api();
+    for host in ["169.254.169.254", "[fe80::1]", "::ffff:169.254.169.254"] {
+        let e = api
+            .call(
+                "AmazonSSM.StartSession",
+                &json!({"Target": agent.instance_id, "DocumentName": "AWS-StartPortForwardingSessionToRemoteHost",
+                        "Parameters": {"host": [host], "portNumber": ["80"]}}),
+            )
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("InvalidParameters"), "{host}: {e}");
+    }
+    let mut f = forward(
+        &api,
+        &agent.instance_id,
+        80,
+        Some("2852039166"),
+        DEFAULT_MUX_WINDOW,
+    )
+    .await;
+    closed_at_once(f.addr).await;
+    let why = failure(&f.next_report(Duration::from_secs(15)).await);
+    assert!(
+        why.contains(REFUSED) && why.contains(METADATA_RULE),
+        "{why}"
+    );
     f.stop().await.expect("an orderly end");
     agent.stop().await;
 }
@@ -396,6 +461,7 @@ async fn ssh_proxy(server: &TestServer, target: &str, port: u16) -> std::process
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_run_flags_and_state_file_rules_refuse_ssh_and_port_forward_with_the_reason() {
     let server = TestServer::start().await;
+    agent_rules_only(&server).await;
     let dir = TempDir::new();
     let sshish = echo_target().await;
     let db = echo_target().await;
