@@ -3,6 +3,7 @@
 
 mod admin;
 mod dev;
+mod exec;
 mod iam;
 mod output;
 mod plugin;
@@ -51,6 +52,8 @@ enum Command {
     Agent(AgentCommand),
     /// Open a shell on a host.
     StartSession(StartSessionArgs),
+    /// Run a command on one host, or on many (--targets tag:KEY=VALUE,…), to its exit status.
+    Exec(exec::ExecArgs),
     /// Forward a local port to a port on (or reachable from) a host.
     PortForward(port::PortForwardArgs),
     /// Relay stdin/stdout to a host's SSH port (for ssh -o ProxyCommand).
@@ -247,7 +250,10 @@ fn main() -> ExitCode {
     };
     let quiet = matches!(
         cli.command,
-        Command::StartSession(_) | Command::SshProxy(_) | Command::PortForward(_)
+        Command::StartSession(_)
+            | Command::SshProxy(_)
+            | Command::PortForward(_)
+            | Command::Exec(_)
     );
     init_tracing(if quiet { "warn" } else { "info" });
     let format = cli.output;
@@ -262,6 +268,7 @@ fn main() -> ExitCode {
             Command::Agent(AgentCommand::Register(a)) => agent_register(a, format).await,
             Command::Agent(AgentCommand::Run(a)) => agent_run(a).await,
             Command::StartSession(a) => session::start(a).await,
+            Command::Exec(a) => exec::exec(a, format).await,
             Command::PortForward(a) => port::port_forward(a, format).await,
             Command::SshProxy(a) => port::ssh_proxy(a).await,
             Command::Sessions(c) => admin::sessions(c, format).await,

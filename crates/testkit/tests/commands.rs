@@ -251,3 +251,227 @@ async fn interactive_commands_run_in_a_pty_of_the_clients_size() {
     assert!(out.stderr.is_empty());
     agent.stop().await;
 }
+
+/// `airlock exec` (the built binary) as the admin of `server`, with `stdin`.
+async fn airlock_exec(
+    server: &TestServer,
+    args: &[&str],
+    stdin: &[u8],
+) -> (Option<i32>, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let home = TempDir::new();
+    let mut child = tokio::process::Command::new(&bin)
+        .args(args)
+        .env("HOME", &home.0)
+        .env("AIRLOCK_LOG", "warn")
+        .env_remove("AIRLOCK_PROFILE")
+        .env("AIRLOCK_ENDPOINT", &server.url)
+        .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("airlock exec finishes")
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airlock_exec_passes_streams_arguments_stdin_and_the_status() {
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let id = agent.instance_id.as_str();
+
+    let (code, out, err) = airlock_exec(
+        &server,
+        &["exec", "-t", id, "--", "echo", "a b", "$HOME", "it's"],
+        b"",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (Some(0), "a b $HOME it's\n"), "{err}");
+    let (code, out, err) = airlock_exec(
+        &server,
+        &["exec", "--target", id, "-c", "echo x; echo y >&2; exit 3"],
+        b"",
+    )
+    .await;
+    assert_eq!((code, out.as_str(), err.as_str()), (Some(3), "x\n", "y\n"));
+    // Piped stdin is the command's input, to its end.
+    let (code, out, _) = airlock_exec(
+        &server,
+        &["exec", "-t", id, "--", "wc", "-c"],
+        &[b'z'; 100_000],
+    )
+    .await;
+    assert_eq!((code, out.trim()), (Some(0), "100000"));
+    // Options after `--` belong to the command.
+    let (code, out, _) =
+        airlock_exec(&server, &["exec", "-t", id, "--", "ls", "-d", "/"], b"").await;
+    assert_eq!((code, out.as_str()), (Some(0), "/\n"));
+    // An unknown target: the API's error, status 1, nothing on stdout.
+    let (code, out, err) = airlock_exec(
+        &server,
+        &["exec", "-t", "mi-00000000000000000", "--", "true"],
+        b"",
+    )
+    .await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty() && !err.is_empty());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_reaches_every_tagged_host_and_one_failing_does_not_stop_the_others() {
+    let server = TestServer::start().await;
+    let staging = json!([{"Key": "Environment", "Value": "staging"}]);
+    let a = server.agent_tagged(staging.clone()).await;
+    let b = server.agent_tagged(staging.clone()).await;
+    let c = server.agent_tagged(staging.clone()).await;
+    let prod = server
+        .agent_tagged(json!([{"Key": "Environment", "Value": "prod"}]))
+        .await;
+    // One staging host goes offline: it stays registered and tagged.
+    let gone = c.instance_id.clone();
+    c.stop().await;
+    airlock_testkit::eventually(
+        "the stopped agent offline",
+        Duration::from_secs(10),
+        || async { server.state().hub.agent(&gone).is_none().then_some(()) },
+    )
+    .await;
+
+    let args = [
+        "exec",
+        "--targets",
+        "tag:Environment=staging",
+        "--concurrency",
+        "2",
+        "-c",
+        "echo hello; echo oops >&2",
+    ];
+    let (code, out, err) = airlock_exec(&server, &args, b"").await;
+    assert_eq!(code, Some(1), "one host failed: {err}");
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort();
+    let mut want = vec![
+        format!("{}: hello", a.instance_id),
+        format!("{}: hello", b.instance_id),
+    ];
+    want.sort();
+    assert_eq!(lines, want, "stdout, prefixed per host");
+    for host in [&a.instance_id, &b.instance_id] {
+        assert!(err.contains(&format!("{host}: oops\n")), "{err}");
+    }
+    assert!(
+        !out.contains(&prod.instance_id) && !err.contains(&prod.instance_id),
+        "prod is not staging"
+    );
+    let summary = err.lines().last().unwrap();
+    assert!(
+        summary.starts_with("2 ok, 1 failed (") && summary.contains(&gone),
+        "{summary}"
+    );
+
+    // JSON: one object per host; the offline host has an error and no exit code. Ids and
+    // tags mix, duplicates count once.
+    let targets = format!(
+        "{},tag:Environment=staging,{}",
+        prod.instance_id, a.instance_id
+    );
+    let args = [
+        "--output",
+        "json",
+        "exec",
+        "--targets",
+        &targets,
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 0",
+    ];
+    let (code, out, err) = airlock_exec(&server, &args, b"").await;
+    assert_eq!(code, Some(1), "{err}");
+    let results: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 4, "{out}");
+    for r in &results {
+        let target = r["target"].as_str().unwrap();
+        assert!(r["duration_ms"].as_u64().is_some());
+        if target == gone {
+            assert!(
+                r["exit_code"].is_null() && r["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{r}"
+            );
+        } else {
+            assert_eq!(r["exit_code"], 0, "{r}");
+            assert_eq!(
+                (r["stdout"].as_str(), r["stderr"].as_str()),
+                (Some("out\n"), Some("err\n"))
+            );
+            assert!(r["error"].is_null());
+        }
+    }
+    let summary = err.lines().last().unwrap();
+    assert!(
+        summary.starts_with(&format!("3 ok, 1 failed ({gone}: ")),
+        "{err}"
+    );
+
+    // A non-zero exit on every reachable host: each reported, status 1.
+    let args = [
+        "exec",
+        "--targets",
+        &format!("{},{}", a.instance_id, b.instance_id),
+        "--",
+        "sh",
+        "-c",
+        "exit 9",
+    ];
+    let (code, _, err) = airlock_exec(&server, &args, b"").await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("0 ok, 2 failed") && err.contains("exit 9"),
+        "{err}"
+    );
+    // All succeed: status 0.
+    let args = [
+        "exec",
+        "--targets",
+        &format!("{},{}", a.instance_id, b.instance_id),
+        "--",
+        "true",
+    ];
+    let (code, _, err) = airlock_exec(&server, &args, b"").await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(err.trim(), "2 ok, 0 failed");
+    // A tag nobody has: a clear error.
+    let (code, _, err) = airlock_exec(
+        &server,
+        &["exec", "--targets", "tag:Environment=nowhere", "--", "true"],
+        b"",
+    )
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no target matched"), "{err}");
+
+    for agent in [a, b, prod] {
+        agent.stop().await;
+    }
+}
