@@ -475,3 +475,142 @@ async fn fan_out_reaches_every_tagged_host_and_one_failing_does_not_stop_the_oth
         agent.stop().await;
     }
 }
+
+/// The AWS CLI (`$AIRLOCK_TEST_AWS`, which `scripts/test` installs) against the server.
+fn aws_cli(server: &TestServer, home: &TempDir, path: &str) -> tokio::process::Command {
+    let aws = std::env::var_os("AIRLOCK_TEST_AWS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "aws".into());
+    let mut cmd = tokio::process::Command::new(aws);
+    cmd.args([
+        "ssm",
+        "start-session",
+        "--endpoint-url",
+        &server.url,
+        "--region",
+        "us-east-1",
+    ])
+    .env("HOME", &home.0)
+    .env("PATH", path)
+    .env("AWS_CONFIG_FILE", home.0.join("aws-config"))
+    .env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        home.0.join("aws-credentials"),
+    )
+    .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
+    .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("AWS_MAX_ATTEMPTS", "1")
+    .env("AIRLOCK_LOG", "warn")
+    .env_remove("AWS_SESSION_TOKEN")
+    .env_remove("AWS_PROFILE")
+    .env_remove("AWS_ENDPOINT_URL")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_starts_command_sessions() {
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let home = TempDir::new();
+    let params = r#"{"command":["echo via-aws $((40+2)); echo to-stderr >&2; exit 6"],"separateOutputStream":["true"]}"#;
+    let system_path = std::env::var("PATH").unwrap_or_default();
+    // No session-manager-plugin on PATH: the CLI makes its StartSession call (the shape under
+    // test), then finds no plugin and terminates the session it opened.
+    let bare_path = "/usr/bin:/bin";
+    let out = aws_cli(&server, &home, bare_path)
+        .args([
+            "--target",
+            &agent.instance_id,
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+        ])
+        .args(["--parameters", params])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SessionManagerPlugin is not found"),
+        "{stderr}"
+    );
+    let history = airlock_testkit::eventually(
+        "the session in History",
+        Duration::from_secs(10),
+        || async { server.sessions("History").await.into_iter().next() },
+    )
+    .await;
+    assert_eq!(
+        history["DocumentName"], "AWS-StartNonInteractiveCommand",
+        "{history}"
+    );
+    assert_eq!(history["Target"], agent.instance_id.as_str());
+
+    // With Airlock's binary as the plugin, the command runs: its stdout and stderr apart.
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let plugin_dir = home.0.join("bin");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    std::os::unix::fs::symlink(&bin, plugin_dir.join("session-manager-plugin")).unwrap();
+    let path = format!("{}:{system_path}", plugin_dir.display());
+    let out = aws_cli(&server, &home, &path)
+        .args([
+            "--target",
+            &agent.instance_id,
+            "--document-name",
+            "AWS-StartNonInteractiveCommand",
+        ])
+        .args(["--parameters", params])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("via-aws 42\n"),
+        "stdout {stdout:?} stderr {stderr:?}"
+    );
+    assert!(
+        !stdout.contains("to-stderr") && stderr.contains("to-stderr\n"),
+        "stdout {stdout:?} stderr {stderr:?}"
+    );
+    let sessions = server.sessions("History").await;
+    let ran = sessions
+        .iter()
+        .find(|s| s["ExitCode"] == 6)
+        .unwrap_or_else(|| panic!("a session with ExitCode 6: {sessions:?}"));
+    assert_eq!(ran["DocumentName"], "AWS-StartNonInteractiveCommand");
+
+    // An interactive command through the same path runs in a PTY.
+    let out = aws_cli(&server, &home, &path)
+        .args([
+            "--target",
+            &agent.instance_id,
+            "--document-name",
+            "AWS-StartInteractiveCommand",
+        ])
+        .args(["--parameters", r#"{"command":["tty"]}"#])
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("/dev/pts/"),
+        "{stdout:?} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    agent.stop().await;
+}
