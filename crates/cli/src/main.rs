@@ -4,6 +4,7 @@
 mod admin;
 mod dev;
 mod documents;
+mod exec;
 mod iam;
 mod output;
 mod plugin;
@@ -52,6 +53,8 @@ enum Command {
     Agent(AgentCommand),
     /// Open a shell on a host.
     StartSession(StartSessionArgs),
+    /// Run a command on one host, or on many (--targets tag:KEY=VALUE,…), to its exit status.
+    Exec(exec::ExecArgs),
     /// Forward a local port to a port on (or reachable from) a host.
     PortForward(port::PortForwardArgs),
     /// Relay stdin/stdout to a host's SSH port (for ssh -o ProxyCommand).
@@ -248,7 +251,10 @@ fn main() -> ExitCode {
     };
     let quiet = matches!(
         cli.command,
-        Command::StartSession(_) | Command::SshProxy(_) | Command::PortForward(_)
+        Command::StartSession(_)
+            | Command::SshProxy(_)
+            | Command::PortForward(_)
+            | Command::Exec(_)
     );
     init_tracing(if quiet { "warn" } else { "info" });
     let format = cli.output;
@@ -263,6 +269,7 @@ fn main() -> ExitCode {
             Command::Agent(AgentCommand::Register(a)) => agent_register(a, format).await,
             Command::Agent(AgentCommand::Run(a)) => agent_run(a).await,
             Command::StartSession(a) => session::start(a).await,
+            Command::Exec(a) => exec::exec(a, format).await,
             Command::PortForward(a) => port::port_forward(a, format).await,
             Command::SshProxy(a) => port::ssh_proxy(a).await,
             Command::Sessions(c) => admin::sessions(c, format).await,

@@ -1,9 +1,10 @@
 //! `airlock-client`, the SDK: a SigV4-signed API client, the client side of a session's data
-//! channel, port forwarding over it ([`port`], on the multiplexing engine [`mux`] that the
+//! channel, command sessions run to their exit status ([`command`]), port forwarding over it ([`port`], on the multiplexing engine [`mux`] that the
 //! agent shares), outbound WebSockets (TLS, proxies) shared with the agent, and profile loading.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod command;
 pub mod config;
 pub mod mux;
 pub mod port;
@@ -16,6 +17,7 @@ pub use api::{
     ApiClient, ApiError, ListPortConnectionsInput, ListPortConnectionsOutput, PortConnectionInfo,
     StreamGrant,
 };
+pub use command::{CommandError, CommandOutput, CommandRequest};
 pub use config::Profile;
 pub use session::{
     HandshakeInfo, Input, Outcome, Output, SessionError, SessionEvent, SessionOptions,

@@ -1,8 +1,10 @@
 //! One session on the host: opens the session's data channel back to the server (outbound),
 //! runs the agent end of the handshake, then either starts the shell and pumps bytes both ways
 //! through the [`ReliableChannel`] until the shell exits or the server closes the channel, or,
-//! for documents whose `sessionType` is `Port`, runs a [`port`] session.
+//! for documents whose `sessionType` is `Port`, runs a [`port`] session, and for command
+//! documents runs their [`command`] instead of the shell.
 
+pub mod command;
 pub mod port;
 pub mod shell;
 
@@ -88,13 +90,30 @@ pub async fn run(
             }
         }
     }
-    match run_inner(&ctx, &task, cancel).await {
+    let command = match command::CommandSpec::from_document(&task.document_content) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(session_id, "refusing the session: {e}");
+            return SessionResult {
+                session_id,
+                status: "Failed",
+                exit_code: None,
+                output: e,
+            };
+        }
+    };
+    let what = if command.is_some() {
+        "command"
+    } else {
+        "shell"
+    };
+    match run_inner(&ctx, &task, command.as_ref(), cancel).await {
         Ok(code) => SessionResult {
             session_id,
             status: "Success",
             exit_code: code,
             output: code
-                .map(|c| format!("shell exited with status {c}"))
+                .map(|c| format!("{what} exited with status {c}"))
                 .unwrap_or_else(|| "session closed".into()),
         },
         Err(e) => {
@@ -169,6 +188,7 @@ enum Ended {
 async fn run_inner(
     ctx: &SessionContext,
     task: &AgentTaskPayload,
+    command: Option<&command::CommandSpec>,
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<i32>> {
     let token = task
@@ -228,7 +248,12 @@ async fn run_inner(
     let request = HandshakeRequest {
         agent_version: airlock_proto::AGENT_VERSION.to_owned(),
         requested_client_actions: vec![RequestedClientAction::session_type(&SessionTypeRequest {
-            session_type: if is_port { "Port" } else { "Standard_Stream" }.into(),
+            session_type: match command {
+                _ if is_port => "Port",
+                Some(c) => c.session_type(),
+                None => "Standard_Stream",
+            }
+            .into(),
             properties: properties.clone(),
         })],
         airlock: Some(offer),
@@ -316,15 +341,36 @@ async fn run_inner(
         .await;
     }
 
-    let mut sh = if no_pty {
-        shell::spawn_pipes(&ctx.run_as)?
-    } else {
-        shell::spawn_pty(&ctx.run_as, size.0, size.1)?
+    // Non-interactive commands always keep stderr apart when the document asks, and report
+    // their status as ExitCode then (AWS clients read it too); shells do for Airlock clients.
+    let (mut sh, stderr_apart, send_exit) = match command {
+        Some(c) if !c.interactive => (
+            command::spawn_pipes(&ctx.run_as, c, no_pty)?,
+            c.separate_output,
+            send_exit || c.separate_output,
+        ),
+        Some(c) => (
+            shell::spawn_pty_command(&ctx.run_as, size.0, size.1, Some(&c.commands))?,
+            false,
+            send_exit,
+        ),
+        None => {
+            let mut sh = if no_pty {
+                shell::spawn_pipes(&ctx.run_as)?
+            } else {
+                shell::spawn_pty(&ctx.run_as, size.0, size.1)?
+            };
+            // The preferences' shell profile runs first, typed into the shell as AWS does.
+            if let Some(profile) = command::shell_profile(&task.document_content) {
+                sh.write_input(format!("{profile}\n").as_bytes()).await.ok();
+            }
+            (sh, send_exit, send_exit)
+        }
     };
-    let ended = pump(&mut ws, &mut ch, &mut sh, cancel, send_exit).await?;
+    let ended = pump(&mut ws, &mut ch, &mut sh, cancel, stderr_apart).await?;
     let code = match ended {
         Ended::Closed => {
-            let _ = sh.child.start_kill();
+            sh.kill();
             let _ = tokio::time::timeout(Duration::from_secs(2), sh.child.wait()).await;
             let _ = ws.close(None).await;
             return Ok(None);
@@ -537,8 +583,10 @@ async fn pump(
                 let code = st.map(shell::exit_code).unwrap_or(255);
                 exit = Some(code);
             },
-            _ = tokio::time::sleep(Duration::from_millis(300)), if exit.is_some() && (out_open || err_open) => {
-                // The shell is gone; whatever still holds its terminal must not hold the session.
+            _ = tokio::time::sleep(Duration::from_millis(300)), if exit.is_some() && (out_open || err_open) && can_read => {
+                // The shell is gone and its output quiet for a while (not merely waiting for
+                // room in the window); whatever still holds its terminal or pipes (a
+                // background job) must not hold the session.
                 out_open = false;
                 err_open = false;
             },

@@ -1,5 +1,6 @@
 //! The shell process of a session: in a real PTY (interactive clients), or on pipes when the
-//! client's input is not a terminal, as the run-as user, with a login environment.
+//! client's input is not a terminal, as the run-as user, with a login environment. Command
+//! sessions ([`super::command`]) run their command through the same spawners.
 
 use std::process::Stdio;
 
@@ -13,14 +14,21 @@ pub struct Shell {
     pub output: Box<dyn AsyncRead + Send + Unpin>,
     /// The shell's stderr when on pipes (a PTY merges it into `output`).
     pub stderr: Option<Box<dyn AsyncRead + Send + Unpin>>,
-    input: Input,
+    pub(crate) input: Input,
     /// The process.
     pub child: tokio::process::Child,
+    /// The process group the command leads (command sessions), signalled and killed as a
+    /// whole so a pipeline's members go too; `None` for shells (their jobs are their own).
+    pub(crate) group: Option<i32>,
 }
 
-enum Input {
+pub(crate) enum Input {
     Pty(pty_process::OwnedWritePty),
     Pipe(tokio::process::ChildStdin),
+    /// A command that reads no input (NonInteractiveCommands with an AWS client): control
+    /// characters in the client's bytes become signals to the command, the rest is dropped,
+    /// as the AWS agent does.
+    Signals,
     Closed,
 }
 
@@ -31,8 +39,39 @@ impl Shell {
         match &mut self.input {
             Input::Pty(w) => w.write_all(data).await,
             Input::Pipe(w) => w.write_all(data).await,
+            Input::Signals => {
+                if let Some(sig) = super::command::control_signal(data) {
+                    self.signal(sig);
+                }
+                Ok(())
+            }
             Input::Closed => Ok(()),
         }
+    }
+
+    /// Sends `sig` to the command's process group (or to the shell alone when it leads none).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let target = self
+            .group
+            .or_else(|| self.child.id().and_then(|p| i32::try_from(p).ok()));
+        let Some(pid) = target else { return };
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let r = if self.group.is_some() {
+            nix::sys::signal::killpg(pid, sig)
+        } else {
+            nix::sys::signal::kill(pid, sig)
+        };
+        if let Err(e) = r {
+            tracing::debug!("signal {sig} failed: {e}");
+        }
+    }
+
+    /// Ends the process (its whole group for commands) when the session closes under it.
+    pub fn kill(&mut self) {
+        if self.group.is_some() {
+            self.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.start_kill();
     }
 
     /// Resizes the terminal (no-op on pipes).
@@ -69,7 +108,7 @@ fn login_arg0(user: &RunAs) -> String {
     format!("-{base}")
 }
 
-fn environment(user: &RunAs, term: bool) -> Vec<(String, String)> {
+pub(crate) fn environment(user: &RunAs, term: bool) -> Vec<(String, String)> {
     let mut env = vec![
         ("HOME".to_owned(), user.home.display().to_string()),
         ("USER".to_owned(), user.name.clone()),
@@ -92,12 +131,27 @@ fn environment(user: &RunAs, term: bool) -> Vec<(String, String)> {
 
 /// Starts a login shell in a new PTY of the given size.
 pub fn spawn_pty(user: &RunAs, cols: u16, rows: u16) -> Result<Shell, ShellError> {
+    spawn_pty_command(user, cols, rows, None)
+}
+
+/// Starts, in a new PTY of the given size, a login shell or, with `command`, the user's shell
+/// running `command` (`$SHELL -c`, the login environment) as the leader of its own session.
+pub fn spawn_pty_command(
+    user: &RunAs,
+    cols: u16,
+    rows: u16,
+    command: Option<&str>,
+) -> Result<Shell, ShellError> {
     let err = |e: pty_process::Error| ShellError::Spawn(e.to_string());
     let (pty, pts) = pty_process::open().map_err(err)?;
     pty.resize(pty_process::Size::new(rows, cols))
         .map_err(err)?;
-    let mut cmd = pty_process::Command::new(&user.shell)
-        .arg0(login_arg0(user))
+    let mut cmd = pty_process::Command::new(&user.shell);
+    cmd = match command {
+        Some(c) => cmd.arg("-c").arg(c),
+        None => cmd.arg0(login_arg0(user)),
+    };
+    let mut cmd = cmd
         .env_clear()
         .envs(environment(user, true))
         .current_dir(if user.home.is_dir() {
@@ -111,11 +165,14 @@ pub fn spawn_pty(user: &RunAs, cols: u16, rows: u16) -> Result<Shell, ShellError
     }
     let child = cmd.spawn(pts).map_err(err)?;
     let (read, write) = pty.into_split();
+    // The PTY's child calls setsid: it leads its own process group.
+    let group = command.and(child.id()).and_then(|p| i32::try_from(p).ok());
     Ok(Shell {
         output: Box::new(read),
         stderr: None,
         input: Input::Pty(write),
         child,
+        group,
     })
 }
 
@@ -148,6 +205,7 @@ pub fn spawn_pipes(user: &RunAs) -> Result<Shell, ShellError> {
         stderr: Some(Box::new(stderr)),
         input: Input::Pipe(stdin),
         child,
+        group: None,
     })
 }
 

@@ -107,6 +107,11 @@ pub async fn describe(
                 format!("The filter {key} needs between 1 and 100 values."),
             ));
         }
+        // `tag:<key>` (the tag's value is one of the values) and `tag-key` (the instance has
+        // one of the keys), as AWS filters managed instances by tag.
+        if key.starts_with("tag:") || key == "tag-key" {
+            continue;
+        }
         if ![
             "InstanceIds",
             "PingStatus",
@@ -126,12 +131,34 @@ pub async fn describe(
     }
     let offset = decode_next_token(input.next_token.as_deref())?;
     let all = state.store.list_instances().await?;
+    let by_tag = filters
+        .iter()
+        .any(|(k, _)| k.starts_with("tag:") || k == "tag-key");
+    let mut tags_of = std::collections::HashMap::new();
+    if by_tag {
+        for i in &all {
+            let tags = state.store.instance_tags(&i.instance_id).await?;
+            tags_of.insert(i.instance_id.clone(), tags);
+        }
+    }
     let candidates: Vec<Instance> = all
         .iter()
         .filter_map(|i| {
             let online = state.hub.agent(&i.instance_id).is_some();
             let ping = if online { "Online" } else { "ConnectionLost" };
             let ok = filters.iter().all(|(key, values)| {
+                if let Some(tag) = key.strip_prefix("tag:") {
+                    let tags: Option<&Vec<(String, String)>> = tags_of.get(&i.instance_id);
+                    return tags.is_some_and(|t| {
+                        t.iter().any(|(k, v)| k == tag && values.iter().any(|x| x == v))
+                    });
+                }
+                if key == "tag-key" {
+                    let tags = tags_of.get(&i.instance_id);
+                    return tags.is_some_and(|t: &Vec<(String, String)>| {
+                        t.iter().any(|(k, _)| values.contains(k))
+                    });
+                }
                 let field = match key.as_str() {
                     "InstanceIds" => i.instance_id.as_str(),
                     "PingStatus" => ping,
