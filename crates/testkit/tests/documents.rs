@@ -1088,3 +1088,161 @@ async fn airlocks_cli_gets_and_sets_preferences_and_manages_documents() {
     assert_eq!(code, 1);
     assert!(err.contains("InvalidDocument"), "{err}");
 }
+
+/// Runs one session of `start` to its end through the client's code: (stdout, stderr, exit).
+async fn drive(
+    api: &ApiClient,
+    start: Value,
+    no_pty: bool,
+    input: &[&str],
+) -> (String, String, Option<i32>) {
+    use airlock_client::session::{Input, Output, SessionOptions};
+    let grant = api.start_session(&start).await.expect("StartSession");
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(64);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    let opts = SessionOptions {
+        api: Some(api.clone()),
+        no_pty,
+        ..Default::default()
+    };
+    let session =
+        tokio::spawn(async move { airlock_client::session::run(grant, opts, in_rx, out_tx).await });
+    for i in input {
+        in_tx
+            .send(Input::Data(bytes::Bytes::from(i.to_string())))
+            .await
+            .unwrap();
+    }
+    if no_pty {
+        in_tx.send(Input::Eof).await.unwrap();
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let collect = async {
+        while let Some(o) = out_rx.recv().await {
+            match o {
+                Output::Stdout(b) => out.extend_from_slice(&b),
+                Output::Stderr(b) => err.extend_from_slice(&b),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .expect("output ends in time");
+    let outcome = session.await.unwrap().expect("the session ends cleanly");
+    drop(in_tx);
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+        outcome.exit_code,
+    )
+}
+
+const HOSTILE: &[&str] = &[
+    "; touch pwned",
+    "&& touch pwned",
+    "| touch pwned",
+    "$(touch pwned)",
+    "`touch pwned`",
+    "x\ntouch pwned",
+    "'; touch pwned; '",
+    "\"; touch pwned; \"",
+    "\\'; touch pwned #",
+    "$HOME * ~ {a,b}",
+];
+
+fn files(dir: &TempDir) -> Vec<String> {
+    let mut f: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    f.sort();
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_values_in_custom_documents_run_nothing_on_a_real_agent() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let iid = agent.instance_id.clone();
+    let api = server.api();
+    let work = TempDir::new();
+    std::fs::set_permissions(&work.0, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let dir = work.0.to_str().unwrap().to_owned();
+    for (name, session_type) in [
+        ("Echo-Pipes", "NonInteractiveCommands"),
+        ("Echo-Pty", "InteractiveCommands"),
+    ] {
+        let doc = json!({
+            "schemaVersion": "1.0", "sessionType": session_type,
+            "parameters": {"dir": {"type": "String"}, "v": {"type": "String"}},
+            "properties": {"linux": {"commands": "cd {{ dir }} && printf '[%s]' {{v}}", "separateOutputStream": true}}
+        });
+        let mut doc = doc;
+        if session_type == "InteractiveCommands" {
+            doc["properties"]["linux"]
+                .as_object_mut()
+                .unwrap()
+                .remove("separateOutputStream");
+        }
+        call(
+            &api,
+            "CreateDocument",
+            json!({"Name": name, "DocumentType": "Session", "Content": doc.to_string()}),
+        )
+        .await
+        .unwrap();
+        for value in HOSTILE {
+            let no_pty = session_type == "NonInteractiveCommands";
+            let (out, err, code) = drive(
+                &api,
+                json!({"Target": iid, "DocumentName": name, "Parameters": {"dir": [dir], "v": [value]}}),
+                no_pty,
+                &[],
+            )
+            .await;
+            assert_eq!(code, Some(0), "{name} {value:?}: {out} {err}");
+            assert!(
+                files(&work).is_empty(),
+                "{name} {value:?} ran more: {:?}",
+                files(&work)
+            );
+            if no_pty {
+                assert_eq!(out, format!("[{value}]"), "{name}");
+                assert_eq!(err, "");
+            } else {
+                // A terminal writes newlines as CR LF.
+                assert_eq!(out.replace("\r\n", "\n"), format!("[{value}]"), "{name}");
+            }
+        }
+    }
+
+    // A shell document: its parameters are checked and not used; the preferences' shell
+    // profile runs, nothing else does.
+    let shell = json!({"schemaVersion": "1.0", "sessionType": "Standard_Stream",
+                       "parameters": {"v": {"type": "String", "default": "x"}}});
+    call(
+        &api,
+        "CreateDocument",
+        json!({"Name": "My-Shell", "DocumentType": "Session", "Content": shell.to_string()}),
+    )
+    .await
+    .unwrap();
+    set_prefs(
+        &api,
+        json!({"shellProfile": {"linux": format!("touch {dir}/profile-ran"), "windows": ""}}),
+    )
+    .await;
+    for value in HOSTILE.iter().take(3) {
+        let (_, _, _) = drive(
+            &api,
+            json!({"Target": iid, "DocumentName": "My-Shell", "Parameters": {"v": [value]}}),
+            false,
+            &["exit\n"],
+        )
+        .await;
+        assert_eq!(files(&work), vec!["profile-ran".to_owned()], "{value:?}");
+        std::fs::remove_file(work.0.join("profile-ran")).unwrap();
+    }
+    agent.stop().await;
+}
