@@ -285,7 +285,6 @@ fn tags_json(tags: &[(String, String)]) -> Value {
 /// The `DocumentDescription` of one version.
 #[allow(clippy::too_many_arguments)]
 fn description(
-    state: &AppState,
     name: &str,
     owner: &str,
     display_name: &str,
@@ -325,13 +324,11 @@ fn description(
     if let Some(vn) = version_name {
         d["VersionName"] = json!(vn);
     }
-    let _ = state;
     d
 }
 
 fn stored_description(state: &AppState, doc: &DocumentRow, v: &VersionRow) -> Value {
     description(
-        state,
         &doc.name,
         &state.config.account_id,
         &doc.display_name,
@@ -346,9 +343,8 @@ fn stored_description(state: &AppState, doc: &DocumentRow, v: &VersionRow) -> Va
     )
 }
 
-fn builtin_description(state: &AppState, name: &str, text: &str) -> Value {
+fn builtin_description(name: &str, text: &str) -> Value {
     description(
-        state,
         name,
         "Amazon",
         "",
@@ -477,6 +473,8 @@ async fn create(state: &Arc<AppState>, caller: &Caller, input: Value) -> Result<
             "Session documents take neither Requires nor Attachments.",
         ));
     }
+    // TargetType restricts which resource types a document targets; Session documents
+    // target managed nodes only, so it is accepted and has no effect.
     let _ = &i.target_type;
     check_version_name(&i.version_name)?;
     if let Some(d) = &i.display_name {
@@ -804,7 +802,7 @@ async fn describe(state: &Arc<AppState>, caller: &Caller, input: Value) -> Resul
             {
                 return Err(bad_version(n));
             }
-            builtin_description(state, n, text)
+            builtin_description(n, text)
         }
         Doc::Stored(d) => {
             let v = pick_version(state, &d, version, i.version_name.as_deref()).await?;
@@ -884,7 +882,7 @@ async fn list(state: &Arc<AppState>, caller: &Caller, input: Value) -> Result<Va
     }
     let mut all: Vec<Value> = BUILTIN
         .iter()
-        .map(|(n, t)| builtin_description(state, n, t))
+        .map(|(n, t)| builtin_description(n, t))
         .collect();
     for d in state.store.list_documents().await? {
         if let Some((doc, v)) = state.store.document_at(&d.name, None).await? {
@@ -932,6 +930,7 @@ async fn delete(state: &Arc<AppState>, caller: &Caller, input: Value) -> Result<
     plain_name(name)?;
     let version = parse_version(i.document_version.as_deref())?;
     check_version_name(&i.version_name)?;
+    // Force deletes documents shared with other accounts; nothing is shared here.
     let _ = i.force;
     authorize_doc(state, caller, "ssm:DeleteDocument", name).await?;
     let doc = match find(state, name).await? {

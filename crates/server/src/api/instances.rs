@@ -150,7 +150,8 @@ pub async fn describe(
                 if let Some(tag) = key.strip_prefix("tag:") {
                     let tags: Option<&Vec<(String, String)>> = tags_of.get(&i.instance_id);
                     return tags.is_some_and(|t| {
-                        t.iter().any(|(k, v)| k == tag && values.iter().any(|x| x == v))
+                        t.iter()
+                            .any(|(k, v)| k == tag && values.iter().any(|x| x == v))
                     });
                 }
                 if key == "tag-key" {

@@ -247,7 +247,15 @@ pub async fn start(
     };
     let mut resources = vec![target_resource];
     let check = if input.document_name.is_some() {
-        resources.push(crate::authz::Resource::new(document_arn(state, doc_name)));
+        // A stored document's tags feed ssm:resourceTag/* for the document resource.
+        let tags = match state.store.document(doc_name).await? {
+            Some(d) => d.tags,
+            None => Vec::new(),
+        };
+        resources.push(crate::authz::Resource {
+            arn: document_arn(state, doc_name),
+            tags,
+        });
         "true"
     } else {
         "false"
