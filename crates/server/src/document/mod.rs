@@ -15,6 +15,9 @@
 //!   the value as it is, and the result is checked as a port or host exactly as for the AWS
 //!   port documents.
 //! - Standard_Stream documents are shells; their parameters are checked but not used.
+//! - A document's `inputs` are checked (as preferences) but a session's inputs are always the
+//!   preferences in force (`SSM-SessionManagerRunShell`): a document a user may choose cannot
+//!   loosen the operator's limits.
 //!
 //! Parsing is bounded: content is at most [`MAX_CONTENT_BYTES`] (AWS's 64 KB), nesting at most
 //! [`MAX_DEPTH`], and YAML aliases are expanded by a parser that refuses a document whose
