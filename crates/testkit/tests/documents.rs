@@ -856,6 +856,14 @@ async fn document_arns_and_the_session_document_access_check_decide_what_runs() 
         .await
         .unwrap();
     }
+    call(
+        &api,
+        "CreateDocument",
+        json!({"Name": "Tagged", "DocumentType": "Session", "Content": cmd("df -h"),
+               "Tags": [{"Key": "Team", "Value": "red"}]}),
+    )
+    .await
+    .unwrap();
     let profile = server.user("carol", false).await;
     api.call(
         "Airlock.PutUserPolicy",
@@ -866,6 +874,9 @@ async fn document_arns_and_the_session_document_access_check_decide_what_runs() 
                  "Resource": [format!("arn:aws:ssm:us-east-1:000000000000:managed-instance/{iid}"),
                               "arn:aws:ssm:us-east-1:000000000000:document/Uptime"],
                  "Condition": {"BoolIfExists": {"ssm:SessionDocumentAccessCheck": "true"}}},
+                {"Effect": "Allow", "Action": "ssm:StartSession",
+                 "Resource": "arn:aws:ssm:us-east-1:000000000000:document/*",
+                 "Condition": {"StringEquals": {"ssm:resourceTag/Team": "red"}}},
                 {"Effect": "Allow", "Action": ["ssm:GetDocument", "ssm:DescribeDocument"],
                  "Resource": "arn:aws:ssm:us-east-1:000000000000:document/Uptime"}
             ]}).to_string()}),
@@ -896,6 +907,18 @@ async fn document_arns_and_the_session_document_access_check_decide_what_runs() 
     .await
     .unwrap();
     assert_eq!(next_task(&mut rx).await.document_name, "Uptime");
+    // A document allowed by its tag (ssm:resourceTag/Team on the document resource).
+    call(
+        &carol,
+        "StartSession",
+        json!({"Target": iid, "DocumentName": "Tagged"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_task(&mut rx).await.document_content["properties"]["linux"]["commands"],
+        "df -h"
+    );
     for document in [
         json!("Reboot"),
         json!("arn:aws:ssm:us-east-1:000000000000:document/Reboot"),
@@ -946,7 +969,20 @@ async fn document_arns_and_the_session_document_access_check_decide_what_runs() 
         .iter()
         .filter(|e| e["Event"] == "document")
         .collect();
-    assert_eq!(changes.len(), 2, "{audit}");
+    assert_eq!(changes.len(), 3, "{audit}");
+    // The session's start record names the version (and its hash) that ran.
+    let started: Vec<&Value> = audit["Events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["Event"] == "session-start")
+        .collect();
+    assert_eq!(started.len(), 3, "{audit}");
+    for e in started {
+        let detail: Value = serde_json::from_str(e["Detail"].as_str().unwrap()).unwrap();
+        let v = detail["DocumentVersion"].as_str().unwrap();
+        assert!(v.starts_with("1:") && v.len() == 66, "{detail}");
+    }
 }
 
 /// `airlock …` as the admin, with `dir` as the working directory: (exit code, stdout, stderr).

@@ -359,13 +359,15 @@ pub fn builtin(name: &str) -> Option<&'static str> {
 /// The `DocumentContent` a StartSession of document `name` runs: a built-in document, or the
 /// default version of a stored one, parameters checked and interpolated; `inputs` are the
 /// preferences in force. Port destinations that are literal link-local or metadata addresses
-/// are refused here while `denyLinkLocalDestinations` is on.
+/// are refused here while `denyLinkLocalDestinations` is on. Also returns which version ran
+/// (`"1:<sha256>"` for a stored version, `"builtin"`), for the session's audit record.
 pub async fn resolve(
     state: &crate::state::AppState,
     name: &str,
     parameters: &BTreeMap<String, Vec<String>>,
-) -> Result<Value, ApiError> {
+) -> Result<(Value, String), ApiError> {
     let prefs = state.preferences.get();
+    let mut which = "builtin".to_owned();
     let mut content = if name == SHELL || builtin(name).is_some() {
         session_document(name, parameters)?
     } else {
@@ -381,6 +383,7 @@ pub async fn resolve(
             .unwrap_or(crate::document::Format::Json);
         let parsed = crate::document::parse_text(&version.content, format)?;
         let doc = crate::document::validate(&parsed)?;
+        which = format!("{}:{}", version.version, version.hash);
         crate::document::render(name, &doc, parameters)?
     };
     if prefs.deny_link_local_destinations && content["sessionType"] == "Port" {
@@ -394,7 +397,7 @@ pub async fn resolve(
         }
     }
     content["inputs"] = crate::document::inputs::to_inputs(&prefs);
-    Ok(content)
+    Ok((content, which))
 }
 
 fn check(p: &Param, value: &str) -> Result<(), ApiError> {

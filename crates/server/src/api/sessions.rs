@@ -273,7 +273,8 @@ pub async fn start(
     .await?;
     // The document that runs is the one authorised: a built-in or the default version of a
     // stored one, parameters validated and interpolated, the preferences as its inputs.
-    let document_content = super::documents::resolve(state, doc_name, &input.parameters).await?;
+    let (document_content, document_version) =
+        super::documents::resolve(state, doc_name, &input.parameters).await?;
     let instance = state.store.instance(target).await?;
     let registered = instance
         .as_ref()
@@ -314,7 +315,7 @@ pub async fn start(
         statement: String::new(),
         request_id: caller.request_id.clone(),
         user_agent: caller.user_agent.clone(),
-        detail: json!({ "Target": target, "DocumentName": doc_name, "RunAs": session.run_as })
+        detail: json!({ "Target": target, "DocumentName": doc_name, "DocumentVersion": document_version, "RunAs": session.run_as })
             .to_string(),
     };
     if let Err(e) = state.store.append_audit(&started).await {
