@@ -1282,3 +1282,82 @@ async fn hostile_values_in_custom_documents_run_nothing_on_a_real_agent() {
     }
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_port_document_forwards_as_the_aws_port_documents_do() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let api = server.api();
+    // An echo target on loopback.
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((c, _)) = target.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = c.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let doc = json!({
+        "schemaVersion": "1.0", "sessionType": "Port",
+        "parameters": {"port": {"type": "String", "allowedValues": [target_port.to_string(), "5432"]},
+                       "local": {"type": "String", "default": "0"}},
+        "properties": {"host": "localhost", "portNumber": "{{ port }}", "type": "LocalPortForwarding",
+                       "localPortNumber": "{{local}}"}
+    });
+    call(
+        &api,
+        "CreateDocument",
+        json!({"Name": "Local-Echo", "DocumentType": "Session", "Content": doc.to_string()}),
+    )
+    .await
+    .unwrap();
+    // Only the ports the document allows; hostile values never reach the agent.
+    for bad in ["22", "80; id", "0"] {
+        let e = call(
+            &api,
+            "StartSession",
+            json!({"Target": agent.instance_id, "DocumentName": "Local-Echo", "Parameters": {"port": [bad]}}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.0, "InvalidParameters", "{bad}");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let local = listener.local_addr().unwrap();
+    let grant = api
+        .start_session(
+            &json!({"Target": agent.instance_id, "DocumentName": "Local-Echo",
+                               "Parameters": {"port": [target_port.to_string()],
+                                              "local": [local.port().to_string()]}}),
+        )
+        .await
+        .unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = airlock_client::SessionOptions {
+        api: Some(api.clone()),
+        mux_window: airlock_client::port::DEFAULT_MUX_WINDOW,
+        ..Default::default()
+    };
+    let task = tokio::spawn(airlock_client::port::forward(
+        grant,
+        opts,
+        listener,
+        airlock_client::port::ForwardOptions::default(),
+        stop.clone(),
+    ));
+    let mut c = tokio::net::TcpStream::connect(local).await.unwrap();
+    c.write_all(b"through a custom document").await.unwrap();
+    let mut back = vec![0u8; 25];
+    tokio::time::timeout(Duration::from_secs(15), c.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, b"through a custom document");
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+    agent.stop().await;
+}
