@@ -769,6 +769,17 @@ mod tests {
             parse_text(&deep_yaml, Format::Yaml).unwrap_err().code,
             "InvalidDocumentContent"
         );
+        // Nesting as deep as the size limit allows neither overflows the stack nor is taken.
+        for format in [Format::Json, Format::Yaml] {
+            let n = MAX_CONTENT_BYTES / 2 - 1;
+            let deepest = format!("{}{}", "[".repeat(n), "]".repeat(n));
+            assert_eq!(
+                parse_text(&deepest, format).unwrap_err().code,
+                "InvalidDocumentContent"
+            );
+            let maps = "a: ".repeat(MAX_CONTENT_BYTES / 4);
+            assert!(parse_text(&maps, format).is_err());
+        }
         let big = format!("{{\"description\": \"{}\"}}", "x".repeat(MAX_CONTENT_BYTES));
         assert_eq!(
             parse_text(&big, Format::Json).unwrap_err().code,
