@@ -355,6 +355,51 @@ async fn fan_out_reaches_every_tagged_host_and_one_failing_does_not_stop_the_oth
     )
     .await;
 
+    // The tag filters of DescribeInstanceInformation that the fan-out resolves through.
+    let api = server.api();
+    let ids = |filters: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let out = api
+                .call(
+                    "AmazonSSM.DescribeInstanceInformation",
+                    &json!({ "Filters": filters }),
+                )
+                .await
+                .unwrap();
+            let mut v: Vec<String> = out["InstanceInformationList"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["InstanceId"].as_str().unwrap().to_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(
+        ids(json!([{"Key": "tag:Environment", "Values": ["prod"]}])).await,
+        vec![prod.instance_id.clone()]
+    );
+    assert_eq!(
+        ids(
+            json!([{"Key": "tag:Environment", "Values": ["staging", "prod"]},
+                   {"Key": "PingStatus", "Values": ["Online"]}])
+        )
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        ids(json!([{"Key": "tag-key", "Values": ["Environment"]}]))
+            .await
+            .len(),
+        4
+    );
+    assert!(ids(json!([{"Key": "tag:environment", "Values": ["prod"]}]))
+        .await
+        .is_empty());
+
     let args = [
         "exec",
         "--targets",
