@@ -659,3 +659,72 @@ async fn the_aws_cli_starts_command_sessions() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_airlock_exec_ends_the_remote_commands() {
+    let server = TestServer::start().await;
+    let a = server.agent().await;
+    let b = server.agent().await;
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let home = TempDir::new();
+    let targets = format!("{},{}", a.instance_id, b.instance_id);
+    let single = ["exec", "-t", a.instance_id.as_str(), "--", "sleep", "600"];
+    let fan = ["exec", "--targets", targets.as_str(), "--", "sleep", "600"];
+    for (args, sessions) in [(&single[..], 1usize), (&fan[..], 2)] {
+        let mut child = tokio::process::Command::new(&bin)
+            .args(args)
+            .env("HOME", &home.0)
+            .env("AIRLOCK_LOG", "warn")
+            .env_remove("AIRLOCK_PROFILE")
+            .env("AIRLOCK_ENDPOINT", &server.url)
+            .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+            .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        airlock_testkit::eventually("the commands running", Duration::from_secs(20), || async {
+            (server.sessions("Active").await.len() == sessions).then_some(())
+        })
+        .await;
+        // Let the agents start the commands before the interrupt.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .expect("airlock exec exits after Ctrl-C")
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        airlock_testkit::eventually(
+            "no session left active",
+            Duration::from_secs(10),
+            || async { server.sessions("Active").await.is_empty().then_some(()) },
+        )
+        .await;
+    }
+    // Nothing of the commands is left running on the host.
+    airlock_testkit::eventually(
+        "the remote sleeps gone",
+        Duration::from_secs(10),
+        || async {
+            let ps = std::process::Command::new("pgrep")
+                .args(["-f", "^sleep 600$"])
+                .output()
+                .unwrap();
+            ps.stdout.is_empty().then_some(())
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
