@@ -673,7 +673,7 @@ async fn ctrl_c_on_airlock_exec_ends_the_remote_commands() {
     let single = ["exec", "-t", a.instance_id.as_str(), "--", "sleep", "600"];
     let fan = ["exec", "--targets", targets.as_str(), "--", "sleep", "600"];
     for (args, sessions) in [(&single[..], 1usize), (&fan[..], 2)] {
-        let mut child = tokio::process::Command::new(&bin)
+        let child = tokio::process::Command::new(&bin)
             .args(args)
             .env("HOME", &home.0)
             .env("AIRLOCK_LOG", "warn")
