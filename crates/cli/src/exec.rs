@@ -232,6 +232,8 @@ async fn fan_out(
 ) -> anyhow::Result<i32> {
     let slots = Arc::new(Semaphore::new(usize::try_from(a.concurrency).unwrap_or(16)));
     let json = format == Format::Json;
+    // Sessions open now, so that Ctrl-C ends the remote commands too.
+    let open: OpenSessions = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     for target in targets {
         let req = CommandRequest {
@@ -240,10 +242,10 @@ async fn fan_out(
             interactive: a.interactive,
             reason: a.reason.clone(),
         };
-        let (api, slots) = (api.clone(), slots.clone());
+        let (api, slots, open) = (api.clone(), slots.clone(), open.clone());
         tasks.spawn(async move {
             let _slot = slots.acquire_owned().await;
-            let r = one_host(&api, req, json).await;
+            let r = one_host(&api, req, json, &open).await;
             if json {
                 print_json(&r);
             }
@@ -251,8 +253,25 @@ async fn fan_out(
         });
     }
     let (mut ok, mut failed) = (0usize, Vec::new());
-    while let Some(r) = tasks.join_next().await {
-        let r = r.context("a host's task failed")?;
+    loop {
+        let r = tokio::select! {
+            r = tasks.join_next() => match r {
+                Some(r) => r.context("a host's task failed")?,
+                None => break,
+            },
+            _ = crate::shutdown_signal() => {
+                tasks.abort_all();
+                let ids: Vec<String> = open.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+                let mut ends = tokio::task::JoinSet::new();
+                for id in ids.clone() {
+                    let api = api.clone();
+                    ends.spawn(async move { api.terminate_session(&id).await });
+                }
+                while ends.join_next().await.is_some() {}
+                eprintln!("airlock: interrupted; {} running session(s) terminated, {ok} host(s) had finished", ids.len());
+                return Ok(130);
+            }
+        };
         match (&r.error, r.exit_code) {
             (None, Some(0)) => ok += 1,
             (Some(e), _) => failed.push(format!("{}: {e}", r.target)),
@@ -273,7 +292,15 @@ async fn fan_out(
 }
 
 /// Runs the command on one host; in text mode prints its lines, prefixed, as they come.
-async fn one_host(api: &ApiClient, req: CommandRequest, json: bool) -> HostResult {
+/// The ids of the sessions a fan-out has open.
+type OpenSessions = Arc<std::sync::Mutex<HashSet<String>>>;
+
+async fn one_host(
+    api: &ApiClient,
+    req: CommandRequest,
+    json: bool,
+    open: &OpenSessions,
+) -> HostResult {
     let started = Instant::now();
     let target = req.target.clone();
     let (in_tx, in_rx) = mpsc::channel(1);
@@ -304,10 +331,26 @@ async fn one_host(api: &ApiClient, req: CommandRequest, json: bool) -> HostResul
         }
         (out, err)
     };
-    let (result, (stdout, stderr)) = tokio::join!(
-        command::stream(api, &req, SessionOptions::default(), in_rx, out_tx),
-        collect
-    );
+    let run = async {
+        let grant = command::start(api, &req).await?;
+        let id = grant.session_id.clone();
+        open.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
+        let opts = SessionOptions {
+            no_pty: !req.interactive,
+            tls: api.tls(),
+            api: Some(api.clone()),
+            ..Default::default()
+        };
+        let r = airlock_client::session::run(grant, opts, in_rx, out_tx).await;
+        open.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        let outcome = r?;
+        outcome
+            .exit_code
+            .ok_or(command::CommandError::NoExitStatus(outcome.reason))
+    };
+    let (result, (stdout, stderr)) = tokio::join!(run, collect);
     drop(in_tx);
     let (exit_code, error) = match result {
         Ok(code) => (Some(code), None),

@@ -480,7 +480,8 @@ pub fn free_port() -> u16 {
 
 /// A private OpenSSH server on a free loopback port, for the tests and benchmarks that put
 /// Airlock beside (or in front of) sshd: its own host key, a client key `id` in the same
-/// directory that it accepts for the current user, TCP forwarding and sftp on.
+/// directory that it accepts for the current user, TCP forwarding and sftp on, and room for
+/// many connections being set up at once (`MaxStartups`: `xargs -P 16 ssh …` in a benchmark).
 pub struct Sshd {
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -516,7 +517,7 @@ impl Sshd {
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\nAuthorizedKeysFile {dir}/authorized_keys\n\
              PidFile {dir}/sshd.pid\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n\
+             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\nMaxStartups 200\n\
              Subsystem sftp internal-sftp\nLogLevel ERROR\n",
             dir = dir.display()
         );

@@ -258,6 +258,16 @@ async fn airlock_exec(
     args: &[&str],
     stdin: &[u8],
 ) -> (Option<i32>, String, String) {
+    airlock_exec_as(server, &server.admin, args, stdin).await
+}
+
+/// `airlock exec` signing as `profile`.
+async fn airlock_exec_as(
+    server: &TestServer,
+    profile: &airlock_client::Profile,
+    args: &[&str],
+    stdin: &[u8],
+) -> (Option<i32>, String, String) {
     use tokio::io::AsyncWriteExt;
     let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
         .await
@@ -269,8 +279,8 @@ async fn airlock_exec(
         .env("AIRLOCK_LOG", "warn")
         .env_remove("AIRLOCK_PROFILE")
         .env("AIRLOCK_ENDPOINT", &server.url)
-        .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
-        .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .env("AIRLOCK_ACCESS_KEY_ID", &profile.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &profile.secret_access_key)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -354,6 +364,51 @@ async fn fan_out_reaches_every_tagged_host_and_one_failing_does_not_stop_the_oth
         || async { server.state().hub.agent(&gone).is_none().then_some(()) },
     )
     .await;
+
+    // The tag filters of DescribeInstanceInformation that the fan-out resolves through.
+    let api = server.api();
+    let ids = |filters: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            let out = api
+                .call(
+                    "AmazonSSM.DescribeInstanceInformation",
+                    &json!({ "Filters": filters }),
+                )
+                .await
+                .unwrap();
+            let mut v: Vec<String> = out["InstanceInformationList"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["InstanceId"].as_str().unwrap().to_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    };
+    assert_eq!(
+        ids(json!([{"Key": "tag:Environment", "Values": ["prod"]}])).await,
+        vec![prod.instance_id.clone()]
+    );
+    assert_eq!(
+        ids(
+            json!([{"Key": "tag:Environment", "Values": ["staging", "prod"]},
+                   {"Key": "PingStatus", "Values": ["Online"]}])
+        )
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        ids(json!([{"Key": "tag-key", "Values": ["Environment"]}]))
+            .await
+            .len(),
+        4
+    );
+    assert!(ids(json!([{"Key": "tag:environment", "Values": ["prod"]}]))
+        .await
+        .is_empty());
 
     let args = [
         "exec",
@@ -613,4 +668,164 @@ async fn the_aws_cli_starts_command_sessions() {
         String::from_utf8_lossy(&out.stderr)
     );
     agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_on_airlock_exec_ends_the_remote_commands() {
+    let server = TestServer::start().await;
+    let a = server.agent().await;
+    let b = server.agent().await;
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let home = TempDir::new();
+    let targets = format!("{},{}", a.instance_id, b.instance_id);
+    let single = ["exec", "-t", a.instance_id.as_str(), "--", "sleep", "600"];
+    let fan = ["exec", "--targets", targets.as_str(), "--", "sleep", "600"];
+    for (args, sessions) in [(&single[..], 1usize), (&fan[..], 2)] {
+        let child = tokio::process::Command::new(&bin)
+            .args(args)
+            .env("HOME", &home.0)
+            .env("AIRLOCK_LOG", "warn")
+            .env_remove("AIRLOCK_PROFILE")
+            .env("AIRLOCK_ENDPOINT", &server.url)
+            .env("AIRLOCK_ACCESS_KEY_ID", &server.admin.access_key_id)
+            .env("AIRLOCK_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        airlock_testkit::eventually("the commands running", Duration::from_secs(20), || async {
+            (server.sessions("Active").await.len() == sessions).then_some(())
+        })
+        .await;
+        // Let the agents start the commands before the interrupt.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().unwrap()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .expect("airlock exec exits after Ctrl-C")
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        airlock_testkit::eventually(
+            "no session left active",
+            Duration::from_secs(10),
+            || async { server.sessions("Active").await.is_empty().then_some(()) },
+        )
+        .await;
+    }
+    // Nothing of the commands is left running on the host.
+    airlock_testkit::eventually(
+        "the remote sleeps gone",
+        Duration::from_secs(10),
+        || async {
+            let ps = std::process::Command::new("pgrep")
+                .args(["-f", "^sleep 600$"])
+                .output()
+                .unwrap();
+            ps.stdout.is_empty().then_some(())
+        },
+    )
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fan_out_runs_only_where_the_callers_policy_allows() {
+    let server = TestServer::start().await;
+    let staging = server
+        .agent_tagged(json!([{"Key": "Environment", "Value": "staging"}]))
+        .await;
+    let prod = server
+        .agent_tagged(json!([{"Key": "Environment", "Value": "prod"}]))
+        .await;
+    let hidden = server
+        .agent_tagged(json!([{"Key": "Environment", "Value": "hidden"}]))
+        .await;
+    // Bob sees staging and prod, but may open sessions on staging only.
+    let bob = server.user("bob", false).await;
+    let policy = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ssm:StartSession", "Resource": "*",
+         "Condition": {"StringEquals": {"ssm:resourceTag/Environment": "staging"}}},
+        {"Effect": "Allow", "Action": "ssm:StartSession",
+         "Resource": "arn:aws:ssm:*::document/AWS-StartNonInteractiveCommand"},
+        {"Effect": "Allow", "Action": "ssm:DescribeInstanceInformation", "Resource": "*",
+         "Condition": {"StringEqualsIfExists": {"ssm:resourceTag/Environment": ["staging", "prod"]}}},
+    ]});
+    server
+        .api()
+        .call(
+            "Airlock.PutUserPolicy",
+            &json!({"UserName": "bob", "PolicyName": "main", "PolicyDocument": policy.to_string()}),
+        )
+        .await
+        .expect("PutUserPolicy");
+    let marker = TempDir::new();
+    std::fs::set_permissions(
+        &marker.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let touch = |name: &str| format!("touch {}/$(hostname)-{name}", marker.0.display());
+
+    // Prod: Bob can list it, not run on it; the refusal is that host's failure.
+    let cmd = touch("prod");
+    let args = [
+        "exec",
+        "--targets",
+        "tag:Environment=prod",
+        "-c",
+        cmd.as_str(),
+    ];
+    let (code, out, err) = airlock_exec_as(&server, &bob, &args, b"").await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty());
+    let summary = err.lines().last().unwrap();
+    assert!(
+        summary.starts_with(&format!("0 ok, 1 failed ({}: ", prod.instance_id))
+            && summary.contains("not authorized"),
+        "{err}"
+    );
+    // Mixed: staging runs, prod is refused, and the hidden instance is not even found by tag.
+    let cmd = touch("mixed");
+    let targets = format!(
+        "tag:Environment=staging,{},tag:Environment=hidden",
+        prod.instance_id
+    );
+    let args = ["exec", "--targets", targets.as_str(), "-c", cmd.as_str()];
+    let (code, _, err) = airlock_exec_as(&server, &bob, &args, b"").await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("no instance you may see has the tag Environment=hidden"),
+        "{err}"
+    );
+    assert!(
+        err.lines().last().unwrap().starts_with("1 ok, 1 failed ("),
+        "{err}"
+    );
+    assert!(!err.contains(&hidden.instance_id), "{err}");
+    // One command ran, on staging (the agents share this host, so one file).
+    let ran: Vec<String> = std::fs::read_dir(&marker.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(ran[0].ends_with("-mixed"), "{ran:?}");
+    // Naming the hidden instance by id: refused like any other instance Bob may not use.
+    let args = ["exec", "-t", hidden.instance_id.as_str(), "--", "true"];
+    let (code, _, err) = airlock_exec_as(&server, &bob, &args, b"").await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not authorized"), "{err}");
+    for a in [staging, prod, hidden] {
+        a.stop().await;
+    }
 }
