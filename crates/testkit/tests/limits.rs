@@ -804,3 +804,86 @@ async fn the_cli_prints_the_warning_and_the_reason() {
     );
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_and_never_resumes_is_gone() {
+    let server = server().await;
+    set_prefs(&server, |p| p.idle_session_timeout_minutes = 2);
+    let agent = server.agent().await;
+    let api = server.api();
+    let grant = api
+        .start_session(&json!({ "Target": agent.instance_id }))
+        .await
+        .unwrap();
+    let id = grant.session_id.clone();
+    let (in_tx, in_rx) = tokio::sync::mpsc::channel(8);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel(64);
+    // No API client: the session's client cannot resume once its connection drops.
+    let client = tokio::spawn(airlock_client::session::run(
+        grant,
+        SessionOptions::default(),
+        in_rx,
+        out_tx,
+    ));
+    let _ = tokio::time::timeout(Duration::from_secs(15), out_rx.recv()).await;
+    eventually("Connected", Duration::from_secs(10), || async {
+        server
+            .session("Active", &id)
+            .await
+            .filter(|s| s["Status"] == "Connected")
+    })
+    .await;
+    client.abort();
+    drop(in_tx);
+    eventually("Disconnected", Duration::from_secs(10), || async {
+        server
+            .session("Active", &id)
+            .await
+            .filter(|s| s["Status"] == "Disconnected")
+    })
+    .await;
+    let h = ended(&server, &id, Duration::from_secs(10)).await;
+    assert_eq!(end_kind(&h), "ClientGone", "{h}");
+    assert_eq!(h["Status"], "Terminated", "{h}");
+    server.wait_no_relays().await;
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_goes_away_and_a_refused_run_as_have_their_reasons() {
+    let server = server().await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    let id = s.grant.session_id.clone();
+    s.send("echo UP\n").await;
+    s.expect("UP", Duration::from_secs(15)).await;
+    agent.stop().await;
+    let h = ended(&server, &id, Duration::from_secs(10)).await;
+    assert_eq!((end_kind(&h), &h["Status"]), ("AgentGone", &json!("Failed")), "{h}");
+
+    // A run-as user that does not exist on the host.
+    let agent = server.agent().await;
+    let profile = session_user(&server, "runner", "RunnerShell").await;
+    call(
+        &api,
+        "Airlock.TagUser",
+        json!({ "UserName": "runner", "Tags": [{ "Key": "SSMSessionRunAs", "Value": "airlock-no-such-user" }] }),
+    )
+    .await;
+    let runner = ApiClient::new(profile).unwrap();
+    let grant = runner
+        .start_session(&json!({ "Target": agent.instance_id }))
+        .await
+        .unwrap();
+    let h = ended(&server, &grant.session_id, Duration::from_secs(15)).await;
+    assert_eq!(end_kind(&h), "RunAsFailed", "{h}");
+    assert!(
+        h["EndReason"]["Detail"]
+            .as_str()
+            .unwrap()
+            .contains("airlock-no-such-user"),
+        "{h}"
+    );
+    agent.stop().await;
+}
