@@ -860,7 +860,11 @@ async fn an_agent_that_goes_away_and_a_refused_run_as_have_their_reasons() {
     s.expect("UP", Duration::from_secs(15)).await;
     agent.stop().await;
     let h = ended(&server, &id, Duration::from_secs(10)).await;
-    assert_eq!((end_kind(&h), &h["Status"]), ("AgentGone", &json!("Failed")), "{h}");
+    assert_eq!(
+        (end_kind(&h), &h["Status"]),
+        ("AgentGone", &json!("Failed")),
+        "{h}"
+    );
 
     // A run-as user that does not exist on the host.
     let agent = server.agent().await;
@@ -884,6 +888,131 @@ async fn an_agent_that_goes_away_and_a_refused_run_as_have_their_reasons() {
             .unwrap()
             .contains("airlock-no-such-user"),
         "{h}"
+    );
+    agent.stop().await;
+}
+
+// ---- the AWS CLI, with `airlock` as its session-manager-plugin ------------------------------
+
+/// The AWS CLI (`$AIRLOCK_TEST_AWS`, else `aws`), or `None` (outside CI) when it is missing.
+async fn aws_cli() -> Option<std::path::PathBuf> {
+    let aws = std::env::var_os("AIRLOCK_TEST_AWS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "aws".into());
+    let ok = tokio::process::Command::new(&aws)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(aws);
+    }
+    let msg = format!(
+        "the aws CLI ({}) is not available: run ./scripts/test",
+        aws.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{msg}");
+    }
+    eprintln!("NOT RUN: {msg}");
+    None
+}
+
+/// `aws ssm start-session --target <target>` as `profile`, with airlock as the plugin.
+fn aws_start_session(
+    aws: &std::path::Path,
+    bin: &std::path::Path,
+    dir: &airlock_testkit::TempDir,
+    server: &TestServer,
+    target: &str,
+) -> tokio::process::Command {
+    let plugin_dir = dir.0.join("bin");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    let link = plugin_dir.join("session-manager-plugin");
+    if !link.exists() {
+        std::os::unix::fs::symlink(bin, &link).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        plugin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = tokio::process::Command::new(aws);
+    cmd.args(["ssm", "start-session", "--endpoint-url", &server.url])
+        .args(["--region", "us-east-1", "--target", target])
+        .env("PATH", path)
+        .env("HOME", &dir.0)
+        .env("AWS_CONFIG_FILE", dir.0.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.0.join("aws-credentials"))
+        .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("NO_PROXY", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_cli_shows_the_warning_the_reason_and_the_limit_error() {
+    let Some(aws) = aws_cli().await else { return };
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let server = server().await;
+    set_prefs(&server, |p| {
+        p.idle_session_timeout_minutes = 2;
+        p.max_sessions_per_user = Some(1);
+    });
+    let agent = server.agent().await;
+    let dir = airlock_testkit::TempDir::new();
+    // Silent, with stdin open: the session idles out.
+    let mut child = aws_start_session(&aws, &bin, &dir, &server, &agent.instance_id)
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take();
+    let id = eventually("the session", Duration::from_secs(15), || async {
+        server
+            .sessions("Active")
+            .await
+            .first()
+            .map(|s| s["SessionId"].as_str().unwrap().to_owned())
+    })
+    .await;
+    // The limit of one session per user refuses a second start, in AWS's error shape.
+    let second = aws_start_session(&aws, &bin, &dir, &server, &agent.instance_id)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("(ResourceLimitExceededException)")
+            && err.contains("max_sessions_per_user is 1 and admin has 1 open sessions"),
+        "{err}"
+    );
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("the AWS CLI returns when the session ends")
+        .unwrap();
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("This session will end in 1 minute: idle timeout"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "SessionId: {id} : Session ended: idle timeout (no input or output for 2 minutes)."
+        )),
+        "{stdout}"
     );
     agent.stop().await;
 }
