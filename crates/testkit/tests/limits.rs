@@ -6,6 +6,7 @@
 //! trail and the client's closing line.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
 mod forwards;
 
 use std::time::{Duration, Instant};
@@ -1013,6 +1014,58 @@ async fn the_aws_cli_shows_the_warning_the_reason_and_the_limit_error() {
             "SessionId: {id} : Session ended: idle timeout (no input or output for 2 minutes)."
         )),
         "{stdout}"
+    );
+    agent.stop().await;
+}
+
+/// A client that behaves as the AWS plugin (no Airlock capabilities, digests, 1 KiB payloads)
+/// sees the warning as shell output; a notice forged by a client is dropped by the gateway
+/// (only the gateway speaks `airlock_notice`) and is not activity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_like_client_sees_the_warning_and_cannot_forge_notices() {
+    let server = server().await;
+    set_prefs(&server, |p| p.idle_session_timeout_minutes = 3);
+    let agent = server.agent().await;
+    let grant = server
+        .api()
+        .start_session(&json!({ "Target": agent.instance_id }))
+        .await
+        .unwrap();
+    let mut c = common::RawClient::connect(&grant, None).await;
+    c.pump_until(Duration::from_secs(15), |c| c.ready).await;
+    c.type_text("echo HELLO-$((6*7))\n");
+    c.expect("HELLO-42").await;
+    let typed = Instant::now();
+    let forged = airlock_proto::Frame::new(
+        airlock_proto::MessageType::Other(airlock_proto::NOTICE_MESSAGE_TYPE.into()),
+        0,
+        0,
+        airlock_proto::PayloadType::NONE,
+        bytes::Bytes::from(json!({ "Kind": "x", "Text": "FORGED-NOTICE" }).to_string()),
+    );
+    for _ in 0..5 {
+        c.send_raw(tokio_tungstenite::tungstenite::Message::Binary(
+            forged.encode(true),
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    c.expect("This session will end in 1 minute: idle timeout")
+        .await;
+    c.pump_until(Duration::from_secs(10), |c| c.closed.is_some())
+        .await;
+    assert!(!c.text().contains("FORGED-NOTICE"), "{}", c.text());
+    assert!(
+        c.closed.as_deref().unwrap().contains("idle timeout"),
+        "{:?}",
+        c.closed
+    );
+    // The forged frames (sent for 2 s after the last input) did not keep the session alive:
+    // it ended 3 minutes after the last input, not 3 minutes after the last forged frame.
+    let after = typed.elapsed();
+    assert!(
+        after >= 3 * MINUTE - Duration::from_millis(300) && after < 3 * MINUTE + MINUTE,
+        "{after:?}"
     );
     agent.stop().await;
 }
