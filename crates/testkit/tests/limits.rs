@@ -319,9 +319,44 @@ where
     F: FnOnce(TestServerRef, Profile) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    revocation_case_with(through_group, None, change, expect_detail).await;
+}
+
+/// [`revocation_case`], the victim allowed by `policy` (a document) when given.
+async fn revocation_case_with<F, Fut>(
+    through_group: bool,
+    policy: Option<Value>,
+    change: F,
+    expect_detail: &str,
+) where
+    F: FnOnce(TestServerRef, Profile) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let server = TestServer::start().await;
     let agent = server.agent().await;
-    let victim = if through_group {
+    let victim = if let Some(doc) = policy {
+        let admin = server.api();
+        let victim = server.user("victim", false).await;
+        call(
+            &admin,
+            "Airlock.CreatePolicy",
+            json!({ "PolicyName": "VictimShell", "PolicyDocument": doc }),
+        )
+        .await;
+        call(
+            &admin,
+            "Airlock.AttachUserPolicy",
+            json!({ "UserName": "victim", "PolicyName": "VictimShell" }),
+        )
+        .await;
+        call(
+            &admin,
+            "Airlock.TagUser",
+            json!({ "UserName": "victim", "Tags": [{ "Key": "team", "Value": "ops" }] }),
+        )
+        .await;
+        victim
+    } else if through_group {
         // Allowed only through the group `operators`.
         let admin = server.api();
         let victim = server.user("victim", false).await;
@@ -543,6 +578,52 @@ async fn removing_the_user_from_the_group_ends_the_session() {
             .await;
         },
         "IAM change: RemoveUserFromGroup",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permissions_boundary_that_excludes_sessions_ends_the_session() {
+    revocation_case(
+        false,
+        |s, _| async move {
+            let doc = json!({ "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "ssm:DescribeSessions", "Resource": "*" }]});
+            call(
+                &s.admin,
+                "Airlock.CreatePolicy",
+                json!({ "PolicyName": "ReadOnlyBoundary", "PolicyDocument": doc }),
+            )
+            .await;
+            call(
+                &s.admin,
+                "Airlock.PutUserPermissionsBoundary",
+                json!({ "UserName": "victim", "PolicyName": "ReadOnlyBoundary" }),
+            )
+            .await;
+        },
+        "IAM change: PutUserPermissionsBoundary",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_principal_tag_a_policy_needs_ends_the_session() {
+    let doc = json!({ "Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": ["ssm:StartSession", "ssm:ResumeSession"], "Resource": "*",
+        "Condition": { "StringEquals": { "aws:PrincipalTag/team": "ops" } } }]});
+    revocation_case_with(
+        false,
+        Some(doc),
+        |s, _| async move {
+            call(
+                &s.admin,
+                "Airlock.UntagUser",
+                json!({ "UserName": "victim", "TagKeys": ["team"] }),
+            )
+            .await;
+        },
+        "IAM change: UntagUser",
     )
     .await;
 }
