@@ -99,22 +99,44 @@ pub fn spawn(state: Arc<AppState>) {
                 continue;
             }
             last_full = Instant::now();
-            if let Err(e) = sweep(&state, &causes.join("; ")).await {
+            if let Err(e) = sweep(&state, &causes).await {
                 tracing::error!("revocation sweep failed: {e}");
             }
         }
     });
 }
 
+/// What changed, for an end reason: the causes this sweep was started for, and those queued
+/// since (a change whose effect this sweep read may have been nudged after it started).
+fn causes_now(state: &AppState, taken: &[String]) -> String {
+    let mut all = taken.to_vec();
+    let queued = state
+        .live
+        .revoke_causes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for q in queued {
+        let q = format!("IAM change: {q}");
+        if !all.contains(&q) {
+            all.push(q);
+        }
+    }
+    all.join("; ")
+}
+
 /// Re-decides every open session now; ends those whose owner may no longer start them.
-/// Returns how many it ended.
-pub async fn sweep(state: &Arc<AppState>, cause: &str) -> Result<usize, crate::api::ApiError> {
+/// `causes` says why (IAM changes, expiries). Returns how many it ended.
+pub async fn sweep(
+    state: &Arc<AppState>,
+    causes: &[String],
+) -> Result<usize, crate::api::ApiError> {
     let sessions = state.store.open_sessions().await?;
     let mut owners: HashMap<String, Option<Principal>> = HashMap::new();
     let mut targets: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut ended = 0;
     for s in sessions {
-        let Some(why) = revoked(state, &s, cause, &mut owners, &mut targets).await? else {
+        let Some(why) = revoked(state, &s, causes, &mut owners, &mut targets).await? else {
             continue;
         };
         tracing::warn!(session_id = s.session_id, "access revoked: {why}");
@@ -138,7 +160,7 @@ pub async fn sweep(state: &Arc<AppState>, cause: &str) -> Result<usize, crate::a
 async fn revoked(
     state: &AppState,
     s: &Session,
-    cause: &str,
+    causes: &[String],
     owners: &mut HashMap<String, Option<Principal>>,
     targets: &mut HashMap<String, Vec<(String, String)>>,
 ) -> Result<Option<String>, crate::api::ApiError> {
@@ -229,7 +251,8 @@ async fn revoked(
         let d = crate::authz::decide(&principal, &ctx);
         if !d.is_allowed() {
             return Ok(Some(format!(
-                "{cause}: {who} may no longer ssm:StartSession on {}: {}",
+                "{}: {who} may no longer ssm:StartSession on {}: {}",
+                causes_now(state, causes),
                 r.arn,
                 d.explain()
             )));

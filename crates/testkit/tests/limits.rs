@@ -595,6 +595,8 @@ async fn a_permissions_boundary_that_excludes_sessions_ends_the_session() {
                 json!({ "PolicyName": "ReadOnlyBoundary", "PolicyDocument": doc }),
             )
             .await;
+            // (Let the re-evaluation that creating a policy asks for pass first.)
+            tokio::time::sleep(Duration::from_millis(300)).await;
             call(
                 &s.admin,
                 "Airlock.PutUserPermissionsBoundary",
@@ -1068,7 +1070,10 @@ async fn the_aws_cli_shows_the_warning_the_reason_and_the_limit_error() {
     })
     .await;
     // The limit of one session per user refuses a second start, in AWS's error shape.
+    // (With a reason: two identical StartSession calls signed in the same second have one
+    // signature, which the server accepts once.)
     let second = aws_start_session(&aws, &bin, &dir, &server, &agent.instance_id)
+        .args(["--reason", "a second one"])
         .output()
         .await
         .unwrap();
@@ -1124,29 +1129,36 @@ async fn a_plugin_like_client_sees_the_warning_and_cannot_forge_notices() {
         airlock_proto::PayloadType::NONE,
         bytes::Bytes::from(json!({ "Kind": "x", "Text": "FORGED-NOTICE" }).to_string()),
     );
-    for _ in 0..5 {
+    // Forged notices every 300 ms until the session ends: were they relayed they would be
+    // written into the shell, and were they activity the session would never idle out.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.closed.is_none() {
+        assert!(Instant::now() < deadline, "never idled out: {}", c.text());
         c.send_raw(tokio_tungstenite::tungstenite::Message::Binary(
             forged.encode(true),
         ))
         .await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(300),
+            c.pump_until(Duration::from_secs(60), |c| c.closed.is_some()),
+        )
+        .await;
     }
-    c.expect("This session will end in 1 minute: idle timeout")
-        .await;
-    c.pump_until(Duration::from_secs(10), |c| c.closed.is_some())
-        .await;
-    assert!(!c.text().contains("FORGED-NOTICE"), "{}", c.text());
+    let after = typed.elapsed();
+    assert!(
+        after >= 3 * MINUTE - Duration::from_millis(300),
+        "{after:?}"
+    );
+    let text = c.text();
+    assert!(
+        text.contains("This session will end in 1 minute: idle timeout"),
+        "{text}"
+    );
+    assert!(!text.contains("FORGED-NOTICE"), "{text}");
     assert!(
         c.closed.as_deref().unwrap().contains("idle timeout"),
         "{:?}",
         c.closed
-    );
-    // The forged frames (sent for 2 s after the last input) did not keep the session alive:
-    // it ended 3 minutes after the last input, not 3 minutes after the last forged frame.
-    let after = typed.elapsed();
-    assert!(
-        after >= 3 * MINUTE - Duration::from_millis(300) && after < 3 * MINUTE + MINUTE,
-        "{after:?}"
     );
     agent.stop().await;
 }
