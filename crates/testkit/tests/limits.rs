@@ -1162,3 +1162,28 @@ async fn a_plugin_like_client_sees_the_warning_and_cannot_forge_notices() {
     );
     agent.stop().await;
 }
+
+/// The real server process with its hidden test knob: the default idle timeout (20 minutes)
+/// of 100 ms "minutes" ends a silent shell of a real agent process after about 2 s, warned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_process_applies_the_default_idle_timeout_in_test_minutes() {
+    let d = airlock_testkit::deployment::Deployment::start(&["--test-minute-ms", "100"]).await;
+    let api = d.api();
+    let started = Instant::now();
+    let s = TestSession::start(&api, &d.instance_id, SessionOptions::default()).await;
+    let (outcome, seen) = s.finish(Duration::from_secs(20)).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(1900), "{took:?}");
+    assert!(
+        seen.contains(
+            "This session will end in 1 minute: idle timeout (no input or output for 20 minutes)."
+        ),
+        "{seen}"
+    );
+    assert!(
+        outcome
+            .reason
+            .contains("Session ended: idle timeout (no input or output for 20 minutes)."),
+        "{outcome:?}"
+    );
+}
