@@ -6,6 +6,9 @@
 -- sentence shown to people.
 ALTER TABLE sessions ADD COLUMN end_kind TEXT NOT NULL DEFAULT '';
 ALTER TABLE sessions ADD COLUMN end_detail TEXT NOT NULL DEFAULT '';
+-- The maximum session duration in force when it started (minutes; NULL: none), shown by
+-- DescribeSessions as AWS's `MaxSessionDuration`.
+ALTER TABLE sessions ADD COLUMN max_session_duration INTEGER;
 -- The document's sessionType (Standard_Stream, Port, InteractiveCommands …).
 ALTER TABLE sessions ADD COLUMN session_type TEXT NOT NULL DEFAULT '';
 -- The request that started the session, as the policy engine saw it.

@@ -228,6 +228,7 @@ async fn max_duration_ends_an_active_session_after_a_warning() {
     assert!(done, "the session outlived its maximum duration");
     let h = ended(&server, &id, Duration::from_secs(5)).await;
     assert_eq!(end_kind(&h), "MaxDuration", "{h}");
+    assert_eq!(h["MaxSessionDuration"], "3", "{h}");
     assert!(
         h["Details"]
             .as_str()

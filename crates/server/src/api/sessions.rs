@@ -332,6 +332,7 @@ pub async fn start(
         end_kind: String::new(),
         end_detail: String::new(),
         session_type: session_type.clone(),
+        max_session_duration: state.preferences.get().max_session_duration_minutes,
         access: SessionAccess {
             access_key_id: caller.access_key_id.clone(),
             credential_expires_at,
@@ -642,6 +643,10 @@ pub fn session_json(s: &Session) -> Value {
     }
     if !s.end_reason.is_empty() {
         v["Details"] = json!(s.end_reason);
+    }
+    if let Some(m) = s.max_session_duration {
+        // AWS's shape: a string of minutes.
+        v["MaxSessionDuration"] = json!(m.to_string());
     }
     if !s.end_kind.is_empty() {
         v["EndReason"] = json!({ "Kind": s.end_kind, "Detail": s.end_detail });

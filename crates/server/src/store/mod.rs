@@ -523,8 +523,8 @@ impl Store {
             "INSERT INTO sessions (session_id, target, document_name, owner, reason, status, \
              parameters, start_date, owner_user_id, run_as, session_type, access_key_id, \
              credential_expires_at, token_issued_at, mfa, source_ip, secure_transport, \
-             document_access_check) \
-             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+             document_access_check, max_session_duration) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
              WHERE (SELECT COUNT(*) FROM sessions WHERE owner_user_id = ? \
                     AND status NOT IN ('Terminated', 'Failed')) < ? \
                AND (SELECT COUNT(*) FROM sessions WHERE target = ? \
@@ -548,6 +548,7 @@ impl Store {
         .bind(&s.access.source_ip)
         .bind(s.access.secure_transport)
         .bind(s.access.document_access_check)
+        .bind(s.max_session_duration.map(i64::from))
         .bind(&s.owner_user_id)
         .bind(max_per_user.map_or(i64::MAX, i64::from))
         .bind(&s.target)

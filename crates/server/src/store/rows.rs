@@ -199,6 +199,8 @@ pub struct Session {
     pub end_detail: String,
     /// The document's `sessionType` (`Standard_Stream`, `Port`, `InteractiveCommands` …).
     pub session_type: String,
+    /// `maxSessionDuration` in force when it started (minutes).
+    pub max_session_duration: Option<u32>,
     /// How the owner was authorised at StartSession, kept to re-evaluate it while the session lives.
     pub access: SessionAccess,
 }
@@ -242,6 +244,9 @@ impl Session {
             end_kind: r.get("end_kind"),
             end_detail: r.get("end_detail"),
             session_type: r.get("session_type"),
+            max_session_duration: r
+                .get::<Option<i64>, _>("max_session_duration")
+                .and_then(|m| u32::try_from(m).ok()),
             access: SessionAccess {
                 access_key_id: r.get("access_key_id"),
                 credential_expires_at: r.get("credential_expires_at"),
