@@ -30,9 +30,12 @@ const SWEEP: Duration = Duration::from_millis(500);
 pub fn may_revoke(target: &str) -> bool {
     let (prefix, op) = target.split_once('.').unwrap_or(("", target));
     match prefix {
-        "Airlock" => !["List", "Get", "Describe", "Simulate", "Verify"]
-            .iter()
-            .any(|p| op.starts_with(p)),
+        "Airlock" => {
+            op != "SetPassword"
+                && !["List", "Get", "Describe", "Simulate", "Verify"]
+                    .iter()
+                    .any(|p| op.starts_with(p))
+        }
         "AmazonSSM" => matches!(op, "AddTagsToResource" | "RemoveTagsFromResource"),
         _ => false,
     }
@@ -259,4 +262,30 @@ async fn revoked(
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn which_calls_may_revoke() {
+        for op in [
+            "Airlock.DeleteUser",
+            "Airlock.UpdateAccessKey",
+            "Airlock.DetachUserPolicy",
+            "Airlock.Apply",
+            "Airlock.DeleteGrant",
+            "AmazonSSM.RemoveTagsFromResource",
+        ] {
+            assert!(super::may_revoke(op), "{op}");
+        }
+        for op in [
+            "Airlock.ListUsers",
+            "Airlock.GetSessionToken",
+            "Airlock.SetPassword",
+            "AmazonSSM.StartSession",
+            "AmazonSSM.DescribeSessions",
+        ] {
+            assert!(!super::may_revoke(op), "{op}");
+        }
+    }
 }
