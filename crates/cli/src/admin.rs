@@ -265,6 +265,7 @@ pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32>
                         ts(x, "EndDate"),
                         s(x, "ExitCode"),
                         s(x, "Owner"),
+                        end_reason(x),
                     ]
                 })
                 .collect();
@@ -272,7 +273,7 @@ pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32>
                 format,
                 &json!({ "Sessions": all }),
                 &[
-                    "SESSION", "TARGET", "STATUS", "STARTED", "ENDED", "EXIT", "OWNER",
+                    "SESSION", "TARGET", "STATUS", "STARTED", "ENDED", "EXIT", "OWNER", "REASON",
                 ],
                 rows,
             );
@@ -293,6 +294,29 @@ pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32>
         }
     }
     Ok(0)
+}
+
+/// A session's typed end reason for the table: `IdleTimeout`, `TerminatedBy alice`,
+/// `AccessRevoked: access key AKIA… was disabled`, `Exited 0`.
+fn end_reason(x: &serde_json::Value) -> String {
+    let kind = x["EndReason"]["Kind"].as_str().unwrap_or_default();
+    let detail = x["EndReason"]["Detail"].as_str().unwrap_or_default();
+    match kind {
+        "" => String::new(),
+        "TerminatedBy" => format!(
+            "TerminatedBy {}",
+            detail.rsplit('/').next().unwrap_or(detail)
+        ),
+        "Exited" | "IdleTimeout" | "MaxDuration" if !detail.is_empty() => {
+            let unit = if kind == "Exited" { "" } else { " min" };
+            format!("{kind} {detail}{unit}")
+        }
+        _ if detail.is_empty() => kind.to_owned(),
+        _ => {
+            let short: String = detail.chars().take(80).collect();
+            format!("{kind}: {short}")
+        }
+    }
 }
 
 /// `airlock instances …`.

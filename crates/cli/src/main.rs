@@ -141,6 +141,10 @@ pub struct ServerArgs {
     /// Largest API request body, in bytes.
     #[arg(long, default_value_t = 256 * 1024, value_parser = clap::value_parser!(u64).range(1024..=67108864))]
     pub max_body_bytes: u64,
+    /// Test only: the length of a preferences "minute" in milliseconds (idle timeout, maximum
+    /// session duration and their warnings), so tests see limits in seconds.
+    #[arg(long, hide = true, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub test_minute_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -353,6 +357,7 @@ pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
             max_body_bytes: usize::try_from(a.max_body_bytes).unwrap_or(usize::MAX),
             ..Default::default()
         },
+        minute: std::time::Duration::from_millis(a.test_minute_ms),
         ..Default::default()
     }
 }

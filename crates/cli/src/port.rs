@@ -377,9 +377,16 @@ pub async fn stdio_stream(grant: StreamGrant, api: ApiClient) -> anyhow::Result<
     let mut out_task = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
         while let Some(o) = out_rx.recv().await {
-            if let Output::Stdout(b) = o {
-                if stdout.write_all(&b).await.is_err() || stdout.flush().await.is_err() {
-                    break;
+            match o {
+                Output::Stdout(b) => {
+                    if stdout.write_all(&b).await.is_err() || stdout.flush().await.is_err() {
+                        break;
+                    }
+                }
+                // The server's notices (e.g. the idle timeout's warning): ssh shows a proxy's
+                // stderr to its user.
+                Output::Stderr(b) => {
+                    let _ = tokio::io::stderr().write_all(&b).await;
                 }
             }
         }

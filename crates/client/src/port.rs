@@ -141,10 +141,13 @@ pub async fn forward(
 
     let flags = tokio::spawn(async move {
         while let Some(ev) = ev_rx.recv().await {
-            if ev == SessionEvent::Flag(Flag::ConnectToPortError) {
-                tracing::warn!(
+            match ev {
+                SessionEvent::Flag(Flag::ConnectToPortError) => tracing::warn!(
                     "the agent could not connect to the destination port (see the agent's log)"
-                );
+                ),
+                // E.g. the idle timeout's warning: port sessions have no terminal to show it.
+                SessionEvent::Notice(text) => tracing::warn!("{text}"),
+                _ => {}
             }
         }
     });

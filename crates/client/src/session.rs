@@ -61,6 +61,9 @@ pub enum SessionEvent {
     Handshake(HandshakeInfo),
     /// The agent sent a Flag payload (e.g. `ConnectToPortError`).
     Flag(Flag),
+    /// The server's notice for the person (e.g. "this session will end in 1 minute: idle
+    /// timeout"); also written to [`Output::Stderr`] unless the agent shows it in a terminal.
+    Notice(String),
 }
 
 /// Bytes the remote side printed, kept apart by stream.
@@ -306,6 +309,25 @@ pub async fn run(
                     }
                     _ => {}
                 },
+                Event::Control(frame)
+                    if frame.message_type.as_str() == airlock_proto::NOTICE_MESSAGE_TYPE =>
+                {
+                    let pty = !(negotiated && opts.no_pty);
+                    if let Some((text, shown)) = parse_notice(&frame.payload) {
+                        if let Some(events) = &opts.events {
+                            let _ = events.try_send(SessionEvent::Notice(text.clone()));
+                        }
+                        // In a terminal the agent writes it into the session's output.
+                        if !(shown && pty) {
+                            let line = if pty {
+                                format!("\r\n[airlock] {text}\r\n")
+                            } else {
+                                format!("airlock: {text}\n")
+                            };
+                            let _ = output.send(Output::Stderr(Bytes::from(line))).await;
+                        }
+                    }
+                }
                 Event::Control(frame) => {
                     if frame.message_type == MessageType::ChannelClosed {
                         let reason = serde_json::from_slice::<ChannelClosed>(&frame.payload)
@@ -390,6 +412,20 @@ pub async fn run(
             _ = keepalive.tick() => { let _ = ws.tx.try_send(Message::Ping(Bytes::from_static(b"keepalive"))); }
         }
     }
+}
+
+/// The text of a server notice and whether the agent shows it in the session's terminal.
+fn parse_notice(payload: &[u8]) -> Option<(String, bool)> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    let text: String = v
+        .get("Message")?
+        .as_str()?
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(1024)
+        .collect();
+    let shown = v.get("ShownInOutput").and_then(|s| s.as_bool()) == Some(true);
+    Some((text, shown))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

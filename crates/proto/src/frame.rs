@@ -426,6 +426,24 @@ pub fn peek_message_type(buf: &[u8]) -> Option<MessageType> {
     parse_message_type(raw).filter(|t| !t.as_str().is_empty())
 }
 
+/// Offset of the `PayloadType` field in an encoded frame.
+const PAYLOAD_TYPE_OFFSET: usize = FRAME_HEADER_LEN - 8;
+
+/// Cheap look at the payload type of an encoded frame (no validation), beside
+/// [`peek_message_type`]: the gateway uses it to tell stream data from handshakes when it
+/// tracks a session's activity.
+pub fn peek_payload_type(buf: &[u8]) -> Option<PayloadType> {
+    let raw = buf.get(PAYLOAD_TYPE_OFFSET..PAYLOAD_TYPE_OFFSET + 4)?;
+    let raw: [u8; 4] = raw.try_into().ok()?;
+    Some(PayloadType(u32::from_be_bytes(raw)))
+}
+
+/// The `MessageType` of Airlock's notices: a line for the person at the client (e.g. "this
+/// session ends in one minute"), sent by the gateway only. The AWS plugin logs an unknown
+/// message type and otherwise ignores it; Airlock clients print it, and an Airlock agent
+/// asked to writes it into a PTY session's output so that the plugin's user sees it too.
+pub const NOTICE_MESSAGE_TYPE: &str = "airlock_notice";
+
 /// Epoch milliseconds now (0 if the clock is before 1970, which `decode` would then refuse).
 pub fn unix_millis() -> u64 {
     SystemTime::now()

@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// to date: records newer than it can be cut from the trail's end unnoticed, so keep it
     /// short. It is also written on shutdown.
     pub audit_checkpoint_interval: Duration,
+    /// How long a "minute" of the session preferences lasts (idle timeout, maximum duration,
+    /// the warning before each). Always 60 s in production; tests shorten it to run limits
+    /// in seconds (`airlock server --test-minute-ms`, hidden).
+    pub minute: Duration,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             master_key_file: None,
             limits: crate::limits::Limits::default(),
             audit_checkpoint_interval: Duration::from_secs(1),
+            minute: Duration::from_secs(60),
         }
     }
 }

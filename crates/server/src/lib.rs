@@ -12,6 +12,7 @@ pub mod authz;
 pub mod config;
 pub mod datadir;
 pub mod document;
+pub mod end_reason;
 pub mod gateway;
 pub mod limits;
 pub mod listener;
@@ -20,7 +21,9 @@ pub mod preferences;
 pub mod refusals;
 pub mod register;
 pub mod replay;
+pub mod revocation;
 pub mod secrets;
+pub mod session_limits;
 pub mod sessions;
 pub mod state;
 pub mod store;
@@ -284,8 +287,11 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         replays,
         refusals,
         preferences: preferences::PreferencesCell::default(),
+        live: session_limits::LiveSessions::default(),
     });
     state.preferences.set(preferences);
+    session_limits::spawn(state.clone());
+    revocation::spawn(state.clone());
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());

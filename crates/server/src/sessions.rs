@@ -11,14 +11,10 @@ use airlock_proto::ChannelClosed;
 use crate::state::AppState;
 
 /// How a session ends.
-#[derive(Clone, Copy, Debug)]
-pub struct End<'a> {
-    /// `Terminated` or `Failed`.
-    pub status: &'a str,
-    /// Exit status of the shell when known.
-    pub exit_code: Option<i32>,
-    /// Recorded in the store and shown to the client.
-    pub reason: &'a str,
+#[derive(Clone, Debug)]
+pub struct End {
+    /// Why: recorded in the store, shown to the client, written to the audit trail.
+    pub reason: crate::end_reason::EndReason,
     /// Whether to tell the agent over its control channel too (it may not have a data channel yet).
     pub notify_agent: bool,
 }
@@ -43,12 +39,9 @@ pub fn channel_closed_frame(session_id: &str, destination: &str, output: &str) -
 /// Ends a session exactly once: records it, revokes its tokens, sends `channel_closed` to
 /// both data channels (after what they already have queued) and, if asked, to the agent's
 /// control channel, then drops the relay.
-pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool {
-    let ended = match state
-        .store
-        .end_session(session_id, how.status, how.exit_code, how.reason)
-        .await
-    {
+pub async fn end(state: &Arc<AppState>, session_id: &str, how: End) -> bool {
+    let reason = &how.reason;
+    let ended = match state.store.end_session(session_id, reason).await {
         Ok(e) => e,
         Err(e) => {
             tracing::error!(session_id, "could not record the end of the session: {e}");
@@ -56,9 +49,11 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
         }
     };
     state.hub.revoke_tokens(session_id);
-    // The plugin prints a non-empty Output as the reason; a shell that simply exited has none.
-    let output = if how.notify_agent || how.status == "Failed" {
-        how.reason.to_owned()
+    state.live.remove(session_id);
+    // The plugin prints a non-empty Output as the reason (`SessionId: X : <reason>`); a shell
+    // that simply exited has none (the plugin then prints its "Exiting session" line).
+    let output = if reason.shown_to_client() {
+        reason.message()
     } else {
         String::new()
     };
@@ -82,7 +77,7 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
         }
     }
     if ended {
-        tracing::info!(session_id, status = how.status, exit_code = ?how.exit_code, "session ended: {}", how.reason);
+        tracing::info!(session_id, status = reason.status(), kind = reason.kind(), exit_code = ?reason.exit_code(), "session ended: {}", reason.message());
         let event = crate::store::audit::AuditEvent {
             event: "session-end".into(),
             principal: owner,
@@ -91,9 +86,14 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End<'_>) -> bool 
                 "arn:aws:ssm:{}:{}:session/{session_id}",
                 state.config.region, state.config.account_id
             ),
-            decision: how.status.to_owned(),
-            detail: serde_json::json!({ "ExitCode": how.exit_code, "Reason": how.reason })
-                .to_string(),
+            decision: reason.status().to_owned(),
+            statement: reason.message(),
+            detail: serde_json::json!({
+                "ExitCode": reason.exit_code(),
+                "Reason": reason.message(),
+                "EndReason": reason.to_json(),
+            })
+            .to_string(),
             ..Default::default()
         };
         if let Err(e) = state.store.append_audit(&event).await {

@@ -38,4 +38,6 @@ pub struct AppState {
     pub audit_checkpoint: crate::audit_checkpoint::Checkpointer,
     /// Session preferences in force (the `SSM-SessionManagerRunShell` document).
     pub preferences: crate::preferences::PreferencesCell,
+    /// Live sessions, for the limit enforcer and the revocation sweep.
+    pub live: crate::session_limits::LiveSessions,
 }

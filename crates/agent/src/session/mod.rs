@@ -5,6 +5,7 @@
 //! documents runs their [`command`] instead of the shell.
 
 pub mod command;
+pub mod notice;
 pub mod port;
 pub mod shell;
 
@@ -550,10 +551,15 @@ async fn pump(
                 Event::Control(f) if f.message_type == MessageType::ChannelClosed => {
                     return Ok(Ended::Closed)
                 }
+                Event::Control(f) if notice::is_notice(&f) => {
+                    notice::echo(ch, &f, sh.stderr.is_none())
+                }
                 Event::Control(_) => {}
                 Event::ResendLimitReached => anyhow::bail!("the client stopped acknowledging"),
             }
         }
+        // What the events queued (a notice's line) goes out now, not with the next output.
+        send_all(ws, ch).await?;
         if !out_open && !err_open && pending.is_empty() {
             if let Some(code) = exit {
                 return Ok(Ended::Exited(code));

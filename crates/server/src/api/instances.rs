@@ -479,9 +479,7 @@ pub async fn deregister(
             state,
             &s.session_id,
             crate::sessions::End {
-                status: "Terminated",
-                exit_code: None,
-                reason: "the instance was deregistered",
+                reason: crate::end_reason::EndReason::Deregistered,
                 // Still connected here: the agent is told too, and the client sees the reason.
                 notify_agent: true,
             },

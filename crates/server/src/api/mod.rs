@@ -113,6 +113,10 @@ pub async fn handle(
             ));
         }
         let out = dispatch(&state, &caller, &target, input).await;
+        // Access may have been taken away: live sessions are decided again (revocation.rs).
+        if out.is_ok() && crate::revocation::may_revoke(&target) {
+            crate::revocation::nudge(&state, target.split_once('.').map_or(&*target, |t| t.1));
+        }
         audited = caller.audited.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             request_id,

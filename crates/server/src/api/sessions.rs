@@ -9,10 +9,11 @@ use serde_json::{json, Value};
 use airlock_proto::AgentTaskPayload;
 
 use super::{decode_next_token, encode_next_token, invalid, timestamp, ApiError, Caller};
+use crate::end_reason::EndReason;
 use crate::gateway::control::send_task;
 use crate::gateway::hub::Side;
 use crate::state::AppState;
-use crate::store::{now_ms, Session, SessionFilter};
+use crate::store::{now_ms, LimitHit, Session, SessionAccess, SessionFilter};
 
 /// The default shell document, used when StartSession names none.
 pub const DEFAULT_SHELL_DOCUMENT: &str = super::documents::SHELL;
@@ -86,9 +87,9 @@ fn watch_agent_side(state: Arc<AppState>, session_id: String, ttl: std::time::Du
                 &state,
                 &session_id,
                 crate::sessions::End {
-                    status: "Failed",
-                    exit_code: None,
-                    reason: "the agent did not open the session's data channel in time",
+                    reason: EndReason::AgentGone(
+                        "the agent did not open the session's data channel in time".into(),
+                    ),
                     notify_agent: true,
                 },
             )
@@ -208,6 +209,41 @@ fn required<'a>(v: &'a Option<String>, member: &str) -> Result<&'a str, ApiError
     })
 }
 
+/// Records a new session under the concurrency limits in force (`max_sessions_per_user`,
+/// `max_sessions_per_target`), refusing with `ResourceLimitExceededException` (SSM's code
+/// for a quota reached) naming the limit and how many sessions are open. The check and the
+/// insert are one statement, and starts are serialised while a limit is set, so two starts
+/// cannot both take the last place.
+async fn create_within_limits(
+    state: &AppState,
+    caller: &Caller,
+    session: &Session,
+) -> Result<(), ApiError> {
+    let prefs = state.preferences.get();
+    let (per_user, per_target) = (prefs.max_sessions_per_user, prefs.max_sessions_per_target);
+    if per_user.is_none() && per_target.is_none() {
+        state.store.create_session(session).await?;
+        return Ok(());
+    }
+    let _one_at_a_time = state.live.start_lock.lock().await;
+    let hit = state
+        .store
+        .create_session_within(session, per_user, per_target)
+        .await?;
+    let message = match hit {
+        None => return Ok(()),
+        Some(LimitHit::PerUser { max, open }) => format!(
+            "Session limit reached: max_sessions_per_user is {max} and {} has {open} open sessions. End one (airlock sessions terminate) and try again.",
+            caller.user.name
+        ),
+        Some(LimitHit::PerTarget { max, open }) => format!(
+            "Session limit reached: max_sessions_per_target is {max} and {} has {open} open sessions. Try again when one ends.",
+            session.target
+        ),
+    };
+    Err(ApiError::client("ResourceLimitExceededException", message))
+}
+
 /// StartSession: checks the target, records the session, asks the agent to open its side and
 /// hands the client its single-use token.
 pub async fn start(
@@ -288,6 +324,20 @@ pub async fn start(
     };
 
     let session_id = new_session_id(&caller.user.name);
+    let session_type = document_content
+        .get("sessionType")
+        .and_then(|t| t.as_str())
+        .unwrap_or("Standard_Stream")
+        .to_owned();
+    // Temporary credentials end the session when they expire (revocation.rs).
+    let credential_expires_at = match caller.principal.temporary {
+        Some(_) => state
+            .store
+            .credential_state(&caller.access_key_id)
+            .await?
+            .and_then(|c| c.expires_at),
+        None => None,
+    };
     let session = Session {
         session_id: session_id.clone(),
         target: target.to_owned(),
@@ -302,8 +352,24 @@ pub async fn start(
         end_reason: String::new(),
         owner_user_id: caller.user.user_id.clone(),
         run_as: run_as_user(&state.preferences.get(), caller.principal.run_as_tag()),
+        end_kind: String::new(),
+        end_detail: String::new(),
+        session_type: session_type.clone(),
+        max_session_duration: state.preferences.get().max_session_duration_minutes,
+        access: SessionAccess {
+            access_key_id: caller.access_key_id.clone(),
+            credential_expires_at,
+            token_issued_at: caller.principal.temporary.map(|t| t.issued_at),
+            mfa: caller.principal.temporary.is_some_and(|t| t.mfa),
+            source_ip: caller.source_ip.to_string(),
+            secure_transport: caller.secure,
+            document_access_check: input.document_name.is_some(),
+        },
     };
-    state.store.create_session(&session).await?;
+    create_within_limits(state, caller, &session).await?;
+    state
+        .live
+        .add(&session_id, &session_type, credential_expires_at);
     // The session's start is on the record before anything runs; without it, nothing does.
     let started = crate::store::audit::AuditEvent {
         event: "session-start".into(),
@@ -323,9 +389,9 @@ pub async fn start(
             state,
             &session_id,
             crate::sessions::End {
-                status: "Failed",
-                exit_code: None,
-                reason: "the session's audit record could not be written",
+                reason: EndReason::ServerError(
+                    "the session's audit record could not be written".into(),
+                ),
                 notify_agent: false,
             },
         )
@@ -356,9 +422,7 @@ pub async fn start(
             state,
             &session_id,
             crate::sessions::End {
-                status: "Failed",
-                exit_code: None,
-                reason: "the agent could not be reached",
+                reason: EndReason::AgentGone("the agent could not be reached".into()),
                 notify_agent: false,
             },
         )
@@ -459,14 +523,11 @@ pub async fn terminate(
 ) -> Result<Value, ApiError> {
     let (id, session) = owned_session(state, caller, &input, "ssm:TerminateSession").await?;
     if session.is_some() {
-        let reason = format!("Session terminated by {}.", caller.user.name);
         crate::sessions::end(
             state,
             &id,
             crate::sessions::End {
-                status: "Terminated",
-                exit_code: None,
-                reason: &reason,
+                reason: EndReason::TerminatedBy(caller.arn.clone()),
                 notify_agent: true,
             },
         )
@@ -605,6 +666,13 @@ pub fn session_json(s: &Session) -> Value {
     }
     if !s.end_reason.is_empty() {
         v["Details"] = json!(s.end_reason);
+    }
+    if let Some(m) = s.max_session_duration {
+        // AWS's shape: a string of minutes.
+        v["MaxSessionDuration"] = json!(m.to_string());
+    }
+    if !s.end_kind.is_empty() {
+        v["EndReason"] = json!({ "Kind": s.end_kind, "Detail": s.end_detail });
     }
     if let Some(code) = s.exit_code {
         v["ExitCode"] = json!(code);

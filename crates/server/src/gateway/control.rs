@@ -248,14 +248,17 @@ async fn handle_agent_frame(
                     }
                     output.truncate(cut);
                 }
-                let reason = format!("the session failed on the host: {output}");
+                // The agent says `run-as: …` when the OS user is missing or refused.
+                let reason = if output.starts_with("run-as:") {
+                    crate::end_reason::EndReason::RunAsFailed(output)
+                } else {
+                    crate::end_reason::EndReason::AgentRefused(output)
+                };
                 crate::sessions::end(
                     state,
                     &done.task_id,
                     crate::sessions::End {
-                        status: "Failed",
-                        exit_code: None,
-                        reason: &reason,
+                        reason,
                         notify_agent: false,
                     },
                 )

@@ -19,6 +19,7 @@ use airlock_proto::{peek_message_type, MessageType, OpenDataChannelInput};
 
 use super::hub::Side;
 use super::relay::{Relay, SideConn, SIDE_QUEUE};
+use crate::end_reason::EndReason;
 use crate::sessions;
 use crate::state::AppState;
 
@@ -348,9 +349,7 @@ pub async fn serve(
                     &state,
                     &session_id,
                     sessions::End {
-                        status: "Failed",
-                        exit_code: None,
-                        reason: "the agent's data channel closed",
+                        reason: EndReason::AgentGone("the agent's data channel closed".into()),
                         notify_agent: false,
                     },
                 )
@@ -505,6 +504,10 @@ async fn read_loop(
 ) {
     let mut peer_watch = relay.watch(side.peer());
     let mut peer: Option<SideConn> = None;
+    let stream_type = match side {
+        Side::Client => MessageType::InputStreamData,
+        Side::Agent => MessageType::OutputStreamData,
+    };
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
@@ -531,7 +534,8 @@ async fn read_loop(
                 return;
             }
         };
-        match peek_message_type(&data) {
+        let kind = peek_message_type(&data);
+        match &kind {
             None => {
                 tracing::warn!(
                     session_id = relay.session_id(),
@@ -549,7 +553,16 @@ async fn read_loop(
             Some(MessageType::ChannelClosed)
             | Some(MessageType::StartPublication)
             | Some(MessageType::PausePublication) => continue,
+            Some(MessageType::Other(t)) if t == airlock_proto::NOTICE_MESSAGE_TYPE => continue,
             Some(_) => {}
+        }
+        // Input from the client and output to it keep the session from idling; acks, pings,
+        // handshakes and multiplexing keep-alives do not (session_limits.rs).
+        if kind.as_ref() == Some(&stream_type)
+            && crate::session_limits::carries_activity(&data)
+            && !(side == Side::Agent && relay.is_echo(&data))
+        {
+            relay.touch();
         }
         tracing::trace!(
             session_id = relay.session_id(),
@@ -619,22 +632,15 @@ async fn handle_agent_state(state: &Arc<AppState>, relay: &Relay, data: &[u8]) {
             .and_then(|c| i32::try_from(c).ok());
         // Airlock agents add `Error` when the session failed (e.g. a port session whose
         // target refused): the client is shown it as the reason.
-        let error = v
-            .get("Error")
-            .and_then(|e| e.as_str())
-            .filter(|e| !e.is_empty())
-            .map(|e| format!("the session failed on the host: {e}"));
+        let reason = match v.get("Error").and_then(|e| e.as_str()) {
+            Some(e) if !e.is_empty() => EndReason::HostError(e.to_owned()),
+            _ => EndReason::Exited(exit_code),
+        };
         sessions::end(
             state,
             relay.session_id(),
             sessions::End {
-                status: if error.is_some() {
-                    "Failed"
-                } else {
-                    "Terminated"
-                },
-                exit_code,
-                reason: error.as_deref().unwrap_or("the session ended on the host"),
+                reason,
                 notify_agent: false,
             },
         )

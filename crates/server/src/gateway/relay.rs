@@ -6,7 +6,11 @@
 //! forwards each frame to the peer's current sender, and while the peer is absent (e.g. the
 //! plugin reconnecting for ResumeSession) it simply stops reading: TCP holds the rest.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use airlock_wire::Message;
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +37,13 @@ pub struct Relay {
     client: watch::Sender<Option<SideConn>>,
     agent: watch::Sender<Option<SideConn>>,
     ended: CancellationToken,
+    /// When the session last carried input or output ([`crate::session_limits::coarse_now`]
+    /// units): one relaxed load, and a store at most once per clock tick, per frame.
+    activity: AtomicU64,
+    /// Set while the agent is expected to echo a notice into the session's output, which must
+    /// not count as activity.
+    echo_armed: AtomicBool,
+    echo: Mutex<Option<Bytes>>,
 }
 
 impl Relay {
@@ -43,7 +54,44 @@ impl Relay {
             client: watch::channel(None).0,
             agent: watch::channel(None).0,
             ended: CancellationToken::new(),
+            activity: AtomicU64::new(crate::session_limits::precise_now()),
+            echo_armed: AtomicBool::new(false),
+            echo: Mutex::new(None),
         }
+    }
+
+    /// Records input or output now (the idle timeout counts from the last of these).
+    pub fn touch(&self) {
+        let now = crate::session_limits::coarse_now();
+        if self.activity.load(Ordering::Relaxed) < now {
+            self.activity.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// When the session last carried input or output.
+    pub fn last_activity(&self) -> u64 {
+        self.activity.load(Ordering::Relaxed)
+    }
+
+    /// The agent is about to echo `text` into the session's output: that frame is the
+    /// gateway's own notice, not activity.
+    pub fn expect_echo(&self, text: Bytes) {
+        *self.echo.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+        self.echo_armed.store(true, Ordering::Release);
+    }
+
+    /// Whether the agent's frame `data` is the echo of the notice (consumed once seen).
+    pub fn is_echo(&self, data: &[u8]) -> bool {
+        if !self.echo_armed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut echo = self.echo.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = echo.as_ref().is_some_and(|e| data.ends_with(e));
+        if hit {
+            *echo = None;
+            self.echo_armed.store(false, Ordering::Release);
+        }
+        hit
     }
 
     /// The session this relay serves.

@@ -508,9 +508,28 @@ impl Store {
 
     /// Records a new session.
     pub async fn create_session(&self, s: &Session) -> Result<(), StoreError> {
-        sqlx::query(
+        self.create_session_within(s, None, None).await.map(|_| ())
+    }
+
+    /// Records a new session unless its owner already has `max_per_user` open sessions or its
+    /// target `max_per_target` (`None`: no limit). One statement, so the count and the insert
+    /// cannot be split by another start. Returns the limit that refused it, with the count.
+    pub async fn create_session_within(
+        &self,
+        s: &Session,
+        max_per_user: Option<u32>,
+        max_per_target: Option<u32>,
+    ) -> Result<Option<LimitHit>, StoreError> {
+        let res = sqlx::query(
             "INSERT INTO sessions (session_id, target, document_name, owner, reason, status, \
-             parameters, start_date, owner_user_id, run_as) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             parameters, start_date, owner_user_id, run_as, session_type, access_key_id, \
+             credential_expires_at, token_issued_at, mfa, source_ip, secure_transport, \
+             document_access_check, max_session_duration) \
+             SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? \
+             WHERE (SELECT COUNT(*) FROM sessions WHERE owner_user_id = ? \
+                    AND status NOT IN ('Terminated', 'Failed')) < ? \
+               AND (SELECT COUNT(*) FROM sessions WHERE target = ? \
+                    AND status NOT IN ('Terminated', 'Failed')) < ?",
         )
         .bind(&s.session_id)
         .bind(&s.target)
@@ -522,9 +541,63 @@ impl Store {
         .bind(s.start_date)
         .bind(&s.owner_user_id)
         .bind(&s.run_as)
+        .bind(&s.session_type)
+        .bind(&s.access.access_key_id)
+        .bind(s.access.credential_expires_at)
+        .bind(s.access.token_issued_at)
+        .bind(s.access.mfa)
+        .bind(&s.access.source_ip)
+        .bind(s.access.secure_transport)
+        .bind(s.access.document_access_check)
+        .bind(s.max_session_duration.map(i64::from))
+        .bind(&s.owner_user_id)
+        .bind(max_per_user.map_or(i64::MAX, i64::from))
+        .bind(&s.target)
+        .bind(max_per_target.map_or(i64::MAX, i64::from))
         .execute(&self.pool)
         .await?;
-        Ok(())
+        if res.rows_affected() == 1 {
+            return Ok(None);
+        }
+        // Refused: say which limit, with how many are open.
+        let open_user = self
+            .count_open_sessions("owner_user_id", &s.owner_user_id)
+            .await?;
+        if let Some(max) = max_per_user.filter(|m| open_user >= i64::from(*m)) {
+            return Ok(Some(LimitHit::PerUser {
+                max,
+                open: open_user,
+            }));
+        }
+        let open_target = self.count_open_sessions("target", &s.target).await?;
+        Ok(Some(LimitHit::PerTarget {
+            max: max_per_target.unwrap_or(0),
+            open: open_target,
+        }))
+    }
+
+    async fn count_open_sessions(&self, column: &str, value: &str) -> Result<i64, StoreError> {
+        let column = if column == "target" {
+            "target"
+        } else {
+            "owner_user_id"
+        };
+        let row = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM sessions WHERE {column} = ? AND status NOT IN ('Terminated', 'Failed')"
+        ))
+        .bind(value)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// Every session that has not ended (the revocation sweep re-decides their owners' access).
+    pub async fn open_sessions(&self) -> Result<Vec<Session>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM sessions WHERE status NOT IN ('Terminated', 'Failed')")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(Session::from_row).collect())
     }
 
     /// One session by id.
@@ -552,18 +625,19 @@ impl Store {
     pub async fn end_session(
         &self,
         id: &str,
-        status: &str,
-        exit_code: Option<i32>,
-        reason: &str,
+        reason: &crate::end_reason::EndReason,
     ) -> Result<bool, StoreError> {
         let res = sqlx::query(
             "UPDATE sessions SET status = ?, end_date = ?, exit_code = COALESCE(?, exit_code), \
-             end_reason = ? WHERE session_id = ? AND status NOT IN ('Terminated', 'Failed')",
+             end_reason = ?, end_kind = ?, end_detail = ? \
+             WHERE session_id = ? AND status NOT IN ('Terminated', 'Failed')",
         )
-        .bind(status)
+        .bind(reason.status())
         .bind(now_ms())
-        .bind(exit_code)
-        .bind(reason)
+        .bind(reason.exit_code())
+        .bind(reason.message())
+        .bind(reason.kind())
+        .bind(reason.detail())
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -625,11 +699,56 @@ impl Store {
         Ok(rows.iter().map(Session::from_row).collect())
     }
 
+    /// What a credential is now, without opening any secret: its owner, `Active`/`Inactive`
+    /// (always `Active` for temporary credentials) and, for temporary ones, the expiry.
+    /// `None` when it no longer exists.
+    pub async fn credential_state(
+        &self,
+        access_key_id: &str,
+    ) -> Result<Option<CredentialState>, StoreError> {
+        if let Some(r) =
+            sqlx::query("SELECT user_id, status FROM access_keys WHERE access_key_id = ?")
+                .bind(access_key_id)
+                .fetch_optional(&self.pool)
+                .await?
+        {
+            return Ok(Some(CredentialState {
+                user_id: r.get("user_id"),
+                active: r.get::<String, _>("status") == "Active",
+                expires_at: None,
+            }));
+        }
+        let row = sqlx::query(
+            "SELECT user_id, expires_at FROM session_credentials WHERE access_key_id = ?",
+        )
+        .bind(access_key_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| CredentialState {
+            user_id: r.get("user_id"),
+            active: true,
+            expires_at: Some(r.get("expires_at")),
+        }))
+    }
+
+    /// Whether a grant expired in `(after, until]` (epoch ms): the revocation sweep then
+    /// re-decides the open sessions.
+    pub async fn grant_expired_between(&self, after: i64, until: i64) -> Result<bool, StoreError> {
+        let row = sqlx::query(
+            "SELECT EXISTS(SELECT 1 FROM grants WHERE expires_at > ? AND expires_at <= ?) AS e",
+        )
+        .bind(after)
+        .bind(until)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<bool, _>("e")?)
+    }
+
     /// Marks sessions left open by a previous run of the server as failed: their channels are gone.
     pub async fn fail_orphaned_sessions(&self) -> Result<u64, StoreError> {
         let res = sqlx::query(
-            "UPDATE sessions SET status = 'Failed', end_date = ?, end_reason = 'server restarted' \
-             WHERE status NOT IN ('Terminated', 'Failed')",
+            "UPDATE sessions SET status = 'Failed', end_date = ?, end_reason = 'server restarted', \
+             end_kind = 'ServerRestarted' WHERE status NOT IN ('Terminated', 'Failed')",
         )
         .bind(now_ms())
         .execute(&self.pool)

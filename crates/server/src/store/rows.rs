@@ -193,6 +193,36 @@ pub struct Session {
     pub owner_user_id: String,
     /// OS user requested through the `SSMSessionRunAs` tag ("" = the agent's default).
     pub run_as: String,
+    /// Kind of the typed end reason (`IdleTimeout`, `TerminatedBy` …; see `EndReason`).
+    pub end_kind: String,
+    /// Machine-readable detail of the end reason.
+    pub end_detail: String,
+    /// The document's `sessionType` (`Standard_Stream`, `Port`, `InteractiveCommands` …).
+    pub session_type: String,
+    /// `maxSessionDuration` in force when it started (minutes).
+    pub max_session_duration: Option<u32>,
+    /// How the owner was authorised at StartSession, kept to re-evaluate it while the session lives.
+    pub access: SessionAccess,
+}
+
+/// What the policy engine saw when a session started, so that its owner's access can be
+/// decided again the same way (same source, same transport, same credential) while it lives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionAccess {
+    /// The access key that signed StartSession (`AKIA…`, or `ASIA…` for temporary credentials).
+    pub access_key_id: String,
+    /// Expiry of temporary credentials, epoch ms (`None` for a long-term key).
+    pub credential_expires_at: Option<i64>,
+    /// Issue time of temporary credentials (`aws:TokenIssueTime`), epoch ms.
+    pub token_issued_at: Option<i64>,
+    /// Whether MFA was presented (`aws:MultiFactorAuthPresent`).
+    pub mfa: bool,
+    /// `aws:SourceIp` of StartSession.
+    pub source_ip: String,
+    /// `aws:SecureTransport` of StartSession.
+    pub secure_transport: bool,
+    /// `ssm:SessionDocumentAccessCheck`: the document was named and authorised too.
+    pub document_access_check: bool,
 }
 
 impl Session {
@@ -211,6 +241,21 @@ impl Session {
             end_reason: r.get("end_reason"),
             owner_user_id: r.get("owner_user_id"),
             run_as: r.get("run_as"),
+            end_kind: r.get("end_kind"),
+            end_detail: r.get("end_detail"),
+            session_type: r.get("session_type"),
+            max_session_duration: r
+                .get::<Option<i64>, _>("max_session_duration")
+                .and_then(|m| u32::try_from(m).ok()),
+            access: SessionAccess {
+                access_key_id: r.get("access_key_id"),
+                credential_expires_at: r.get("credential_expires_at"),
+                token_issued_at: r.get("token_issued_at"),
+                mfa: r.get("mfa"),
+                source_ip: r.get("source_ip"),
+                secure_transport: r.get("secure_transport"),
+                document_access_check: r.get("document_access_check"),
+            },
         }
     }
 }
@@ -230,4 +275,34 @@ pub struct SessionFilter {
     pub invoked_after: Option<i64>,
     /// Started at or before, epoch ms.
     pub invoked_before: Option<i64>,
+}
+
+/// A concurrency limit that refused a new session, with how many sessions are open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `max_sessions_per_user`.
+    PerUser {
+        /// The limit.
+        max: u32,
+        /// Open sessions of the user.
+        open: i64,
+    },
+    /// `max_sessions_per_target`.
+    PerTarget {
+        /// The limit.
+        max: u32,
+        /// Open sessions on the target.
+        open: i64,
+    },
+}
+
+/// What a credential is now (see `Store::credential_state`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialState {
+    /// Its owner.
+    pub user_id: String,
+    /// Whether a long-term key is `Active` (temporary credentials always are).
+    pub active: bool,
+    /// Expiry of temporary credentials, epoch ms.
+    pub expires_at: Option<i64>,
 }
