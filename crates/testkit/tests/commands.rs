@@ -50,9 +50,15 @@ async fn drive(
     };
     let session =
         tokio::spawn(async move { airlock_client::session::run(grant, opts, in_rx, out_tx).await });
-    for i in input {
-        in_tx.send(i).await.unwrap();
-    }
+    // Input is fed while output is read: a command may answer as it reads.
+    let feed = tokio::spawn(async move {
+        for i in input {
+            if in_tx.send(i).await.is_err() {
+                break;
+            }
+        }
+        in_tx
+    });
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let collect = async {
         while let Some(o) = out_rx.recv().await {
@@ -66,7 +72,7 @@ async fn drive(
         .await
         .expect("output ends in time");
     let outcome = session.await.unwrap().expect("the session ends cleanly");
-    drop(in_tx);
+    drop(feed.await);
     (out, err, outcome.exit_code)
 }
 
@@ -197,6 +203,71 @@ async fn stdin_feeds_an_airlock_client_and_control_keys_signal_for_an_aws_client
     .await;
     assert_eq!(String::from_utf8_lossy(&out).trim(), "300000\ndone");
     assert_eq!(code, Some(0));
+
+    // A command that echoes its input back (cat) with more input than any pipe holds: input
+    // and output flow at once, neither waits for the other to finish.
+    let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let chunks: Vec<Input> = data
+        .chunks(64 * 1024)
+        .map(|c| Input::Data(Bytes::copy_from_slice(c)))
+        .chain([Input::Eof])
+        .collect();
+    let opts = SessionOptions {
+        no_pty: true,
+        ..Default::default()
+    };
+    let (out, err, code) = drive(&api, nonint("cat; cat >&2 </dev/null"), opts, chunks).await;
+    assert_eq!(code, Some(0));
+    assert!(err.is_empty());
+    assert_eq!(out.len(), data.len());
+    assert!(out == data, "the bytes differ");
+
+    // A command that never reads its input, sent more than a pipe holds: terminating the
+    // session still ends it (input waiting for the pipe holds nothing else up).
+    let grant = api
+        .start_session(&nonint("sleep 600; echo never"))
+        .await
+        .unwrap();
+    let (in_tx, in_rx) = mpsc::channel(64);
+    let (out_tx, mut out_rx) = mpsc::channel(64);
+    let opts = SessionOptions {
+        no_pty: true,
+        api: Some(api.clone()),
+        ..Default::default()
+    };
+    let g = grant.clone();
+    let session =
+        tokio::spawn(async move { airlock_client::session::run(g, opts, in_rx, out_tx).await });
+    let feed = tokio::spawn(async move {
+        for _ in 0..32 {
+            let chunk = Input::Data(Bytes::from(vec![b'q'; 64 * 1024]));
+            if in_tx.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        in_tx
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    api.terminate_session(&grant.session_id).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the session ends when terminated")
+        .unwrap()
+        .expect("cleanly");
+    assert_eq!(outcome.exit_code, None);
+    if let Some(o) = out_rx.recv().await {
+        panic!("no output expected: {o:?}");
+    }
+    feed.abort();
+    server.wait_no_relays().await;
+    airlock_testkit::eventually("the command killed", Duration::from_secs(10), || async {
+        let ps = std::process::Command::new("pgrep")
+            .args(["-f", "sleep 600; echo never"])
+            .output()
+            .unwrap();
+        ps.stdout.is_empty().then_some(())
+    })
+    .await;
 
     // As the AWS plugin does (no no_pty): input is not stdin; Ctrl-C interrupts the command.
     let opts = SessionOptions::default();
@@ -589,7 +660,7 @@ async fn the_aws_cli_starts_command_sessions() {
     let out = tokio::time::timeout(Duration::from_secs(60), out)
         .await
         .unwrap()
-        .unwrap();
+        .expect("the AWS CLI runs ($AIRLOCK_TEST_AWS; ./scripts/test installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("SessionManagerPlugin is not found"),

@@ -515,19 +515,28 @@ async fn pump(
     let mut exit: Option<i32> = None;
     let mut pending = Bytes::new();
     let mut pending_type = PayloadType::OUTPUT;
+    // Client bytes not yet taken by the terminal or pipe. While any wait, no further event is
+    // taken from the channel, which then stops acknowledging input (the client's window
+    // fills): the command's own pace holds the client back, while its output keeps flowing.
+    let mut input_backlog = Bytes::new();
     loop {
         let now = Instant::now();
         if !pending.is_empty() {
             ch.send_stream(pending_type, &mut pending, now);
         }
         send_all(ws, ch).await?;
-        while let Some(ev) = ch.poll_event() {
+        while input_backlog.is_empty() {
+            let Some(ev) = ch.poll_event() else { break };
             match ev {
                 Event::Data {
                     payload_type: PayloadType::OUTPUT,
                     payload,
                 } => {
-                    sh.write_input(&payload).await.ok();
+                    if sh.takes_bytes() {
+                        input_backlog = payload;
+                    } else {
+                        sh.write_input(&payload).await.ok();
+                    }
                 }
                 Event::Data {
                     payload_type: PayloadType::SIZE,
@@ -584,6 +593,14 @@ async fn pump(
             r = read_chunk_opt(&mut sh.stderr, &mut err_buf, max), if can_read && err_open => match r {
                 Some(data) => { pending = data; pending_type = if stderr_apart { PayloadType::STDERR } else { PayloadType::OUTPUT }; }
                 None => err_open = false,
+            },
+            w = sh.input.write_some(&input_backlog), if !input_backlog.is_empty() => match w {
+                Ok(n) => {
+                    let n = n.min(input_backlog.len());
+                    bytes::Buf::advance(&mut input_backlog, n);
+                }
+                // The command closed its input: what the client still sends is dropped.
+                Err(_) => input_backlog.clear(),
             },
             st = sh.child.wait(), if exit.is_none() => {
                 let code = st.map(shell::exit_code).unwrap_or(255);

@@ -22,6 +22,20 @@ pub struct Shell {
     pub(crate) group: Option<i32>,
 }
 
+impl Input {
+    /// One write of at most `data.len()` bytes to the terminal or pipe; returns how many went.
+    /// Cancel-safe (nothing is written unless it returns), so the session can wait for room
+    /// in the pipe and for output at once.
+    pub(crate) async fn write_some(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        use tokio::io::AsyncWriteExt;
+        match self {
+            Input::Pty(w) => w.write(data).await,
+            Input::Pipe(w) => w.write(data).await,
+            Input::Signals | Input::Closed => Ok(data.len()),
+        }
+    }
+}
+
 pub(crate) enum Input {
     Pty(pty_process::OwnedWritePty),
     Pipe(tokio::process::ChildStdin),
@@ -47,6 +61,12 @@ impl Shell {
             }
             Input::Closed => Ok(()),
         }
+    }
+
+    /// Whether client bytes go to a file descriptor that can fill up (a terminal or a pipe),
+    /// so the session must write them without stopping its other work.
+    pub fn takes_bytes(&self) -> bool {
+        matches!(self.input, Input::Pty(_) | Input::Pipe(_))
     }
 
     /// Sends `sig` to the command's process group (or to the shell alone when it leads none).
