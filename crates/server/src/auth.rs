@@ -95,11 +95,24 @@ pub async fn authenticate(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if crate::replay::single_use(operation) && !state.replays.first_use(&parsed.signature) {
-        return Err(ApiError::client(
-            "InvalidSignatureException",
-            format!("This request's signature was used before: {operation} is accepted once per signature (sign it again to repeat it)."),
-        ));
+    if crate::replay::single_use(operation) {
+        match state.replays.check(&parsed.signature) {
+            crate::replay::Use::First => {}
+            // An identical call signed in the same second (the AWS CLI run twice): SDKs retry
+            // throttling with a fresh signature, so the user's second call goes through.
+            crate::replay::Use::Again => {
+                return Err(ApiError::client(
+                    "ThrottlingException",
+                    format!("An identical {operation} was signed in the same second; it is accepted once per signature, so retry (SDKs do by themselves)."),
+                ))
+            }
+            crate::replay::Use::Replay => {
+                return Err(ApiError::client(
+                    "InvalidSignatureException",
+                    format!("This request's signature was used before: {operation} is accepted once per signature (sign it again to repeat it)."),
+                ))
+            }
+        }
     }
     if temporary.is_none() {
         if let Err(e) = state.store.touch_access_key(&parsed.access_key_id).await {

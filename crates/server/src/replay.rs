@@ -5,16 +5,36 @@
 //! stay replayable as AWS's are: a replay only repeats the signer's own call and shows the
 //! replayer nothing (and pollers and retries legitimately send identical requests within one
 //! second, which sign alike).
+//!
+//! A signature seen again within [`SAME_SECOND`] of its first use is most likely not an attack
+//! but the same tool run twice in one second (SigV4 dates have one-second resolution and the
+//! AWS CLI signs nothing random, so two identical `aws ssm start-session` calls sign alike).
+//! It is still refused, but as `ThrottlingException`, which every AWS SDK retries with a fresh
+//! signature after a back-off: the second call then succeeds, and a replayer still gets nothing.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Signatures remembered at most; past it the oldest are forgotten first.
 const MAX_REMEMBERED: usize = 200_000;
 
-/// The signatures remembered, and the order they came in (oldest first).
-type Seen = (HashSet<String>, VecDeque<(Instant, String)>);
+/// How soon after its first use a second use of a signature is answered as retryable.
+pub const SAME_SECOND: Duration = Duration::from_secs(2);
+
+/// The signatures remembered with their first use, and the order they came in (oldest first).
+type Seen = (HashMap<String, Instant>, VecDeque<(Instant, String)>);
+
+/// What the guard says of a signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    /// Not seen within the window: go on.
+    First,
+    /// Seen less than [`SAME_SECOND`] ago: refuse, as retryable.
+    Again,
+    /// Seen earlier than that: refuse as a replay.
+    Replay,
+}
 
 /// The signatures of single-use requests seen within the skew window.
 #[derive(Debug)]
@@ -43,12 +63,17 @@ impl ReplayGuard {
     pub fn new(ttl: Duration) -> Self {
         ReplayGuard {
             ttl,
-            seen: Mutex::new((HashSet::new(), VecDeque::new())),
+            seen: Mutex::new((HashMap::new(), VecDeque::new())),
         }
     }
 
     /// True the first time `signature` is presented within the window, false on a replay.
     pub fn first_use(&self, signature: &str) -> bool {
+        self.check(signature) == Use::First
+    }
+
+    /// Records `signature` and says whether it was seen before, and how recently.
+    pub fn check(&self, signature: &str) -> Use {
         let now = Instant::now();
         let mut guard = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         let (set, order) = &mut *guard;
@@ -60,11 +85,16 @@ impl ReplayGuard {
                 set.remove(&s);
             }
         }
-        if !set.insert(signature.to_owned()) {
-            return false;
+        if let Some(first) = set.get(signature) {
+            return if now.duration_since(*first) < SAME_SECOND {
+                Use::Again
+            } else {
+                Use::Replay
+            };
         }
+        set.insert(signature.to_owned(), now);
         order.push_back((now, signature.to_owned()));
-        true
+        Use::First
     }
 }
 
@@ -81,6 +111,18 @@ mod tests {
         std::thread::sleep(Duration::from_millis(60));
         // Past the window the date check refuses it anyway; the guard may forget it.
         assert!(g.first_use("abc"));
+    }
+
+    #[test]
+    fn a_second_use_soon_after_the_first_is_retryable_later_a_replay() {
+        let g = ReplayGuard::new(Duration::from_secs(600));
+        assert_eq!(g.check("s"), Use::First);
+        assert_eq!(g.check("s"), Use::Again);
+        {
+            let mut seen = g.seen.lock().unwrap();
+            *seen.0.get_mut("s").unwrap() -= SAME_SECOND;
+        }
+        assert_eq!(g.check("s"), Use::Replay);
     }
 
     #[test]

@@ -174,6 +174,23 @@ out["tags_removed"] = admin.list_tags_for_resource(
     ResourceType="ManagedInstance", ResourceId=iid
 )["TagList"]
 
+# The same StartSession twice within one second signs alike (SigV4 dates have one-second
+# resolution): the server answers the second as ThrottlingException, the SDK retries it with a
+# fresh signature, and both calls succeed.
+import time
+retrying = boto3.client(
+    "ssm", endpoint_url=ep, region_name="us-east-1",
+    config=Config(retries={"max_attempts": 6, "mode": "standard"}),
+    aws_access_key_id=os.environ["ADMIN_KEY"],
+    aws_secret_access_key=os.environ["ADMIN_SECRET"],
+)
+time.sleep(1.02 - (time.time() % 1))
+twice = [retrying.start_session(Target=iid, Reason="same second") for _ in range(2)]
+out["twice"] = [t["SessionId"] for t in twice]
+out["twice_retries"] = [t["ResponseMetadata"].get("RetryAttempts", 0) for t in twice]
+for t in twice:
+    admin.terminate_session(SessionId=t["SessionId"])
+
 def denied(call):
     modelled = getattr(user.exceptions, "AccessDeniedException", None)
     try:
@@ -234,6 +251,9 @@ async fn boto3_drives_sessions_instances_and_tags_and_sees_access_denied() {
 
     let sid = out["start"]["SessionId"].as_str().unwrap();
     assert!(sid.starts_with("admin-"), "{out}");
+    let twice = out["twice"].as_array().expect("two sessions");
+    assert_eq!(twice.len(), 2, "{out}");
+    assert_ne!(twice[0], twice[1], "{out}");
     assert!(
         out["start"]["TokenValue"]
             .as_str()

@@ -512,9 +512,17 @@ async fn replayed_expired_and_altered_signatures_are_refused() {
     let h = signed(&d.admin, "AmazonSSM.StartSession", &start, now);
     let (status, first) = raw.send("AmazonSSM.StartSession", &start, &h).await;
     assert_eq!(status, 200, "{first}");
+    // At once: refused as retryable (an SDK re-signs and retries), and no token in it.
+    let (status, again) = raw.send("AmazonSSM.StartSession", &start, &h).await;
+    assert_eq!(status, 400, "{again}");
+    assert!(again.contains("ThrottlingException"), "{again}");
+    assert!(!again.contains("TokenValue"), "{again}");
+    // Later: a replay, named so.
+    tokio::time::sleep(airlock_server::replay::SAME_SECOND).await;
     let (status, again) = raw.send("AmazonSSM.StartSession", &start, &h).await;
     assert_eq!(status, 400, "{again}");
     assert!(again.contains("used before"), "{again}");
+    assert!(!again.contains("TokenValue"), "{again}");
     let h = signed(&d.admin, "AmazonSSM.DescribeSessions", &body, now);
     assert_eq!(
         raw.send("AmazonSSM.DescribeSessions", &body, &h).await.0,
