@@ -100,6 +100,7 @@ impl ReplayGuard {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
