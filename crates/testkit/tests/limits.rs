@@ -268,6 +268,7 @@ async fn max_duration_warning_reaches_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_ends_a_port_session_and_traffic_keeps_it_alive() {
+    common::capture_logs();
     let server = server().await;
     set_prefs(&server, |p| p.idle_session_timeout_minutes = 3);
     let agent = server.agent().await;
@@ -306,7 +307,20 @@ async fn idle_ends_a_port_session_and_traffic_keeps_it_alive() {
             Ok(o) => assert!(o.reason.contains("idle timeout"), "{o:?}"),
             Err(e) => assert!(e.to_string().contains("idle timeout"), "{e}"),
         }
+        // The warning reached the forwarding client (which has no terminal: it logs it).
+        common::wait_log_line(&[
+            "WARN",
+            "airlock_client::port",
+            "This session will end in 1 minute: idle timeout",
+        ])
+        .await;
     }
+    // Once for each of the two forwards.
+    let warned = common::logs()
+        .lines()
+        .filter(|l| l.contains("airlock_client::port") && l.contains("will end in 1 minute"))
+        .count();
+    assert_eq!(warned, 2, "{}", common::logs());
     agent.stop().await;
 }
 
