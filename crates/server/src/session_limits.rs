@@ -179,7 +179,10 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-fn check_all(state: &Arc<AppState>, now: u64, minute: Duration) {
+/// One tick of the enforcer: every live session checked against the preferences at `now`
+/// ([`precise_now`] units) with `minute` as a minute. Public for the benchmark
+/// (`cargo bench -p airlock-server --bench session_limits`).
+pub fn check_all(state: &Arc<AppState>, now: u64, minute: Duration) {
     let prefs = state.preferences.get();
     let minute_ms = millis(minute).max(1);
     let idle_min = prefs.idle_session_timeout_minutes.max(1);

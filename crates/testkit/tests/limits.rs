@@ -268,6 +268,7 @@ async fn max_duration_warning_reaches_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_ends_a_port_session_and_traffic_keeps_it_alive() {
+    common::capture_logs();
     let server = server().await;
     set_prefs(&server, |p| p.idle_session_timeout_minutes = 3);
     let agent = server.agent().await;
@@ -306,7 +307,20 @@ async fn idle_ends_a_port_session_and_traffic_keeps_it_alive() {
             Ok(o) => assert!(o.reason.contains("idle timeout"), "{o:?}"),
             Err(e) => assert!(e.to_string().contains("idle timeout"), "{e}"),
         }
+        // The warning reached the forwarding client (which has no terminal: it logs it).
+        common::wait_log_line(&[
+            "WARN",
+            "airlock_client::port",
+            "This session will end in 1 minute: idle timeout",
+        ])
+        .await;
     }
+    // Once for each of the two forwards.
+    let warned = common::logs()
+        .lines()
+        .filter(|l| l.contains("airlock_client::port") && l.contains("will end in 1 minute"))
+        .count();
+    assert_eq!(warned, 2, "{}", common::logs());
     agent.stop().await;
 }
 
@@ -1187,4 +1201,60 @@ async fn the_server_process_applies_the_default_idle_timeout_in_test_minutes() {
             .contains("Session ended: idle timeout (no input or output for 20 minutes)."),
         "{outcome:?}"
     );
+}
+
+/// The document is decided again too: a port forward started with a named document ends when
+/// the owner's policy stops allowing that document (the target is still allowed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_stops_allowing_the_document_ends_the_port_session() {
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let admin = server.api();
+    let victim = server.user("victim", false).await;
+    let allow = |doc: &str| {
+        json!({ "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": ["ssm:StartSession", "ssm:ResumeSession", "ssm:TerminateSession"],
+            "Resource": [
+                "arn:aws:ssm:*:*:managed-instance/*",
+                format!("arn:aws:ssm:*::document/{doc}"),
+                "arn:aws:ssm:*:*:session/*",
+            ] }]})
+    };
+    call(
+        &admin,
+        "Airlock.CreatePolicy",
+        json!({ "PolicyName": "Forwarding", "PolicyDocument": allow("AWS-StartPortForwardingSession") }),
+    )
+    .await;
+    call(
+        &admin,
+        "Airlock.AttachUserPolicy",
+        json!({ "UserName": "victim", "PolicyName": "Forwarding" }),
+    )
+    .await;
+    let api = ApiClient::new(victim).unwrap();
+    let echo = forwards::echo_target().await;
+    let fwd = forwards::forward(&api, &agent.instance_id, echo, None, 0).await;
+    let mut conn = tokio::net::TcpStream::connect(fwd.addr).await.unwrap();
+    conn.write_all(b"hello").await.unwrap();
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), conn.read_exact(&mut buf))
+        .await
+        .expect("echo")
+        .unwrap();
+    // Now only the SSH document: this session's document is no longer allowed.
+    call(
+        &admin,
+        "Airlock.UpdatePolicy",
+        json!({ "PolicyName": "Forwarding", "PolicyDocument": allow("AWS-StartSSHSession") }),
+    )
+    .await;
+    let h = ended(&server, &fwd.session_id, Duration::from_secs(5)).await;
+    assert_eq!(end_kind(&h), "AccessRevoked", "{h}");
+    let detail = h["EndReason"]["Detail"].as_str().unwrap();
+    assert!(
+        detail.contains("document/AWS-StartPortForwardingSession"),
+        "{detail}"
+    );
+    agent.stop().await;
 }
