@@ -626,7 +626,11 @@ fn aws_cli(server: &TestServer, home: &TempDir, path: &str) -> tokio::process::C
     .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
     .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
     .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env("AWS_MAX_ATTEMPTS", "1")
+    // The CLI's own retries, as users have them: two identical start-session calls signed in
+    // the same second share a signature, and the server answers the second ThrottlingException
+    // so that the CLI signs it again (replay.rs).
+    .env("AWS_MAX_ATTEMPTS", "5")
+    .env("AWS_RETRY_MODE", "standard")
     .env("AIRLOCK_LOG", "warn")
     .env_remove("AWS_SESSION_TOKEN")
     .env_remove("AWS_PROFILE")
