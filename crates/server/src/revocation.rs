@@ -223,10 +223,16 @@ async fn revoked(
         tags: targets.get(&s.target).cloned().unwrap_or_default(),
     }];
     if a.document_access_check {
-        resources.push(Resource::new(crate::api::sessions::document_arn(
-            state,
-            &s.document_name,
-        )));
+        // With the stored document's tags, as StartSession authorised it
+        // (`ssm:resourceTag/…` on a document would otherwise revoke what it allowed).
+        let tags = match state.store.document(&s.document_name).await? {
+            Some(d) => d.tags,
+            None => Vec::new(),
+        };
+        resources.push(Resource {
+            arn: crate::api::sessions::document_arn(state, &s.document_name),
+            tags,
+        });
     }
     let check = if a.document_access_check {
         "true"

@@ -908,13 +908,14 @@ async fn document_arns_and_the_session_document_access_check_decide_what_runs() 
     .unwrap();
     assert_eq!(next_task(&mut rx).await.document_name, "Uptime");
     // A document allowed by its tag (ssm:resourceTag/Team on the document resource).
-    call(
+    let tagged = call(
         &carol,
         "StartSession",
         json!({"Target": iid, "DocumentName": "Tagged"}),
     )
     .await
     .unwrap();
+    let tagged = tagged["SessionId"].as_str().unwrap().to_owned();
     assert_eq!(
         next_task(&mut rx).await.document_content["properties"]["linux"]["commands"],
         "df -h"
@@ -957,6 +958,15 @@ async fn document_arns_and_the_session_document_access_check_decide_what_runs() 
     .unwrap_err();
     assert_eq!(e.0, "AccessDeniedException");
     assert!(rx.try_recv().is_err(), "no task for refused sessions");
+    // An IAM change re-evaluates every open session (revocation.rs) with the document's tags,
+    // as StartSession did: the session the tag allowed stays open.
+    server.user("dave", false).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        server.session("History", &tagged).await.is_none(),
+        "{:?}",
+        server.session("History", &tagged).await
+    );
 
     // Every document change is on the audit trail with its version and hash.
     let audit = api
