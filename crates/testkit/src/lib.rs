@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub mod aws;
 pub mod deployment;
 
 use airlock_client::session::{Input, Output, SessionOptions};

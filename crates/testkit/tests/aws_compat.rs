@@ -18,40 +18,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use airlock_testkit::aws::{aws_cli, clean_aws_env, missing, plugin_path, runs};
 use airlock_testkit::{TempDir, TestServer};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// Either fails (in CI) or says why the test cannot run here; returns `None` in the latter case.
-fn missing(what: &str) -> Option<PathBuf> {
-    let msg = format!(
-        "{what} is not available: run ./scripts/test (it installs boto3 and awscli in target/pyenv) \
-         or set AIRLOCK_TEST_PYTHON / AIRLOCK_TEST_AWS"
-    );
-    if in_ci() {
-        panic!("{msg}");
-    }
-    eprintln!("NOT RUN: {msg}");
-    None
-}
-
-async fn runs(program: &PathBuf, args: &[&str]) -> bool {
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .status();
-    matches!(
-        tokio::time::timeout(Duration::from_secs(30), child).await,
-        Ok(Ok(s)) if s.success()
-    )
-}
 
 async fn python() -> Option<PathBuf> {
     let candidate = std::env::var_os("AIRLOCK_TEST_PYTHON")
@@ -61,17 +31,6 @@ async fn python() -> Option<PathBuf> {
         Some(candidate)
     } else {
         missing(&format!("boto3 (through {})", candidate.display()))
-    }
-}
-
-async fn aws_cli() -> Option<PathBuf> {
-    let candidate = std::env::var_os("AIRLOCK_TEST_AWS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("aws"));
-    if runs(&candidate, &["--version"]).await {
-        Some(candidate)
-    } else {
-        missing(&format!("the aws CLI ({})", candidate.display()))
     }
 }
 
@@ -85,32 +44,10 @@ struct Run {
 /// Runs a tool with a clean AWS environment (no profile, config or metadata lookups) plus `env`.
 async fn run_tool(program: &PathBuf, args: &[&str], env: &[(&str, &str)], home: &TempDir) -> Run {
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_DEFAULT_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_SECURITY_TOKEN")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("AWS_ENDPOINT_URL_SSM")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .env_remove("https_proxy")
-        .env_remove("http_proxy")
-        .env("HOME", &home.0)
-        .env("AWS_CONFIG_FILE", home.0.join("aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            home.0.join("aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_DEFAULT_REGION", "us-east-1")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .env("AWS_PAGER", "")
-        .env("NO_PROXY", "127.0.0.1")
+    clean_aws_env(cmd.args(args), &home.0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -405,7 +342,7 @@ async fn the_aws_cli_starts_a_session_with_airlock_as_its_plugin() {
     let server = TestServer::start().await;
     let agent = server.agent().await;
     let dir = TempDir::new();
-    let path = plugin_on_path(&bin, &dir);
+    let path = plugin_path(&dir.0, &bin);
     let mut cmd = tokio::process::Command::new(&aws);
     cmd.args([
         "ssm",
@@ -474,17 +411,6 @@ async fn echo_target() -> u16 {
 
 /// A directory holding `session-manager-plugin` → the airlock binary, and a PATH that finds it
 /// first.
-fn plugin_on_path(bin: &std::path::Path, dir: &TempDir) -> String {
-    let plugin_dir = dir.0.join("bin");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    std::os::unix::fs::symlink(bin, plugin_dir.join("session-manager-plugin")).unwrap();
-    format!(
-        "{}:{}",
-        plugin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
-
 /// `aws ssm start-session --target … <extra>` as the admin, with airlock as the plugin, in a
 /// process group of its own (so that a test can press Ctrl-C as a terminal does: SIGINT to the
 /// whole group; the AWS CLI ignores it while its plugin runs).
@@ -507,23 +433,16 @@ fn aws_start_session(
         "--target",
         target,
     ])
-    .args(extra)
-    .env("PATH", path)
-    .env("HOME", &dir.0)
-    .env("AWS_CONFIG_FILE", dir.0.join("aws-config"))
-    .env("AWS_SHARED_CREDENTIALS_FILE", dir.0.join("aws-credentials"))
-    .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
-    .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
-    .env_remove("AWS_SESSION_TOKEN")
-    .env_remove("AWS_PROFILE")
-    .env_remove("SSM_PLUGIN_LOCAL_HOST")
-    .env("AWS_EC2_METADATA_DISABLED", "true")
-    .env("NO_PROXY", "127.0.0.1")
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .process_group(0)
-    .kill_on_drop(true);
+    .args(extra);
+    clean_aws_env(&mut cmd, &dir.0)
+        .env("PATH", path)
+        .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .env_remove("SSM_PLUGIN_LOCAL_HOST")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
     cmd.spawn().unwrap()
 }
 
@@ -606,7 +525,7 @@ async fn the_aws_cli_forwards_a_port_with_airlock_as_its_plugin() {
     let echo = echo_target().await;
     let local = airlock_testkit::free_port();
     let dir = TempDir::new();
-    let path = plugin_on_path(&bin, &dir);
+    let path = plugin_path(&dir.0, &bin);
     let params = format!("portNumber={echo},localPortNumber={local}");
     let mut child = aws_start_session(
         &aws,
@@ -719,7 +638,7 @@ async fn the_plugin_picks_a_free_port_and_says_why_a_remote_host_fails() {
     let server = TestServer::start().await;
     let agent = server.agent().await;
     let dir = TempDir::new();
-    let path = plugin_on_path(&bin, &dir);
+    let path = plugin_path(&dir.0, &bin);
     // No localPortNumber: any free port, which the plugin names.
     let mut child = aws_start_session(
         &aws,
@@ -780,7 +699,7 @@ async fn the_plugin_pipes_stdin_and_stdout_for_an_ssh_document() {
     let agent = server.agent().await;
     let echo = echo_target().await;
     let dir = TempDir::new();
-    let path = plugin_on_path(&bin, &dir);
+    let path = plugin_path(&dir.0, &bin);
     let params = format!("portNumber={echo}");
     let child = aws_start_session(
         &aws,

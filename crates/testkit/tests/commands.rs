@@ -615,30 +615,18 @@ fn aws_cli(server: &TestServer, home: &TempDir, path: &str) -> tokio::process::C
         &server.url,
         "--region",
         "us-east-1",
-    ])
-    .env("HOME", &home.0)
-    .env("PATH", path)
-    .env("AWS_CONFIG_FILE", home.0.join("aws-config"))
-    .env(
-        "AWS_SHARED_CREDENTIALS_FILE",
-        home.0.join("aws-credentials"),
-    )
-    .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
-    .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
-    .env("AWS_EC2_METADATA_DISABLED", "true")
+    ]);
     // The CLI's own retries, as users have them: two identical start-session calls signed in
     // the same second share a signature, and the server answers the second ThrottlingException
     // so that the CLI signs it again (replay.rs).
-    .env("AWS_MAX_ATTEMPTS", "5")
-    .env("AWS_RETRY_MODE", "standard")
-    .env("AIRLOCK_LOG", "warn")
-    .env_remove("AWS_SESSION_TOKEN")
-    .env_remove("AWS_PROFILE")
-    .env_remove("AWS_ENDPOINT_URL")
-    .stdin(std::process::Stdio::null())
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .kill_on_drop(true);
+    airlock_testkit::aws::clean_aws_env(&mut cmd, &home.0)
+        .env("PATH", path)
+        .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
+        .env("AIRLOCK_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     cmd
 }
 
@@ -648,7 +636,6 @@ async fn the_aws_cli_starts_command_sessions() {
     let agent = server.agent().await;
     let home = TempDir::new();
     let params = r#"{"command":["echo via-aws $((40+2)); echo to-stderr >&2; exit 6"],"separateOutputStream":["true"]}"#;
-    let system_path = std::env::var("PATH").unwrap_or_default();
     // No session-manager-plugin on PATH: the CLI makes its StartSession call (the shape under
     // test), then finds no plugin and terminates the session it opened.
     let bare_path = "/usr/bin:/bin";
@@ -686,10 +673,7 @@ async fn the_aws_cli_starts_command_sessions() {
     let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
         .await
         .unwrap();
-    let plugin_dir = home.0.join("bin");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    std::os::unix::fs::symlink(&bin, plugin_dir.join("session-manager-plugin")).unwrap();
-    let path = format!("{}:{system_path}", plugin_dir.display());
+    let path = airlock_testkit::aws::plugin_path(&home.0, &bin);
     let out = aws_cli(&server, &home, &path)
         .args([
             "--target",

@@ -21,38 +21,10 @@ use serde_json::{json, Value};
 
 use airlock_client::api::{ApiClient, ApiError};
 use airlock_proto::{decode, AgentTaskPayload, DecodeOptions, MgsPayload};
+use airlock_testkit::aws::{aws_cli, clean_aws_env};
 use airlock_testkit::{TempDir, TestServer};
 
 const SHELL: &str = "SSM-SessionManagerRunShell";
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-async fn aws_cli() -> Option<PathBuf> {
-    let candidate = std::env::var_os("AIRLOCK_TEST_AWS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("aws"));
-    let ok = tokio::process::Command::new(&candidate)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(candidate);
-    }
-    let msg = format!(
-        "the aws CLI ({}) is not available: run ./scripts/test or set AIRLOCK_TEST_AWS",
-        candidate.display()
-    );
-    if in_ci() {
-        panic!("{msg}");
-    }
-    eprintln!("NOT RUN: {msg}");
-    None
-}
 
 /// The AWS CLI against `server`, signing as the admin, with a clean AWS environment.
 struct Cli<'a> {
@@ -104,33 +76,14 @@ impl Cli<'_> {
                 "--output",
                 "json",
             ])
-            .current_dir(&self.home.0)
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_DEFAULT_PROFILE")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("AWS_ENDPOINT_URL_SSM")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("HTTP_PROXY")
-            .env_remove("https_proxy")
-            .env_remove("http_proxy")
-            .env("HOME", &self.home.0)
-            .env("AWS_CONFIG_FILE", self.home.0.join("aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.home.0.join("aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_MAX_ATTEMPTS", "1")
-            .env("AWS_PAGER", "")
-            .env("NO_PROXY", "127.0.0.1")
+            .current_dir(&self.home.0);
+        clean_aws_env(&mut cmd, &self.home.0)
             .env("AWS_ACCESS_KEY_ID", &self.server.admin.access_key_id)
             .env(
                 "AWS_SECRET_ACCESS_KEY",
                 &self.server.admin.secret_access_key,
             )
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+            .stdin(Stdio::null());
         let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
             .await
             .expect("the aws CLI finished")

@@ -993,32 +993,6 @@ async fn an_agent_that_goes_away_and_a_refused_run_as_have_their_reasons() {
 
 // ---- the AWS CLI, with `airlock` as its session-manager-plugin ------------------------------
 
-/// The AWS CLI (`$AIRLOCK_TEST_AWS`, else `aws`), or `None` (outside CI) when it is missing.
-async fn aws_cli() -> Option<std::path::PathBuf> {
-    let aws = std::env::var_os("AIRLOCK_TEST_AWS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "aws".into());
-    let ok = tokio::process::Command::new(&aws)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .await
-        .is_ok_and(|s| s.success());
-    if ok {
-        return Some(aws);
-    }
-    let msg = format!(
-        "the aws CLI ({}) is not available: run ./scripts/test",
-        aws.display()
-    );
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{msg}");
-    }
-    eprintln!("NOT RUN: {msg}");
-    None
-}
-
 /// `aws ssm start-session --target <target>` as `profile`, with airlock as the plugin.
 fn aws_start_session(
     aws: &std::path::Path,
@@ -1027,40 +1001,25 @@ fn aws_start_session(
     server: &TestServer,
     target: &str,
 ) -> tokio::process::Command {
-    let plugin_dir = dir.0.join("bin");
-    std::fs::create_dir_all(&plugin_dir).unwrap();
-    let link = plugin_dir.join("session-manager-plugin");
-    if !link.exists() {
-        std::os::unix::fs::symlink(bin, &link).unwrap();
-    }
-    let path = format!(
-        "{}:{}",
-        plugin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = airlock_testkit::aws::plugin_path(&dir.0, bin);
     let mut cmd = tokio::process::Command::new(aws);
     cmd.args(["ssm", "start-session", "--endpoint-url", &server.url])
-        .args(["--region", "us-east-1", "--target", target])
+        .args(["--region", "us-east-1", "--target", target]);
+    airlock_testkit::aws::clean_aws_env(&mut cmd, &dir.0)
         .env("PATH", path)
-        .env("HOME", &dir.0)
-        .env("AWS_CONFIG_FILE", dir.0.join("aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.0.join("aws-credentials"))
         .env("AWS_ACCESS_KEY_ID", &server.admin.access_key_id)
         .env("AWS_SECRET_ACCESS_KEY", &server.admin.secret_access_key)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("NO_PROXY", "127.0.0.1")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(std::process::Stdio::piped());
     cmd
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_aws_cli_shows_the_warning_the_reason_and_the_limit_error() {
-    let Some(aws) = aws_cli().await else { return };
+    let Some(aws) = airlock_testkit::aws::aws_cli().await else {
+        return;
+    };
     let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
         .await
         .unwrap();
