@@ -135,8 +135,12 @@ impl ApiClient {
         let mut builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")));
-        if let Some(cfg) = &tls {
-            builder = builder.use_preconfigured_tls((**cfg).clone());
+        match &tls {
+            Some(cfg) => builder = builder.use_preconfigured_tls((**cfg).clone()),
+            // A plain-HTTP endpoint (loopback) needs no roots: without this reqwest reads the
+            // whole system store (the bundle, then every file of /etc/ssl/certs) at every
+            // start, about 4.5 ms of a 23 ms `airlock exec … -- true`.
+            None => builder = builder.tls_built_in_root_certs(false),
         }
         let http = builder.build().map_err(|e| ApiError::Transport {
             endpoint: profile.endpoint.clone(),
