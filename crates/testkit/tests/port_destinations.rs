@@ -12,12 +12,10 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use airlock_agent::destinations::DestinationRules;
@@ -29,7 +27,7 @@ use airlock_proto::PortConnectionRecord;
 use airlock_testkit::{TempDir, TestServer};
 
 mod forwards;
-use forwards::{echo_target, forward};
+use forwards::{agent_process, closed_at_once, echo_target, echoes, forward};
 
 /// The words every refusal carries.
 const REFUSED: &str = airlock_agent::destinations::REFUSED;
@@ -59,30 +57,8 @@ async fn set_deny_link_local(server: &TestServer, on: bool) {
         .expect("UpdateDocument");
 }
 
-/// Connects through a forward whose destination is refused: the connection is closed at once
-/// and nothing comes back.
-async fn closed_at_once(addr: SocketAddr) {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    let _ = c
-        .write_all(b"GET /latest/meta-data/ HTTP/1.0\r\n\r\n")
-        .await;
-    let mut sink = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut sink))
-        .await
-        .expect("the refused connection is closed promptly");
-    assert!(sink.is_empty(), "{r:?}: {sink:?}");
-}
-
-/// Echoes `msg` through a connection that must work.
-async fn echoes(c: &mut TcpStream, msg: &[u8]) {
-    c.write_all(msg).await.unwrap();
-    let mut b = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut b))
-        .await
-        .expect("the forward answers")
-        .unwrap();
-    assert_eq!(b, msg);
-}
+/// What a client of the metadata service would send first.
+const METADATA_GET: &[u8] = b"GET /latest/meta-data/ HTTP/1.0\r\n\r\n";
 
 /// The reason a stream failed, as `airlock port-forward` shows it.
 fn failure(rep: &StreamReport) -> String {
@@ -146,8 +122,8 @@ async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_w
         DEFAULT_MUX_WINDOW,
     )
     .await;
-    closed_at_once(bad.addr).await;
-    closed_at_once(bad.addr).await;
+    closed_at_once(bad.addr, METADATA_GET).await;
+    closed_at_once(bad.addr, METADATA_GET).await;
     for _ in 0..2 {
         let rep = bad.next_report(Duration::from_secs(15)).await;
         assert!(rep.failed, "{rep:?}");
@@ -167,7 +143,7 @@ async fn the_metadata_address_is_refused_told_to_the_user_and_audited_beside_a_w
     // smux v1, as with the AWS plugin: the stream is closed as the AWS agent closes a failed
     // dial; the record is the same.
     let smux = forward(&api, &agent.instance_id, 80, Some("169.254.169.254"), 0).await;
-    closed_at_once(smux.addr).await;
+    closed_at_once(smux.addr, METADATA_GET).await;
     let smux_id = smux.session_id.clone();
 
     // The audit says refused, with the rule, for every connection.
@@ -217,7 +193,7 @@ async fn every_spelling_of_the_metadata_address_is_refused() {
         "100.100.100.200",
     ] {
         let mut f = forward(&api, &agent.instance_id, 80, Some(host), DEFAULT_MUX_WINDOW).await;
-        closed_at_once(f.addr).await;
+        closed_at_once(f.addr, METADATA_GET).await;
         let why = failure(&f.next_report(Duration::from_secs(15)).await);
         assert!(
             why.contains(REFUSED) && why.contains("(default: cloud metadata"),
@@ -252,7 +228,7 @@ async fn a_deny_rule_on_a_loopback_port_refuses_it_under_every_name_of_the_host(
         Some("::ffff:127.0.0.1"),
     ] {
         let mut f = forward(&api, &agent.instance_id, secret, host, DEFAULT_MUX_WINDOW).await;
-        closed_at_once(f.addr).await;
+        closed_at_once(f.addr, METADATA_GET).await;
         let why = failure(&f.next_report(Duration::from_secs(15)).await);
         assert!(
             why.contains(&format!("{REFUSED} deny 127.0.0.0/8:{secret}")),
@@ -270,7 +246,7 @@ async fn a_deny_rule_on_a_loopback_port_refuses_it_under_every_name_of_the_host(
         DEFAULT_MUX_WINDOW,
     )
     .await;
-    closed_at_once(f.addr).await;
+    closed_at_once(f.addr, METADATA_GET).await;
     let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(
         why.contains(&format!(
@@ -319,7 +295,7 @@ async fn an_allow_list_lets_through_only_what_it_names() {
         (Some("127.0.0.2"), allowed),
     ] {
         let mut f = forward(&api, &agent.instance_id, port, host, DEFAULT_MUX_WINDOW).await;
-        closed_at_once(f.addr).await;
+        closed_at_once(f.addr, METADATA_GET).await;
         let why = failure(&f.next_report(Duration::from_secs(15)).await);
         assert!(
             why.contains(&format!("{REFUSED} allow-list")),
@@ -352,7 +328,7 @@ async fn re_allowing_link_local_does_not_reopen_the_metadata_address() {
         DEFAULT_MUX_WINDOW,
     )
     .await;
-    closed_at_once(f.addr).await;
+    closed_at_once(f.addr, METADATA_GET).await;
     let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(why.contains(METADATA_RULE), "{why}");
     f.stop().await.expect("an orderly end");
@@ -391,7 +367,7 @@ async fn the_servers_link_local_preference_applies_on_top_of_the_agents_rules() 
         DEFAULT_MUX_WINDOW,
     )
     .await;
-    closed_at_once(f.addr).await;
+    closed_at_once(f.addr, METADATA_GET).await;
     let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(
         why.contains(REFUSED) && why.contains(METADATA_RULE),
@@ -403,43 +379,6 @@ async fn the_servers_link_local_preference_applies_on_top_of_the_agents_rules() 
 
 // ---------------------------------------------------------------------------------------------
 // The agent binary's flags, and SSH (stream mode) through ssh-proxy
-
-/// `airlock agent register` then `airlock agent run` with `run_args`.
-async fn agent_process(
-    server: &TestServer,
-    dir: &Path,
-    run_args: &[&str],
-) -> (String, tokio::process::Child) {
-    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
-        .await
-        .unwrap();
-    let (id, code) = server.activation(1).await;
-    let state = dir.join("agent.json");
-    let st = tokio::process::Command::new(&bin)
-        .args(["agent", "register", "--server", &server.url])
-        .args(["--activation-id", &id, "--activation-code", &code])
-        .arg("--state")
-        .arg(&state)
-        .env("HOME", dir)
-        .env("AIRLOCK_LOG", "warn")
-        .status()
-        .await
-        .unwrap();
-    assert!(st.success(), "airlock agent register");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    let instance_id = v["InstanceId"].as_str().unwrap().to_owned();
-    let child = tokio::process::Command::new(&bin)
-        .args(["agent", "run", "--state"])
-        .arg(&state)
-        .args(run_args)
-        .env("HOME", dir)
-        .env("AIRLOCK_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    server.wait_online(&instance_id).await;
-    (instance_id, child)
-}
 
 async fn ssh_proxy(server: &TestServer, target: &str, port: u16) -> std::process::Output {
     let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
@@ -506,7 +445,7 @@ async fn agent_run_flags_and_state_file_rules_refuse_ssh_and_port_forward_with_t
     .unwrap();
     let v: Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first:?}: {e}"));
     let addr: SocketAddr = v["LocalAddress"].as_str().unwrap().parse().unwrap();
-    closed_at_once(addr).await;
+    closed_at_once(addr, METADATA_GET).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id().unwrap() as i32),
@@ -568,7 +507,7 @@ async fn agent_run_flags_and_state_file_rules_refuse_ssh_and_port_forward_with_t
         DEFAULT_MUX_WINDOW,
     )
     .await;
-    closed_at_once(f.addr).await;
+    closed_at_once(f.addr, METADATA_GET).await;
     let why = failure(&f.next_report(Duration::from_secs(15)).await);
     assert!(
         why.contains(&format!("{REFUSED} deny 127.0.0.1/32:{db}")),

@@ -40,7 +40,7 @@ use airlock_proto::{
 use airlock_testkit::{Sshd, TempDir, TestAgent, TestServer};
 
 mod forwards;
-use forwards::{echo_target, forward};
+use forwards::{agent_process, closed_at_once, echo_target, echoes, forward};
 
 // ---------------------------------------------------------------------------------------------
 // Targets
@@ -1119,49 +1119,11 @@ fn airlock_binary() -> PathBuf {
     airlock_testkit::airlock_binary()
 }
 
-/// `airlock agent run` as a process of its own, registered with `server`, so that it can die
-/// the way agents do: SIGKILL, every socket closed at once without a word.
-async fn agent_process(server: &TestServer, dir: &Path) -> (String, tokio::process::Child) {
-    let bin = tokio::task::spawn_blocking(airlock_binary).await.unwrap();
-    let (id, code) = server.activation(1).await;
-    let state = dir.join("agent.json");
-    let st = tokio::process::Command::new(&bin)
-        .args([
-            "agent",
-            "register",
-            "--server",
-            &server.url,
-            "--activation-id",
-            &id,
-        ])
-        .args(["--activation-code", &code])
-        .arg("--state")
-        .arg(&state)
-        .env("HOME", dir)
-        .env("AIRLOCK_LOG", "warn")
-        .status()
-        .await
-        .unwrap();
-    assert!(st.success(), "airlock agent register");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
-    let instance_id = v["InstanceId"].as_str().unwrap().to_owned();
-    let child = tokio::process::Command::new(&bin)
-        .args(["agent", "run", "--state"])
-        .arg(&state)
-        .env("HOME", dir)
-        .env("AIRLOCK_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    server.wait_online(&instance_id).await;
-    (instance_id, child)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_dying_mid_stream_ends_the_forward_with_a_reason() {
     let server = TestServer::start().await;
     let dir = TempDir::new();
-    let (instance_id, mut agent) = agent_process(&server, &dir.0).await;
+    let (instance_id, mut agent) = agent_process(&server, &dir.0, &[]).await;
     let tport = hashing_target(1 << 30, None).await;
     let api = server.api();
     let fwd = forward(&api, &instance_id, tport, None, DEFAULT_MUX_WINDOW).await;
@@ -2028,28 +1990,6 @@ async fn list_port_connections_shows_each_connection_to_whom_may_see_it() {
 /// A name that never resolves (RFC 6761 reserves `.invalid`).
 const UNKNOWN_HOST: &str = "no-such-host.invalid";
 
-/// Connects to a forward whose destination cannot be reached and waits for the forward to
-/// close the connection (nothing is ever received on it).
-async fn refused_locally(addr: SocketAddr) {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    let mut sink = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut sink))
-        .await
-        .expect("the connection is closed promptly");
-    assert!(sink.is_empty(), "{r:?}: {sink:?}");
-}
-
-/// Echoes `msg` through a connection that must stay up.
-async fn still_echoes(c: &mut TcpStream, msg: &[u8]) {
-    c.write_all(msg).await.unwrap();
-    let mut b = vec![0u8; msg.len()];
-    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut b))
-        .await
-        .expect("the other forward still answers")
-        .unwrap();
-    assert_eq!(b, msg);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
     // Short tokens: the server watches each new session until its agent token expires.
@@ -2060,7 +2000,7 @@ async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
     // A working forward beside it, with one connection open across all the failures.
     let good = forward(&api, &agent.instance_id, echo, None, DEFAULT_MUX_WINDOW).await;
     let mut live = TcpStream::connect(good.addr).await.unwrap();
-    still_echoes(&mut live, b"before").await;
+    echoes(&mut live, b"before").await;
     let want =
         format!("cannot connect to {UNKNOWN_HOST}:5432: unknown host (the name does not resolve)");
     let round = |n: u8| {
@@ -2070,7 +2010,7 @@ async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
                 forward(&api, &target, 5432, Some(UNKNOWN_HOST), DEFAULT_MUX_WINDOW).await;
             // Three at once, then one more: each is closed at once and reported with the reason.
             let first: Vec<_> = (0..3)
-                .map(|_| tokio::spawn(refused_locally(bad.addr)))
+                .map(|_| tokio::spawn(closed_at_once(bad.addr, b"")))
                 .collect();
             for t in first {
                 t.await.unwrap();
@@ -2082,7 +2022,7 @@ async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
             }
             // The forward goes on: the session is not ended by its connections failing.
             assert!(!bad.task.is_finished(), "round {n}: the forward ended");
-            refused_locally(bad.addr).await;
+            closed_at_once(bad.addr, b"").await;
             let rep = bad.next_report(Duration::from_secs(10)).await;
             assert_eq!(port_failure(&rep), want, "{rep:?}");
             let id = bad.session_id.clone();
@@ -2109,7 +2049,7 @@ async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
         assert_eq!(r.end_reason, want);
         assert_eq!((r.bytes_to_target, r.bytes_from_target), (0, 0));
     }
-    still_echoes(&mut live, b"between").await;
+    echoes(&mut live, b"between").await;
 
     // Descriptors and tasks come back to where they were after the first round (which warmed
     // up what is made once: the resolver, connection pools).
@@ -2121,7 +2061,7 @@ async fn an_unknown_remote_host_fails_each_connection_alone_with_the_reason() {
     let (fds, tasks) = (fd_count(), alive_tasks());
     for n in 1..=3 {
         round(n).await;
-        still_echoes(&mut live, &[n; 100]).await;
+        echoes(&mut live, &[n; 100]).await;
     }
     settle().await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -2191,8 +2131,8 @@ async fn port_forward_command_says_why_a_connection_to_an_unknown_host_failed() 
     let addr: SocketAddr = v["LocalAddress"].as_str().unwrap().parse().unwrap();
     assert_eq!(v["Remote"], format!("{UNKNOWN_HOST}:5432"));
     let session_id = v["SessionId"].as_str().unwrap().to_owned();
-    refused_locally(addr).await;
-    refused_locally(addr).await;
+    closed_at_once(addr, b"").await;
+    closed_at_once(addr, b"").await;
     // Each failure is told as it happens (the reports follow the close closely).
     tokio::time::sleep(Duration::from_millis(300)).await;
     nix::sys::signal::kill(

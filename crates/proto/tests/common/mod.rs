@@ -1,4 +1,6 @@
-//! Shared by the proto crate's fuzz harness (a copy of the wire crate's: test crates cannot share files).
+//! Shared by the proto crate's fuzz harness: the wire crate's tracking allocator, the same file
+//! (test crates have no common crate of their own; a path keeps one copy).
 #![allow(dead_code)]
 
+#[path = "../../../wire/tests/common/alloc.rs"]
 pub mod alloc;

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -114,4 +114,69 @@ pub async fn forward(
         hooks,
         reports,
     }
+}
+
+/// Connects through a forward whose destination is refused or unreachable, writes `probe`
+/// (when not empty) and waits for the forward to close the connection: promptly, and with
+/// nothing ever received on it.
+pub async fn closed_at_once(addr: SocketAddr, probe: &[u8]) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    if !probe.is_empty() {
+        let _ = c.write_all(probe).await;
+    }
+    let mut sink = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(15), c.read_to_end(&mut sink))
+        .await
+        .expect("the refused connection is closed promptly");
+    assert!(sink.is_empty(), "{r:?}: {sink:?}");
+}
+
+/// Echoes `msg` through a connection that must work (and stay up).
+pub async fn echoes(c: &mut TcpStream, msg: &[u8]) {
+    c.write_all(msg).await.unwrap();
+    let mut b = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut b))
+        .await
+        .expect("the forward answers")
+        .unwrap();
+    assert_eq!(b, msg);
+}
+
+/// `airlock agent register` then `airlock agent run` with `run_args`, as a process of its own
+/// registered with `server` (so that it can die the way agents do, or take the binary's flags).
+pub async fn agent_process(
+    server: &airlock_testkit::TestServer,
+    dir: &std::path::Path,
+    run_args: &[&str],
+) -> (String, tokio::process::Child) {
+    let bin = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let (id, code) = server.activation(1).await;
+    let state = dir.join("agent.json");
+    let st = tokio::process::Command::new(&bin)
+        .args(["agent", "register", "--server", &server.url])
+        .args(["--activation-id", &id, "--activation-code", &code])
+        .arg("--state")
+        .arg(&state)
+        .env("HOME", dir)
+        .env("AIRLOCK_LOG", "warn")
+        .status()
+        .await
+        .unwrap();
+    assert!(st.success(), "airlock agent register");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    let instance_id = v["InstanceId"].as_str().unwrap().to_owned();
+    let child = tokio::process::Command::new(&bin)
+        .args(["agent", "run", "--state"])
+        .arg(&state)
+        .args(run_args)
+        .env("HOME", dir)
+        .env("AIRLOCK_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    server.wait_online(&instance_id).await;
+    (instance_id, child)
 }
