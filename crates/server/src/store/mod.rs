@@ -7,6 +7,7 @@ pub mod audit;
 pub mod documents;
 pub mod iam;
 mod rows;
+pub mod search;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -1,0 +1,406 @@
+//! Full-text search over what sessions printed and typed (`airlock sessions search TEXT`): the
+//! recorder hands the plain text of every stored chunk to [`Store::index_recording_text`], and
+//! [`Store::search_recordings`] finds the sessions whose text holds a phrase.
+//!
+//! The index is SQLite's FTS5 (in the bundled SQLite), table `recording_text`. What a user
+//! searches for is always one FTS5 *phrase* ([`fts_phrase`]): its quotes, `*`, `NEAR`, `AND`,
+//! `:` and parentheses are text to find, never query syntax, so a search can neither widen
+//! itself (`x" OR "y`, `*`), name columns (`session_id:…`) nor fail to parse.
+
+use sqlx::Row;
+
+use super::{Session, Store, StoreError};
+
+/// The longest word fragment carried from one chunk's text to the next (see the migration's
+/// `recording_text_tail`): longer "words" are hex dumps and base64, not what people search.
+const MAX_TAIL_CHARS: usize = 64;
+
+/// Text that matched a search within one session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextMatch {
+    /// Seconds into the session of the first event of the matching text.
+    pub t: f64,
+    /// `"o"` (printed) or `"i"` (typed).
+    pub kind: String,
+    /// A few words around the match, plain text.
+    pub snippet: String,
+}
+
+/// What a search may be narrowed to, besides its text.
+#[derive(Clone, Debug, Default)]
+pub struct SearchFilter {
+    /// Only sessions on this target.
+    pub target: Option<String>,
+    /// Only sessions started at or after this time, epoch ms.
+    pub since: Option<i64>,
+}
+
+/// The user's text as one FTS5 phrase: wrapped in double quotes, inner double quotes doubled.
+/// Inside a phrase FTS5 treats everything as text for its tokenizer, so no operator, column
+/// filter, prefix star or parenthesis survives. NUL and other control characters, which the
+/// tokenizer ignores anyway, are dropped so the query text is exactly what is bound.
+pub fn fts_phrase(text: &str) -> String {
+    let mut q = String::with_capacity(text.len() + 2);
+    q.push('"');
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if c == '"' {
+            q.push('"');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+/// Whether a phrase has anything the tokenizer keeps (a letter or a digit). A phrase without
+/// one matches nothing; asking FTS5 would only spend a query on it.
+fn has_token(text: &str) -> bool {
+    text.chars().any(char::is_alphanumeric)
+}
+
+/// The trailing run of word characters of `text` (at most [`MAX_TAIL_CHARS`]): the part of a
+/// word the next chunk may continue.
+fn trailing_word(text: &str) -> &str {
+    let start = text
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| c.is_alphanumeric())
+        .take(MAX_TAIL_CHARS)
+        .last()
+        .map_or(text.len(), |(i, _)| i);
+    &text[start..]
+}
+
+impl Store {
+    /// Indexes the plain text of one stored chunk of a session's recording: `(kind, t, text)`
+    /// entries (`kind` `"o"` or `"i"`, `t` seconds into the session). Entries of one kind are
+    /// indexed together as one row at the time of the first, so typed keys (one event each)
+    /// form words; a word cut by the previous chunk's end is completed with its first part.
+    pub async fn index_recording_text(
+        &self,
+        session_id: &str,
+        entries: &[(&str, f64, &str)],
+    ) -> Result<(), StoreError> {
+        // Coalesce by kind, keeping the order of first appearance.
+        let mut by_kind: Vec<(&str, f64, String)> = Vec::new();
+        for (kind, t, text) in entries {
+            match by_kind.iter_mut().find(|(k, _, _)| k == kind) {
+                Some((_, _, all)) => all.push_str(text),
+                None => by_kind.push((kind, *t, (*text).to_owned())),
+            }
+        }
+        by_kind.retain(|(_, _, text)| !text.is_empty());
+        if by_kind.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (kind, t, text) in by_kind {
+            let tail: Option<String> = sqlx::query_scalar(
+                "SELECT tail FROM recording_text_tail WHERE session_id = ? AND kind = ?",
+            )
+            .bind(session_id)
+            .bind(kind)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let continues = text.chars().next().is_some_and(char::is_alphanumeric);
+            let indexed = match tail {
+                Some(tail) if continues && !tail.is_empty() => format!("{tail}{text}"),
+                _ => text,
+            };
+            sqlx::query("INSERT INTO recording_text (text, session_id, kind, t) VALUES (?, ?, ?, ?)")
+                .bind(&indexed)
+                .bind(session_id)
+                .bind(kind)
+                .bind(if t.is_finite() { t.max(0.0) } else { 0.0 })
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO recording_text_tail (session_id, kind, tail) VALUES (?, ?, ?)
+                 ON CONFLICT (session_id, kind) DO UPDATE SET tail = excluded.tail",
+            )
+            .bind(session_id)
+            .bind(kind)
+            .bind(trailing_word(&indexed))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The sessions whose recorded text holds `text` as a phrase (words in order, case and
+    /// accents ignored), newest first, `limit` from `offset`. The caller filters them by who
+    /// may read them, so it pages with `offset` until it has enough.
+    pub async fn search_recordings(
+        &self,
+        text: &str,
+        filter: &SearchFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        if !has_token(text) {
+            return Ok(Vec::new());
+        }
+        let mut sql = String::from(
+            "SELECT * FROM sessions WHERE session_id IN \
+             (SELECT session_id FROM recording_text WHERE recording_text MATCH ?)",
+        );
+        if filter.target.is_some() {
+            sql.push_str(" AND target = ?");
+        }
+        if filter.since.is_some() {
+            sql.push_str(" AND start_date >= ?");
+        }
+        sql.push_str(" ORDER BY start_date DESC, session_id LIMIT ? OFFSET ?");
+        let mut q = sqlx::query(&sql).bind(fts_phrase(text));
+        if let Some(t) = &filter.target {
+            q = q.bind(t);
+        }
+        if let Some(s) = filter.since {
+            q = q.bind(s);
+        }
+        let rows = q.bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(Session::from_row).collect())
+    }
+
+    /// Where `text` matched in one session's recording: up to `max` matches in time order,
+    /// each with a snippet of the words around it.
+    pub async fn recording_matches(
+        &self,
+        session_id: &str,
+        text: &str,
+        max: i64,
+    ) -> Result<Vec<TextMatch>, StoreError> {
+        if !has_token(text) {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT t, kind, snippet(recording_text, 0, '', '', '…', 12) AS snippet \
+             FROM recording_text WHERE recording_text MATCH ? AND session_id = ? \
+             ORDER BY t LIMIT ?",
+        )
+        .bind(fts_phrase(text))
+        .bind(session_id)
+        .bind(max)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TextMatch {
+                    t: r.try_get("t")?,
+                    kind: r.try_get("kind")?,
+                    snippet: r.try_get("snippet")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn store(name: &str) -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-search-{name}-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        crate::datadir::private_dir(&dir).unwrap();
+        let key = crate::secrets::MasterKey::load_or_create(&dir.join("master.key")).unwrap();
+        (Store::open_in_dir(&dir, key).await.unwrap(), dir)
+    }
+
+    async fn session(store: &Store, id: &str, target: &str, start: i64) {
+        sqlx::query(
+            "INSERT INTO sessions (session_id, target, document_name, owner, status, start_date) \
+             VALUES (?, ?, 'SSM-SessionManagerRunShell', 'arn:aws:iam::1:user/a', 'Terminated', ?)",
+        )
+        .bind(id)
+        .bind(target)
+        .bind(start)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn found(store: &Store, text: &str) -> Vec<String> {
+        store
+            .search_recordings(text, &SearchFilter::default(), 100, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.session_id)
+            .collect()
+    }
+
+    #[test]
+    fn phrases_quote_everything() {
+        assert_eq!(fts_phrase("ls -la"), "\"ls -la\"");
+        assert_eq!(fts_phrase("a\"b"), "\"a\"\"b\"");
+        assert_eq!(fts_phrase("\"\""), "\"\"\"\"\"\"");
+        assert_eq!(fts_phrase("x\0y\u{1b}"), "\"xy\"");
+        assert_eq!(trailing_word("echo hostna"), "hostna");
+        assert_eq!(trailing_word("echo "), "");
+        assert_eq!(trailing_word("ééé"), "ééé");
+        assert_eq!(trailing_word(&"x".repeat(100)).len(), MAX_TAIL_CHARS);
+    }
+
+    /// Words are found by phrase, case-insensitively, by kind and time; filters narrow.
+    #[tokio::test]
+    async fn finds_printed_and_typed_words() {
+        let (store, dir) = store("find").await;
+        session(&store, "alice-1", "mi-00000000000000001", 1_000).await;
+        session(&store, "bob-1", "mi-00000000000000002", 2_000).await;
+        store
+            .index_recording_text(
+                "alice-1",
+                &[("o", 0.5, "$ uname -a\nLinux box 6.1\n"), ("i", 0.4, "uname -a\r")],
+            )
+            .await
+            .unwrap();
+        store
+            .index_recording_text("bob-1", &[("o", 3.0, "Linux is here\n")])
+            .await
+            .unwrap();
+        assert_eq!(found(&store, "LINUX").await, ["bob-1", "alice-1"]);
+        assert_eq!(found(&store, "uname -a").await, ["alice-1"]);
+        assert_eq!(found(&store, "linux box").await, ["alice-1"]);
+        assert!(found(&store, "box linux").await.is_empty());
+        let narrowed = store
+            .search_recordings(
+                "linux",
+                &SearchFilter {
+                    target: Some("mi-00000000000000001".into()),
+                    since: None,
+                },
+                100,
+                0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(narrowed.len(), 1);
+        let since = store
+            .search_recordings(
+                "linux",
+                &SearchFilter {
+                    target: None,
+                    since: Some(1_500),
+                },
+                100,
+                0,
+            )
+            .await
+            .unwrap();
+        assert_eq!(since[0].session_id, "bob-1");
+        assert_eq!(since.len(), 1);
+        let paged = store
+            .search_recordings("linux", &SearchFilter::default(), 1, 1)
+            .await
+            .unwrap();
+        assert_eq!(paged[0].session_id, "alice-1");
+        let m = store
+            .recording_matches("alice-1", "uname", 10)
+            .await
+            .unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].kind.as_str(), m[0].t), ("i", 0.4));
+        assert_eq!((m[1].kind.as_str(), m[1].t), ("o", 0.5));
+        assert!(m[1].snippet.contains("uname -a"), "{:?}", m[1].snippet);
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A word typed one key per event, across chunk boundaries, is found whole.
+    #[tokio::test]
+    async fn words_split_across_chunks_are_found() {
+        let (store, dir) = store("split").await;
+        session(&store, "s-1", "mi-00000000000000001", 1_000).await;
+        let keys = [("i", 1.0, "h"), ("i", 1.1, "o"), ("i", 1.2, "s")];
+        store.index_recording_text("s-1", &keys).await.unwrap();
+        store
+            .index_recording_text("s-1", &[("i", 2.0, "tna"), ("o", 2.0, "hostn")])
+            .await
+            .unwrap();
+        store
+            .index_recording_text("s-1", &[("i", 3.0, "me\r"), ("o", 3.0, "ame\r\n")])
+            .await
+            .unwrap();
+        assert_eq!(found(&store, "hostname").await, ["s-1"]);
+        let m = store.recording_matches("s-1", "hostname", 10).await.unwrap();
+        assert_eq!(m.len(), 2, "{m:?}");
+        // A new word after a separator is not glued to the last one.
+        store
+            .index_recording_text("s-1", &[("o", 4.0, " whoami")])
+            .await
+            .unwrap();
+        assert!(found(&store, "amewhoami").await.is_empty());
+        assert_eq!(found(&store, "whoami").await, ["s-1"]);
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The attacker's searches: FTS5 syntax in the text is literal, never an operator, a
+    /// column filter, a prefix query or a parse error.
+    #[tokio::test]
+    async fn fts_syntax_in_the_text_is_literal() {
+        let (store, dir) = store("attack").await;
+        session(&store, "a-1", "mi-00000000000000001", 1_000).await;
+        session(&store, "b-1", "mi-00000000000000002", 2_000).await;
+        session(&store, "c-1", "mi-00000000000000003", 3_000).await;
+        store
+            .index_recording_text("a-1", &[("o", 0.0, "secret password here\n")])
+            .await
+            .unwrap();
+        store
+            .index_recording_text("b-1", &[("o", 0.0, "foobar baz\n")])
+            .await
+            .unwrap();
+        store
+            .index_recording_text("c-1", &[("o", 0.0, "say \"near\" NEAR foo: (x) * done\n")])
+            .await
+            .unwrap();
+        for (query, expect) in [
+            // Widening with operators.
+            ("x\" OR \"secret", vec![]),
+            ("secret\" OR \"foobar", vec![]),
+            ("zzz OR secret", vec![]),
+            ("secret OR zzz", vec![]),
+            ("NOT zzz", vec![]),
+            ("secret NOT zzz", vec![]),
+            ("zzz*", vec![]),
+            // A star is not a prefix query: "foobar" is not found, the word "foo" is.
+            ("foo*", vec!["c-1"]),
+            ("*", vec![]),
+            ("\"", vec![]),
+            ("\"\"", vec![]),
+            ("", vec![]),
+            ("   ", vec![]),
+            ("NEAR(secret password)", vec![]),
+            ("NEAR(secret here, 5)", vec![]),
+            // Column filters.
+            ("session_id:a", vec![]),
+            ("text:secret", vec![]),
+            ("{text session_id}:secret", vec![]),
+            ("- secret", vec!["a-1"]),
+            ("^secret", vec!["a-1"]),
+            ("(secret)", vec!["a-1"]),
+            ("secret)", vec!["a-1"]),
+            ("secret AND", vec![]),
+            // What is literally there is found, punctuation and all.
+            ("\"near\" NEAR foo:", vec!["c-1"]),
+            ("near near foo x", vec!["c-1"]),
+            ("foo: (x) * done", vec!["c-1"]),
+            ("foobar", vec!["b-1"]),
+            ("SECRET\0 PASSWORD", vec!["a-1"]),
+        ] {
+            assert_eq!(found(&store, query).await, expect, "query {query:?}");
+            let m = store.recording_matches("a-1", query, 10).await.unwrap();
+            assert_eq!(m.is_empty(), !expect.contains(&"a-1"), "{query:?}");
+        }
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
