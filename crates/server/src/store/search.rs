@@ -107,13 +107,15 @@ impl Store {
                 Some(tail) if continues && !tail.is_empty() => format!("{tail}{text}"),
                 _ => text,
             };
-            sqlx::query("INSERT INTO recording_text (text, session_id, kind, t) VALUES (?, ?, ?, ?)")
-                .bind(&indexed)
-                .bind(session_id)
-                .bind(kind)
-                .bind(if t.is_finite() { t.max(0.0) } else { 0.0 })
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO recording_text (text, session_id, kind, t) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&indexed)
+            .bind(session_id)
+            .bind(kind)
+            .bind(if t.is_finite() { t.max(0.0) } else { 0.0 })
+            .execute(&mut *tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO recording_text_tail (session_id, kind, tail) VALUES (?, ?, ?)
                  ON CONFLICT (session_id, kind) DO UPDATE SET tail = excluded.tail",
@@ -257,7 +259,10 @@ mod tests {
         store
             .index_recording_text(
                 "alice-1",
-                &[("o", 0.5, "$ uname -a\nLinux box 6.1\n"), ("i", 0.4, "uname -a\r")],
+                &[
+                    ("o", 0.5, "$ uname -a\nLinux box 6.1\n"),
+                    ("i", 0.4, "uname -a\r"),
+                ],
             )
             .await
             .unwrap();
@@ -329,7 +334,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(found(&store, "hostname").await, ["s-1"]);
-        let m = store.recording_matches("s-1", "hostname", 10).await.unwrap();
+        let m = store
+            .recording_matches("s-1", "hostname", 10)
+            .await
+            .unwrap();
         assert_eq!(m.len(), 2, "{m:?}");
         // A new word after a separator is not glued to the last one.
         store
