@@ -29,7 +29,7 @@ impl Line {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Esc {
+enum Escape {
     None,
     /// After ESC.
     Start,
@@ -38,13 +38,13 @@ enum Esc {
     /// Inside OSC/DCS/PM/APC: until BEL or ST.
     Str,
     /// ESC seen inside a string (maybe ST).
-    StringEsc,
+    StringEnd,
 }
 
 /// Renders one stream (output, or input) into lines.
 struct Screen {
     line: Line,
-    esc: Esc,
+    esc: Escape,
     csi: String,
     out: Vec<String>,
     prefix: &'static str,
@@ -54,7 +54,7 @@ impl Screen {
     fn new(prefix: &'static str) -> Screen {
         Screen {
             line: Line::default(),
-            esc: Esc::None,
+            esc: Escape::None,
             csi: String::new(),
             out: Vec::new(),
             prefix,
@@ -69,20 +69,20 @@ impl Screen {
     fn feed(&mut self, text: &str, input: bool) {
         for c in text.chars() {
             match self.esc {
-                Esc::Start => {
+                Escape::Start => {
                     self.esc = match c {
                         '[' => {
                             self.csi.clear();
-                            Esc::Csi
+                            Escape::Csi
                         }
-                        ']' | 'P' | 'X' | '^' | '_' => Esc::Str,
-                        _ => Esc::None,
+                        ']' | 'P' | 'X' | '^' | '_' => Escape::Str,
+                        _ => Escape::None,
                     };
                     continue;
                 }
-                Esc::Csi => {
+                Escape::Csi => {
                     if ('\u{40}'..='\u{7e}').contains(&c) {
-                        self.esc = Esc::None;
+                        self.esc = Escape::None;
                         if c == 'K' && (self.csi.is_empty() || self.csi == "0") {
                             self.line.chars.truncate(self.line.cursor);
                         }
@@ -91,25 +91,25 @@ impl Screen {
                     }
                     continue;
                 }
-                Esc::Str => {
+                Escape::Str => {
                     self.esc = match c {
-                        '\u{7}' | '\u{9c}' => Esc::None,
-                        '\u{1b}' => Esc::StringEsc,
-                        _ => Esc::Str,
+                        '\u{7}' | '\u{9c}' => Escape::None,
+                        '\u{1b}' => Escape::StringEnd,
+                        _ => Escape::Str,
                     };
                     continue;
                 }
-                Esc::StringEsc => {
-                    self.esc = if c == '\\' { Esc::None } else { Esc::Str };
+                Escape::StringEnd => {
+                    self.esc = if c == '\\' { Escape::None } else { Escape::Str };
                     continue;
                 }
-                Esc::None => {}
+                Escape::None => {}
             }
             match c {
-                '\u{1b}' => self.esc = Esc::Start,
+                '\u{1b}' => self.esc = Escape::Start,
                 '\u{9b}' => {
                     self.csi.clear();
-                    self.esc = Esc::Csi;
+                    self.esc = Escape::Csi;
                 }
                 '\n' => self.end_line(),
                 // Typed Enter is a carriage return; on output it returns to column 0.
