@@ -20,7 +20,9 @@ fn meta() -> Meta {
 }
 
 /// Writes `n` chunks of output, each with a couple of events, and the manifest.
-fn record(n: usize) -> (Vec<(u64, Vec<u8>)>, Vec<u8>, String) {
+type Written = (Vec<(u64, Vec<u8>)>, Vec<u8>, String);
+
+fn record(n: usize) -> Written {
     let mut r = Recorder::new(&meta(), &SEED);
     let mut chunks = Vec::new();
     let mut seen = String::new();
