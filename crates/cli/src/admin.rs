@@ -24,6 +24,48 @@ pub enum SessionsCommand {
         /// Session id.
         session_id: String,
     },
+    /// A session's recording: export it as an asciicast file, or verify it.
+    #[command(subcommand)]
+    Recording(crate::recording::RecordingCommand),
+    /// Print what a recorded session showed, as plain text.
+    Log {
+        /// Session id.
+        session_id: String,
+        /// Also the lines typed (when input was recorded), prefixed "> ".
+        #[arg(long)]
+        input: bool,
+    },
+    /// Find the sessions that printed or typed TEXT (words, as a phrase).
+    Search {
+        /// The words to find.
+        text: String,
+        /// Only sessions on this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only sessions started since: a duration back (90s, 30m, 1h, 2d) or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        /// The most sessions to list (1-100).
+        #[arg(long)]
+        max: Option<u32>,
+    },
+    /// Play a recorded session in the terminal with its original timing.
+    Replay {
+        /// Session id.
+        session_id: String,
+        /// Playback speed (2 = twice as fast).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Start here, in recording time: 90, 1m30s, 1:30.
+        #[arg(long)]
+        from: Option<String>,
+        /// Cut pauses longer than this many seconds to it (0: keep them).
+        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+        idle_cap: f64,
+        /// Watch a live session as it happens, until it ends.
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -277,6 +319,41 @@ pub async fn sessions(c: SessionsCommand, format: Format) -> anyhow::Result<i32>
                 ],
                 rows,
             );
+        }
+        SessionsCommand::Recording(c) => return crate::recording::recording(&api, c, format).await,
+        SessionsCommand::Log { session_id, input } => {
+            return crate::recording::log(&api, &session_id, input).await
+        }
+        SessionsCommand::Search {
+            text,
+            target,
+            since,
+            max,
+        } => {
+            return crate::recording::search(
+                &api,
+                &text,
+                target.as_deref(),
+                since.as_deref(),
+                max,
+                format,
+            )
+            .await
+        }
+        SessionsCommand::Replay {
+            session_id,
+            speed,
+            from,
+            idle_cap,
+            follow,
+        } => {
+            let o = crate::recording::ReplayOptions {
+                speed,
+                from,
+                idle_cap,
+                follow,
+            };
+            return crate::recording::replay(&api, &session_id, o).await;
         }
         SessionsCommand::Terminate { session_id } => {
             let out = api

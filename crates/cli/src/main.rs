@@ -7,9 +7,11 @@ mod documents;
 mod exec;
 mod iam;
 mod output;
+mod player;
 mod plugin;
 mod port;
 mod port_connections;
+mod recording;
 mod session;
 
 use std::net::SocketAddr;

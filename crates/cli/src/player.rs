@@ -75,7 +75,13 @@ pub struct Player {
 impl Player {
     /// A player over `events` (in recording order), at played time 0 at clock time `now`.
     /// `open` when more may be pushed later (`--follow`).
-    pub fn new(events: Vec<Event>, speed: f64, idle_cap: Option<f64>, open: bool, now: f64) -> Self {
+    pub fn new(
+        events: Vec<Event>,
+        speed: f64,
+        idle_cap: Option<f64>,
+        open: bool,
+        now: f64,
+    ) -> Self {
         let mut p = Player {
             events: Vec::with_capacity(events.len()),
             next: 0,
@@ -124,7 +130,11 @@ impl Player {
         let mut last = 0.0;
         let mut recorded = 0.0;
         for (p, e) in &self.events {
-            recorded = if e.t.is_finite() { e.t.max(recorded) } else { recorded };
+            recorded = if e.t.is_finite() {
+                e.t.max(recorded)
+            } else {
+                recorded
+            };
             if recorded >= t {
                 return *p;
             }
@@ -151,11 +161,13 @@ impl Player {
     }
 
     /// Whether playback is paused.
+    #[cfg(test)]
     pub fn paused(&self) -> bool {
         self.paused
     }
 
     /// The speed (played seconds per real second).
+    #[cfg(test)]
     pub fn speed(&self) -> f64 {
         self.speed
     }
@@ -168,7 +180,11 @@ impl Player {
     /// Moves to played time `to` (clamped to the recording): forward writes what lies
     /// between at once; backward clears the screen and redraws everything up to `to`.
     pub fn seek(&mut self, to: f64, now: f64) -> Step {
-        let to = if to.is_finite() { to.clamp(0.0, self.end()) } else { 0.0 };
+        let to = if to.is_finite() {
+            to.clamp(0.0, self.end())
+        } else {
+            0.0
+        };
         let mut out = String::new();
         if to < self.position(now) {
             out.push_str(CLEAR);

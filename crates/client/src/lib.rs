@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod mux;
 pub mod port;
+pub mod recording;
 pub mod resolve;
 pub mod session;
 pub mod tls;
@@ -19,6 +20,7 @@ pub use api::{
 };
 pub use command::{CommandError, CommandOutput, CommandRequest};
 pub use config::Profile;
+pub use recording::{Recording, RecordingError, RecordingPage};
 pub use session::{
     HandshakeInfo, Input, Outcome, Output, SessionError, SessionEvent, SessionOptions,
 };
