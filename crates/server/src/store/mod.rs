@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod documents;
 pub mod iam;
+pub mod recordings;
 mod rows;
 
 use std::path::Path;
