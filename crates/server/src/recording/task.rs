@@ -244,11 +244,14 @@ impl Outbox {
     }
 
     /// Queues an object for the store: in memory while the store keeps up, else spooled.
+    /// `must_keep` (the session's last chunk and its manifest) stays in memory when the spool
+    /// is full, so the recording can still be sealed once the store is back.
     async fn push(
         &self,
         name: String,
         bytes: Vec<u8>,
         seal: Option<(u64, u64)>,
+        must_keep: bool,
     ) -> Result<(), SpoolFull> {
         let mem_ok = !self.failing.load(Ordering::Relaxed)
             && self.mem_bytes.load(Ordering::Relaxed) + bytes.len() <= MEM_BUDGET;
@@ -256,7 +259,14 @@ impl Outbox {
             self.mem_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
             Data::Mem(bytes)
         } else {
-            self.spill(&name, &bytes).await?
+            match self.spill(&name, &bytes).await {
+                Ok(d) => d,
+                Err(SpoolFull) if must_keep => {
+                    self.mem_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
+                    Data::Mem(bytes)
+                }
+                Err(e) => return Err(e),
+            }
         };
         self.lock().push_back(Item { name, data, seal });
         self.notify.notify_one();
@@ -428,7 +438,12 @@ impl RecordState {
         let Some(chunk) = rec.flush() else { return };
         index_text(&self.setup, std::mem::take(&mut self.texts));
         let name = chunk_name(chunk.index);
-        if self.outbox.push(name, chunk.bytes, None).await.is_err() {
+        if self
+            .outbox
+            .push(name, chunk.bytes, None, false)
+            .await
+            .is_err()
+        {
             self.spool_full(chunk.index).await;
         }
     }
@@ -582,7 +597,7 @@ async fn record_loop(
             index_text(&setup, std::mem::take(&mut st.texts));
             if let Some(c) = last {
                 if outbox
-                    .push(chunk_name(c.index), c.bytes, None)
+                    .push(chunk_name(c.index), c.bytes, None, true)
                     .await
                     .is_err()
                 {
@@ -596,6 +611,7 @@ async fn record_loop(
                     MANIFEST_NAME.to_owned(),
                     bytes,
                     Some((manifest.chunks, total)),
+                    true,
                 )
                 .await
                 .is_err()
