@@ -49,7 +49,7 @@ enum Command {
     /// Run a server and a local agent on loopback, with an admin profile: the quickest start.
     Dev(DevArgs),
     /// Run the server.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Register or run the agent on a host.
     #[command(subcommand)]
     Agent(AgentCommand),
@@ -147,6 +147,19 @@ pub struct ServerArgs {
     /// session duration and their warnings), so tests see limits in seconds.
     #[arg(long, hide = true, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub test_minute_ms: u64,
+    /// Where session recordings go: file:///dir or s3://bucket/prefix (default: the
+    /// preferences' s3BucketName/s3KeyPrefix, else <data-dir>/recordings).
+    #[arg(long, env = "AIRLOCK_RECORDINGS")]
+    pub recordings: Option<String>,
+    /// S3-compatible endpoint for recordings (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "AIRLOCK_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region for recordings.
+    #[arg(long, env = "AIRLOCK_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Most MiB of recording chunks spooled locally while the recording store is down.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1048576))]
+    pub recording_spool_mb: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,7 +284,7 @@ fn main() -> ExitCode {
     run_async_on(one_thread, async move {
         match cli.command {
             Command::Dev(a) => dev::run(a, format).await,
-            Command::Server(a) => run_server(a).await,
+            Command::Server(a) => run_server(*a).await,
             Command::Agent(AgentCommand::Register(a)) => agent_register(a, format).await,
             Command::Agent(AgentCommand::Run(a)) => agent_run(a).await,
             Command::StartSession(a) => session::start(a).await,
@@ -360,6 +373,13 @@ pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
             ..Default::default()
         },
         minute: std::time::Duration::from_millis(a.test_minute_ms),
+        recording: airlock_server::recording::RecordingConfig {
+            url: a.recordings.clone(),
+            s3_endpoint: a.s3_endpoint.clone(),
+            s3_region: a.s3_region.clone(),
+            spool_max_bytes: a.recording_spool_mb.saturating_mul(1024 * 1024),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }

@@ -41,6 +41,9 @@ pub enum RecordingCommand {
 
 /// How often `--follow` asks for new chunks (the recorder flushes about once a second).
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// Empty polls after a followed session ended before the viewer stops waiting for its last
+/// chunk and manifest.
+const ENDED_POLLS: u32 = 5;
 /// The longest the replay loop sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 
@@ -398,6 +401,7 @@ pub async fn replay(api: &ApiClient, session_id: &str, o: ReplayOptions) -> anyh
         .context("cannot watch for SIGHUP")?;
     let mut next_fetch = tokio::time::Instant::now() + FOLLOW_POLL;
     let mut keys_open = interactive;
+    let mut quiet_polls = 0u32;
     let result: anyhow::Result<()> = async {
         loop {
             let step = player.poll(clock());
@@ -433,9 +437,14 @@ pub async fn replay(api: &ApiClient, session_id: &str, o: ReplayOptions) -> anyh
                 let page = api.recording_page(session_id, next_chunk, None).await?;
                 if let Some((last, _)) = page.chunks.last() {
                     next_chunk = last + 1;
+                    quiet_polls = 0;
                     player.push(events_of(&header_line, &page.chunks)?);
+                } else if !page.live {
+                    quiet_polls += 1;
                 }
-                if !page.live && page.next_chunk.is_none() {
+                // Ended: sealed and read to the end, or nothing new for a few polls after the
+                // end (an unsealed recording waits for crash recovery, not for this viewer).
+                if !page.live && (page.next_chunk.is_none() || quiet_polls >= ENDED_POLLS) {
                     player.close();
                 }
             }

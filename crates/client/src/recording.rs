@@ -49,7 +49,9 @@ pub struct RecordingPage {
     pub manifest: Option<Vec<u8>>,
     /// The server's recording public key, hex.
     pub public_key: String,
-    /// The chunk to ask for next, when there are more now.
+    /// The chunk to ask for next: set while more are stored, and while the session is live
+    /// or its recording unsealed (poll it to follow); `None` once a sealed recording was read
+    /// to its end.
     pub next_chunk: Option<u64>,
 }
 
@@ -193,8 +195,12 @@ impl ApiClient {
             rec.live = page.live;
             rec.public_key = page.public_key;
             rec.manifest = page.manifest;
+            let caught_up = page.chunks.is_empty();
             rec.chunks.extend(page.chunks);
             match page.next_chunk {
+                // A live (or unsealed) recording always names the next chunk to poll for; an
+                // empty page means everything stored now was read.
+                Some(n) if n == from && caught_up => return Ok(rec),
                 // A server must move forward; one that does not is not followed in circles.
                 Some(n) if n > from => from = n,
                 Some(n) => {

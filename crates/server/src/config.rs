@@ -57,6 +57,8 @@ pub struct ServerConfig {
     /// the warning before each). Always 60 s in production; tests shorten it to run limits
     /// in seconds (`airlock server --test-minute-ms`, hidden).
     pub minute: Duration,
+    /// Session recording: the store (`--recordings`), S3 endpoint and region, the spool bound.
+    pub recording: crate::recording::RecordingConfig,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +77,7 @@ impl Default for ServerConfig {
             limits: crate::limits::Limits::default(),
             audit_checkpoint_interval: Duration::from_secs(1),
             minute: Duration::from_secs(60),
+            recording: crate::recording::RecordingConfig::default(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub enum EndReason {
     ServerError(String),
     /// The server restarted while the session was open.
     ServerRestarted,
+    /// The session could not be recorded and the failure policy is FailClosed (what failed).
+    RecordingFailed(String),
 }
 
 impl EndReason {
@@ -51,6 +53,7 @@ impl EndReason {
             EndReason::Deregistered => "Deregistered",
             EndReason::ServerError(_) => "ServerError",
             EndReason::ServerRestarted => "ServerRestarted",
+            EndReason::RecordingFailed(_) => "RecordingFailed",
         }
     }
 
@@ -66,7 +69,8 @@ impl EndReason {
             | EndReason::AgentRefused(s)
             | EndReason::RunAsFailed(s)
             | EndReason::HostError(s)
-            | EndReason::ServerError(s) => s.clone(),
+            | EndReason::ServerError(s)
+            | EndReason::RecordingFailed(s) => s.clone(),
             EndReason::ClientGone | EndReason::Deregistered | EndReason::ServerRestarted => {
                 String::new()
             }
@@ -135,6 +139,9 @@ impl EndReason {
             EndReason::Deregistered => "the instance was deregistered".to_owned(),
             EndReason::ServerError(what) => what.clone(),
             EndReason::ServerRestarted => "server restarted".to_owned(),
+            EndReason::RecordingFailed(what) => {
+                format!("Session ended: it could not be recorded ({what}) and the recording failure policy is FailClosed.")
+            }
         }
     }
 

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod listener;
 pub mod port_audit;
 pub mod preferences;
+pub mod recording;
 pub mod refusals;
 pub mod register;
 pub mod replay;
@@ -228,6 +229,11 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     // The session preferences: the default version of SSM-SessionManagerRunShell, stored
     // with its built-in defaults on first start.
     let preferences = api::documents_api::load_preferences(&store).await?;
+    let recordings = recording::Recordings::new(
+        config.recording.clone(),
+        config.data_dir.clone(),
+        *store.key.recording_seed(),
+    );
 
     let loopback = config.listen.ip().is_loopback();
     let tls = match &config.tls {
@@ -288,10 +294,12 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         refusals,
         preferences: preferences::PreferencesCell::default(),
         live: session_limits::LiveSessions::default(),
+        recordings,
     });
     state.preferences.set(preferences);
     session_limits::spawn(state.clone());
     revocation::spawn(state.clone());
+    recording::recover::spawn(state.clone());
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());

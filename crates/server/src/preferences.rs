@@ -43,6 +43,47 @@ pub struct Preferences {
     /// Airlock's own: refuse port sessions to link-local and cloud-metadata addresses
     /// (169.254.0.0/16, fe80::/10, fd00:ec2::254 …) at the server, before any agent is asked.
     pub deny_link_local_destinations: bool,
+    /// Airlock's own `recordSessions`: record shell and interactive-command sessions at the
+    /// gateway (default true).
+    pub record_sessions: bool,
+    /// Airlock's own `recordInput`: record what users type too (default false: passwords are
+    /// typed into shells).
+    pub record_input: bool,
+    /// Airlock's own `recordingFailurePolicy`; `None` takes the default ([`Preferences::failure_policy`]).
+    pub recording_failure_policy: Option<FailurePolicy>,
+}
+
+/// What happens to sessions when the recording store cannot be written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Sessions go on; chunks wait in the local spool and are uploaded when the store is back.
+    FailOpen,
+    /// New shell sessions are refused while the store is unreachable, and a session whose
+    /// spool overflows is ended.
+    FailClosed,
+}
+
+impl FailurePolicy {
+    /// The preference's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::FailOpen => "FailOpen",
+            FailurePolicy::FailClosed => "FailClosed",
+        }
+    }
+}
+
+impl Preferences {
+    /// The failure policy in force: as set, else FailClosed when `s3EncryptionEnabled` asks
+    /// for strictness, else FailOpen.
+    pub fn failure_policy(&self) -> FailurePolicy {
+        self.recording_failure_policy
+            .unwrap_or(if self.s3_encryption_enabled {
+                FailurePolicy::FailClosed
+            } else {
+                FailurePolicy::FailOpen
+            })
+    }
 }
 
 impl Default for Preferences {
@@ -65,6 +106,9 @@ impl Default for Preferences {
             max_sessions_per_user: None,
             max_sessions_per_target: None,
             deny_link_local_destinations: true,
+            record_sessions: true,
+            record_input: false,
+            recording_failure_policy: None,
         }
     }
 }

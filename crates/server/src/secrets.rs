@@ -79,6 +79,7 @@ pub struct MasterKey {
     aead: ChaCha20Poly1305,
     audit: [u8; 32],
     checkpoint: [u8; 32],
+    recording: [u8; 32],
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -119,6 +120,7 @@ impl MasterKey {
             aead: ChaCha20Poly1305::new(Key::from_slice(&raw)),
             audit: derive(b"airlock-audit-chain-v1", &raw),
             checkpoint: derive(b"airlock-audit-checkpoint-v1", &raw),
+            recording: derive(b"airlock-recording-signing-v1", &raw),
         })
     }
 
@@ -126,6 +128,12 @@ impl MasterKey {
     /// the database but not read the key file cannot forge or re-chain records.
     pub fn audit_key(&self) -> &[u8; 32] {
         &self.audit
+    }
+
+    /// The Ed25519 seed signing session recordings (a label of its own): the database never
+    /// holds it, so whoever can write the database or the object store cannot re-sign chunks.
+    pub fn recording_seed(&self) -> &[u8; 32] {
+        &self.recording
     }
 
     /// The key signing the audit checkpoint (a label of its own, so a checkpoint can never be

@@ -40,4 +40,6 @@ pub struct AppState {
     pub preferences: crate::preferences::PreferencesCell,
     /// Live sessions, for the limit enforcer and the revocation sweep.
     pub live: crate::session_limits::LiveSessions,
+    /// Session recordings: live recorders, stores, the signing key.
+    pub recordings: crate::recording::Recordings,
 }

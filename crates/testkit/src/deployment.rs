@@ -69,6 +69,9 @@ pub struct Deployment {
     /// The server's data directory.
     pub data_dir: PathBuf,
     server: tokio::process::Child,
+    bin: PathBuf,
+    port: u16,
+    server_args: Vec<String>,
     _agent: tokio::process::Child,
     _dir: TempDir,
 }
@@ -163,11 +166,42 @@ impl Deployment {
             instance_id,
             data_dir,
             server,
+            bin,
+            port,
+            server_args: server_args.iter().map(|s| s.to_string()).collect(),
             _agent: agent,
             _dir: dir,
         };
         d.wait_online().await;
         d
+    }
+
+    /// Kills the server process with SIGKILL (no shutdown of any kind), then starts it again
+    /// on the same address and data directory with the same arguments, and waits until the
+    /// agent is back online: what a crash and a restart look like.
+    pub async fn kill_and_restart_server(&mut self) {
+        self.server.start_kill().expect("SIGKILL the server");
+        let _ = self.server.wait().await;
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.0.join("server.log"))
+            .expect("server log");
+        let mut server = tokio::process::Command::new(&self.bin)
+            .args(["server", "--self-signed", "--listen"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(&self.server_args)
+            .env("AIRLOCK_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("airlock server restarts");
+        let _ = read_banner(server.stdout.take().expect("stdout"), true).await;
+        self.server = server;
+        self.wait_online().await;
     }
 
     /// An API client of the admin.

@@ -206,6 +206,7 @@ pub async fn dispatch(
             Ok(json!({}))
         }
         "ListPortConnections" => super::port_connections::list(state, caller, input).await,
+        "GetSessionRecording" => super::recordings::get(state, caller, parse(input)?).await,
         "SearchSessions" => super::search::search(state, caller, input).await,
         _ => match super::iam::dispatch(state, caller, op, input).await {
             Some(r) => r,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod iam;
 pub mod instances;
 pub mod port_connections;
+pub mod recordings;
 pub mod search;
 pub mod sessions;
 

@@ -3,8 +3,8 @@
 //!
 //! A result is the content of a recording, so each session is shown only to whom may read its
 //! recording: its owner, or a caller allowed `airlock:GetSessionRecording` on the session ARN;
-//! an explicit `Deny` wins over ownership ([`may_read_recording`], the rule of
-//! `GetSessionRecording`, decided quietly per session). The call needs no permission of its
+//! an explicit `Deny` wins over ownership (`GetSessionRecording`'s own rule,
+//! [`super::recordings::may_read_recording`], decided quietly per session). The call needs no permission of its
 //! own: who may read nothing finds nothing. It is audited with what was searched and which
 //! sessions were shown.
 
@@ -19,8 +19,6 @@ use crate::state::AppState;
 use crate::store::search::SearchFilter;
 use crate::store::Session;
 
-/// The policy action that lets a caller read recordings of sessions that are not theirs.
-pub const READ_ACTION: &str = "airlock:GetSessionRecording";
 /// The action the call is audited under.
 pub const ACTION: &str = "airlock:SearchSessions";
 /// `MaxResults` when the caller gives none.
@@ -46,7 +44,8 @@ struct SearchInput {
     max_results: Option<i64>,
 }
 
-/// A session as the policy resource of its recording, with the session's system tags.
+/// A session as the policy resource of its recording, with the session's system tags (as
+/// `sessions::session_resource` builds it, without reading the session again).
 pub fn recording_resource(state: &AppState, s: &Session) -> Resource {
     Resource {
         arn: format!(
@@ -60,28 +59,6 @@ pub fn recording_resource(state: &AppState, s: &Session) -> Resource {
             ),
             ("aws:ssmmessages:target-id".to_owned(), s.target.clone()),
         ],
-    }
-}
-
-/// Whether `caller` may read the recording of `s`, without an audit record: an explicit Deny
-/// of `airlock:GetSessionRecording` on the session refuses, an Allow admits, and otherwise the
-/// session's owner (same user id) may read their own.
-pub fn may_read_recording(state: &AppState, caller: &Caller, s: &Session) -> bool {
-    let resource = recording_resource(state, s);
-    let ctx = crate::authz::context(
-        state,
-        &caller.principal,
-        &caller.source_ip.to_string(),
-        caller.secure,
-        READ_ACTION,
-        &resource,
-    );
-    match crate::authz::decide(&caller.principal, &ctx) {
-        airlock_policy::Decision::Allow { .. } => true,
-        airlock_policy::Decision::ExplicitDeny { .. } => false,
-        airlock_policy::Decision::ImplicitDeny { .. } => {
-            !s.owner_user_id.is_empty() && s.owner_user_id == caller.user.user_id
-        }
     }
 }
 
@@ -155,7 +132,15 @@ pub async fn search(
             .await?;
         let len = page.len() as i64;
         for s in page {
-            if shown.len() < max && may_read_recording(state, caller, &s) {
+            if shown.len() < max
+                && super::recordings::may_read_recording(
+                    state,
+                    caller,
+                    Some(&s),
+                    &recording_resource(state, &s),
+                )
+                .0
+            {
                 shown.push(s);
             }
         }

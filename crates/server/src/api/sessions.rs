@@ -366,10 +366,37 @@ pub async fn start(
             document_access_check: input.document_name.is_some(),
         },
     };
+    // Recorded sessions: under FailClosed, refused while the recording store is down.
+    let recording = state
+        .recordings
+        .plan(&state.preferences.get(), &session_type);
+    if let Some(plan) = &recording {
+        state.recordings.admit(plan).await?;
+    }
     create_within_limits(state, caller, &session).await?;
     state
         .live
         .add(&session_id, &session_type, credential_expires_at);
+    if let Some(plan) = recording {
+        let policy = plan.policy;
+        if let Err(e) = state.recordings.begin(state, &session, plan).await {
+            tracing::error!(session_id, "recording could not start: {e}");
+            if policy == crate::preferences::FailurePolicy::FailClosed {
+                crate::sessions::end(
+                    state,
+                    &session_id,
+                    crate::sessions::End {
+                        reason: EndReason::RecordingFailed(e.to_string()),
+                        notify_agent: false,
+                    },
+                )
+                .await;
+                return Err(ApiError::internal(format!(
+                    "recording could not start: {e}"
+                )));
+            }
+        }
+    }
     // The session's start is on the record before anything runs; without it, nothing does.
     let started = crate::store::audit::AuditEvent {
         event: "session-start".into(),

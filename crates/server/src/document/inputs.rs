@@ -9,7 +9,7 @@
 use serde_json::{json, Map, Value};
 
 use super::{content_error, SessionError};
-use crate::preferences::Preferences;
+use crate::preferences::{FailurePolicy, Preferences};
 
 /// Airlock's own input: most open sessions per user.
 pub const MAX_SESSIONS_PER_USER: &str = "maxSessionsPerUser";
@@ -17,6 +17,12 @@ pub const MAX_SESSIONS_PER_USER: &str = "maxSessionsPerUser";
 pub const MAX_SESSIONS_PER_TARGET: &str = "maxSessionsPerTarget";
 /// Airlock's own input: refuse link-local and metadata destinations for port sessions.
 pub const DENY_LINK_LOCAL: &str = "denyLinkLocalDestinations";
+/// Airlock's own input: record shell sessions at the gateway.
+pub const RECORD_SESSIONS: &str = "recordSessions";
+/// Airlock's own input: record input (keystrokes) too.
+pub const RECORD_INPUT: &str = "recordInput";
+/// Airlock's own input: `FailOpen` or `FailClosed` when the recording store is down.
+pub const RECORDING_FAILURE_POLICY: &str = "recordingFailurePolicy";
 
 /// Longest shell profile, in bytes.
 const MAX_PROFILE_BYTES: usize = 4096;
@@ -145,6 +151,22 @@ pub fn preferences(inputs: Option<&Value>) -> Result<Preferences, SessionError> 
                 p.max_sessions_per_target = number(v, k, (1, MAX_CONCURRENCY))?
             }
             DENY_LINK_LOCAL => p.deny_link_local_destinations = boolean(v, k)?,
+            RECORD_SESSIONS => p.record_sessions = boolean(v, k)?,
+            RECORD_INPUT => p.record_input = boolean(v, k)?,
+            RECORDING_FAILURE_POLICY => {
+                p.recording_failure_policy = match v {
+                    Value::String(s) if s.is_empty() => None,
+                    Value::Null => None,
+                    Value::String(s) if s == "FailOpen" => Some(FailurePolicy::FailOpen),
+                    Value::String(s) if s == "FailClosed" => Some(FailurePolicy::FailClosed),
+                    _ => {
+                        let shown: String = v.to_string().chars().take(40).collect();
+                        return Err(content_error(format!(
+                            "{RECORDING_FAILURE_POLICY} must be FailOpen or FailClosed (or empty), not {shown}."
+                        )));
+                    }
+                }
+            }
             other => {
                 let shown: String = other.chars().take(64).collect();
                 return Err(content_error(format!(
@@ -152,7 +174,8 @@ pub fn preferences(inputs: Option<&Value>) -> Result<Preferences, SessionError> 
                      maxSessionDuration, runAsEnabled, runAsDefaultUser, shellProfile, \
                      s3BucketName, s3KeyPrefix, s3EncryptionEnabled, cloudWatchLogGroupName, \
                      cloudWatchStreamingEnabled, cloudWatchEncryptionEnabled, kmsKeyId, \
-                     {MAX_SESSIONS_PER_USER}, {MAX_SESSIONS_PER_TARGET}, {DENY_LINK_LOCAL}."
+                     {MAX_SESSIONS_PER_USER}, {MAX_SESSIONS_PER_TARGET}, {DENY_LINK_LOCAL}, \
+                     {RECORD_SESSIONS}, {RECORD_INPUT}, {RECORDING_FAILURE_POLICY}."
                 )));
             }
         }
@@ -179,6 +202,9 @@ pub fn to_inputs(p: &Preferences) -> Value {
         MAX_SESSIONS_PER_USER: opt(p.max_sessions_per_user),
         MAX_SESSIONS_PER_TARGET: opt(p.max_sessions_per_target),
         DENY_LINK_LOCAL: p.deny_link_local_destinations,
+        RECORD_SESSIONS: p.record_sessions,
+        RECORD_INPUT: p.record_input,
+        RECORDING_FAILURE_POLICY: p.recording_failure_policy.map(|f| f.as_str()).unwrap_or_default(),
     })
 }
 

@@ -332,7 +332,8 @@ pub async fn serve(
     }
 
     let writer = tokio::spawn(write_loop(writer, rx, cancel.clone()));
-    read_loop(&state, &relay, side, reader, cancel.clone()).await;
+    let recorder = state.recordings.handle(&session_id);
+    read_loop(&state, &relay, side, reader, cancel.clone(), recorder).await;
     cancel.cancel();
     let _ = writer.await;
 
@@ -501,6 +502,7 @@ async fn read_loop(
     side: Side,
     mut stream: DcReader,
     cancel: CancellationToken,
+    recorder: Option<crate::recording::task::Handle>,
 ) {
     let mut peer_watch = relay.watch(side.peer());
     let mut peer: Option<SideConn> = None;
@@ -563,6 +565,10 @@ async fn read_loop(
             && !(side == Side::Agent && relay.is_echo(&data))
         {
             relay.touch();
+        }
+        // Recording: a type check and a `Bytes` clone onto the recorder's queue, never a wait.
+        if let Some(r) = &recorder {
+            r.offer(side, kind.as_ref(), &data);
         }
         tracing::trace!(
             session_id = relay.session_id(),

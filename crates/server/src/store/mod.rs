@@ -6,6 +6,7 @@
 pub mod audit;
 pub mod documents;
 pub mod iam;
+pub mod recordings;
 mod rows;
 pub mod search;
 
@@ -49,6 +50,8 @@ pub struct Store {
     pub(crate) audit_lock: std::sync::Arc<tokio::sync::Mutex<Option<audit::AuditHead>>>,
     /// A copy of that head the checkpoint writer reads without queueing behind appends.
     pub(crate) audit_head: std::sync::Arc<std::sync::Mutex<Option<audit::AuditHead>>>,
+    /// The queue of recorded text waiting for the search index (started on first use).
+    pub(crate) text_index: std::sync::Arc<std::sync::OnceLock<search::IndexQueue>>,
 }
 
 /// The `[{"Key":…,"Value":…}]` tags stored with an activation, as pairs.
@@ -121,6 +124,7 @@ impl Store {
             key,
             audit_lock: Default::default(),
             audit_head: Default::default(),
+            text_index: Default::default(),
         };
         store.reseal_secrets().await?;
         Ok(store)

@@ -71,7 +71,106 @@ fn trailing_word(text: &str) -> &str {
     &text[start..]
 }
 
+/// The text to index for one stored chunk's recorded events (`(kind, t, data)`, kind `"o"` or
+/// `"i"`, in order): per kind, the plain transcript of all its events together (escapes
+/// removed, backspaces applied), so typed keys (one event each) form words. A chunk that ends
+/// inside a line keeps it open (no line break added, a trailing blank kept), so that
+/// [`Store::index_recording_text`] can join a word the next chunk completes.
+pub fn index_rows(events: &[(&str, f64, String)]) -> Vec<(&'static str, f64, String)> {
+    use airlock_recording::{Event, EventKind};
+    let mut rows = Vec::new();
+    for (kind, ek) in [("o", EventKind::Output), ("i", EventKind::Input)] {
+        let evs: Vec<Event> = events
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|(_, t, data)| Event {
+                t: *t,
+                kind: ek,
+                data: data.clone(),
+            })
+            .collect();
+        let Some(first) = evs.first() else { continue };
+        let t = first.t;
+        let mut text = airlock_recording::transcript(&evs, ek == EventKind::Input);
+        if ek == EventKind::Input {
+            // Typed lines come prefixed "> " for people; the index wants the words alone.
+            text = text
+                .split('\n')
+                .map(|l| l.strip_prefix("> ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        let last = evs.iter().rev().find_map(|e| e.data.chars().last());
+        let line_ended =
+            matches!(last, Some('\n')) || (ek == EventKind::Input && last == Some('\r'));
+        if !line_ended {
+            if text.ends_with('\n') {
+                text.pop();
+            }
+            if last.is_some_and(char::is_whitespace) {
+                text.push(' ');
+            }
+        }
+        if !text.trim().is_empty() {
+            rows.push((kind, t, text));
+        }
+    }
+    rows
+}
+
+/// Chunks' text waiting for the index, in the order the recorders stored them.
+pub type IndexQueue = tokio::sync::mpsc::Sender<(String, Vec<(&'static str, f64, String)>)>;
+
+/// Chunks' texts the index queue holds before it drops new ones (each about a second of one
+/// session's output).
+const INDEX_QUEUE: usize = 4096;
+
 impl Store {
+    /// Hands the text of one stored chunk (`index_rows`) to the search index without waiting:
+    /// one writer task indexes them in order (a word split across two chunks is joined only
+    /// if they are indexed in order). Never blocks the recorder: when the queue is full the
+    /// text is left out of the index (said in the log) and `false` returned; the recording
+    /// itself is unaffected. Must be called within a tokio runtime.
+    pub fn queue_recording_text(
+        &self,
+        session_id: &str,
+        rows: Vec<(&'static str, f64, String)>,
+    ) -> bool {
+        if rows.is_empty() {
+            return true;
+        }
+        let queue = self.text_index.get_or_init(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(
+                String,
+                Vec<(&'static str, f64, String)>,
+            )>(INDEX_QUEUE);
+            let store = self.clone();
+            tokio::spawn(async move {
+                while let Some((id, rows)) = rx.recv().await {
+                    let rows: Vec<(&str, f64, &str)> =
+                        rows.iter().map(|(k, t, s)| (*k, *t, s.as_str())).collect();
+                    if let Err(e) = store.index_recording_text(&id, &rows).await {
+                        tracing::warn!(
+                            session_id = id,
+                            "recording text not indexed for search: {e}"
+                        );
+                    }
+                }
+            });
+            tx
+        });
+        match queue.try_send((session_id.to_owned(), rows)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    session_id,
+                    "search index queue is full or closed: a chunk's text is left out of search: {e}"
+                );
+                false
+            }
+        }
+    }
+
     /// Indexes the plain text of one stored chunk of a session's recording: `(kind, t, text)`
     /// entries (`kind` `"o"` or `"i"`, `t` seconds into the session). Entries of one kind are
     /// indexed together as one row at the time of the first, so typed keys (one event each)
@@ -348,6 +447,33 @@ mod tests {
         assert_eq!(found(&store, "whoami").await, ["s-1"]);
         store.pool.close().await;
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// What the recorder hands over per chunk becomes words: keys joined, escapes removed,
+    /// an unfinished line left open (with its trailing blank) for the next chunk.
+    #[test]
+    fn index_rows_make_words() {
+        let ev = |k: &'static str, t: f64, d: &str| (k, t, d.to_owned());
+        let rows = index_rows(&[
+            ev("o", 0.1, "\u{1b}[1;32m$\u{1b}[0m "),
+            ev("i", 0.2, "h"),
+            ev("i", 0.3, "o"),
+            ev("o", 0.2, "ho"),
+        ]);
+        assert_eq!(
+            rows,
+            vec![("o", 0.1, "$ ho".to_owned()), ("i", 0.2, "ho".to_owned())]
+        );
+        let rows = index_rows(&[ev("i", 1.0, "st\u{7f}tname\r"), ev("o", 1.0, "echo ")]);
+        assert_eq!(
+            rows,
+            vec![
+                ("o", 1.0, "echo ".to_owned()),
+                ("i", 1.0, "stname\n".to_owned())
+            ]
+        );
+        assert!(index_rows(&[ev("o", 0.0, "\u{1b}[H\u{1b}[2J")]).is_empty());
+        assert!(index_rows(&[]).is_empty());
     }
 
     /// The attacker's searches: FTS5 syntax in the text is literal, never an operator, a

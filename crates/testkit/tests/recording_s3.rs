@@ -1,0 +1,340 @@
+//! Recordings in S3 (issue 11), against a real S3-compatible server: moto's `moto_server`
+//! (installed into target/pyenv by scripts/test), reached through a TCP relay the test can cut
+//! to take "the store" down and bring it back without losing moto's state. Covers both failure
+//! policies: FailOpen spools and uploads when the store is back; FailClosed refuses new shell
+//! sessions while it is down, and ends a session whose spool overflows.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_client::session::SessionOptions;
+use airlock_client::ApiClient;
+use airlock_recording::EventKind;
+use airlock_server::preferences::FailurePolicy;
+use airlock_testkit::{eventually, free_port, TestServer, TestSession};
+use base64::Engine;
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const T: Duration = Duration::from_secs(20);
+const BUCKET: &str = "airlock-recordings";
+const PREFIX: &str = "team/a";
+
+fn moto_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("AIRLOCK_TEST_MOTO") {
+        return Some(PathBuf::from(p));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/moto_server");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    airlock_testkit::aws::missing("moto_server (pip moto[server])")
+}
+
+/// moto_server on a free loopback port, killed on drop.
+struct Moto {
+    port: u16,
+    _child: tokio::process::Child,
+}
+
+impl Moto {
+    async fn start() -> Option<Moto> {
+        let bin = moto_binary()?;
+        let port = free_port();
+        let child = tokio::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto_server starts");
+        let http = reqwest::Client::new();
+        let url = format!("http://127.0.0.1:{port}/{BUCKET}");
+        eventually("moto_server answers", Duration::from_secs(30), || async {
+            http.put(&url)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        })
+        .await;
+        Some(Moto {
+            port,
+            _child: child,
+        })
+    }
+
+    /// Object keys under the prefix.
+    async fn keys(&self) -> String {
+        reqwest::get(format!(
+            "http://127.0.0.1:{}/{BUCKET}?list-type=2&prefix={PREFIX}/",
+            self.port
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+    }
+}
+
+/// A TCP relay in front of moto: `down()` closes every connection through it and refuses new
+/// ones (the store is unreachable), `up()` serves again.
+struct Cut {
+    port: u16,
+    up: Arc<std::sync::Mutex<CancellationToken>>,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cut {
+    async fn start(to: u16) -> Cut {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (u, a) = (up.clone(), alive.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !a.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let cut = u.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(mut out) = TcpStream::connect(("127.0.0.1", to)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Cut { port, up, alive }
+    }
+
+    fn down(&self) {
+        self.alive.store(false, std::sync::atomic::Ordering::SeqCst);
+        let mut g = self.up.lock().unwrap();
+        g.cancel();
+        *g = CancellationToken::new();
+    }
+
+    fn up(&self) {
+        self.alive.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn server(endpoint_port: u16, policy: FailurePolicy, spool_max: u64) -> TestServer {
+    // The standard variables, as an operator sets them (moto accepts any key).
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let server = TestServer::start_with(|c| {
+        c.recording.s3_endpoint = Some(format!("http://127.0.0.1:{endpoint_port}"));
+        c.recording.s3_region = Some("us-east-1".into());
+        c.recording.spool_max_bytes = spool_max;
+        c.recording.store_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let mut p = (*server.state().preferences.get()).clone();
+    p.s3_bucket_name = BUCKET.into();
+    p.s3_key_prefix = PREFIX.into();
+    p.recording_failure_policy = Some(policy);
+    server.state().preferences.set(p);
+    server
+}
+
+async fn read_all(api: &ApiClient, id: &str) -> (Vec<(u64, Vec<u8>)>, Option<Vec<u8>>, Value) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let out = api
+        .call(
+            "Airlock.GetSessionRecording",
+            &json!({ "SessionId": id, "MaxChunks": 1000 }),
+        )
+        .await
+        .expect("GetSessionRecording");
+    let chunks = out["Chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["Index"].as_u64().unwrap(),
+                b64.decode(c["Data"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    let manifest = out["Manifest"].as_str().map(|m| b64.decode(m).unwrap());
+    (chunks, manifest, out)
+}
+
+async fn sealed_output(api: &ApiClient, id: &str) -> String {
+    let (chunks, manifest, out) =
+        eventually("the recording sealed", Duration::from_secs(40), || async {
+            let r = read_all(api, id).await;
+            (r.2["Sealed"] == true).then_some(r)
+        })
+        .await;
+    let key = hex_key(out["PublicKey"].as_str().unwrap());
+    let report = airlock_recording::verify(&chunks, manifest.as_deref(), &key);
+    assert!(report.ok(), "{report}");
+    let bodies: Vec<Vec<u8>> = chunks.into_iter().map(|(_, b)| b).collect();
+    let (_, evs) =
+        airlock_recording::parse_cast(&airlock_recording::export(&bodies).unwrap()).unwrap();
+    evs.iter()
+        .filter(|e| e.kind == EventKind::Output)
+        .map(|e| e.data.as_str())
+        .collect()
+}
+
+fn hex_key(s: &str) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+    }
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_spools_while_s3_is_down_and_uploads_when_it_is_back() {
+    common::capture_logs();
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let cut = Cut::start(moto.port).await;
+    let server = server(cut.port, FailurePolicy::FailOpen, 64 * 1024 * 1024).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo up-$((1+1))\n").await;
+    s.expect("up-2", T).await;
+    let id = s.grant.session_id.clone();
+    eventually("the first chunk in S3", T, || async {
+        moto.keys()
+            .await
+            .contains(&format!("{PREFIX}/{id}/0000000000.chunk"))
+            .then_some(())
+    })
+    .await;
+
+    cut.down();
+    // The shell does not slow down while the store is unreachable.
+    for i in 0..5 {
+        let t = Instant::now();
+        s.send(&format!("echo while-down-{i}-$((i=7*6))\n")).await;
+        s.expect(&format!("while-down-{i}-42"), T).await;
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "a command took {:?} with the store down",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let spool = server.dir.0.join("server/recording-spool").join(&id);
+    eventually("chunks spooled locally", T, || async {
+        std::fs::read_dir(&spool)
+            .ok()
+            .map(|d| d.count())
+            .filter(|n| *n > 0)
+            .map(|_| ())
+    })
+    .await;
+    let log = common::logs();
+    assert!(
+        log.contains("recording store failed, spooling locally"),
+        "{log}"
+    );
+
+    cut.up();
+    s.send("echo back-$((2+2))\n").await;
+    s.expect("back-4", T).await;
+    s.send("exit\n").await;
+    let (_, seen) = s.finish(T).await;
+    let recorded = sealed_output(&api, &id).await;
+    assert_eq!(recorded, seen, "nothing was lost while the store was down");
+    assert!(recorded.contains("while-down-4-42"));
+    assert!(moto
+        .keys()
+        .await
+        .contains(&format!("{PREFIX}/{id}/manifest.json")));
+    assert!(!spool.exists(), "the spool is emptied once uploaded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_new_sessions_while_s3_is_down_and_ends_one_whose_spool_overflows() {
+    common::capture_logs();
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let cut = Cut::start(moto.port).await;
+    // A spool too small for anything: a session that must spool cannot be recorded.
+    let server = server(cut.port, FailurePolicy::FailClosed, 16).await;
+    let agent = server.agent().await;
+    let api = server.api();
+
+    cut.down();
+    let e = api
+        .start_session(&json!({ "Target": agent.instance_id }))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RecordingUnavailableException"), "{e}");
+    assert!(
+        e.contains("FailClosed") && e.contains(&format!("s3://{BUCKET}/{PREFIX}")),
+        "{e}"
+    );
+    assert!(
+        server.sessions("Active").await.is_empty(),
+        "no session was created"
+    );
+
+    cut.up();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo recorded-$((3+3))\n").await;
+    s.expect("recorded-6", T).await;
+    let id = s.grant.session_id.clone();
+    eventually("the first chunk in S3", T, || async {
+        moto.keys()
+            .await
+            .contains(&format!("{PREFIX}/{id}/0000000000.chunk"))
+            .then_some(())
+    })
+    .await;
+
+    // The store goes away mid-session and the spool cannot hold a chunk: the session ends,
+    // with a reason saying why.
+    cut.down();
+    s.send("for i in $(seq 1 40); do echo tick-$i; sleep 0.25; done\n")
+        .await;
+    let ended = server.wait_history(&id).await;
+    let details = ended.to_string();
+    assert!(details.contains("RecordingFailed"), "{details}");
+    let _ = s.finish(T).await;
+    let log = common::logs();
+    assert!(log.contains("recording spool full"), "{log}");
+
+    // Back up: the recording is sealed (chunks stored before the outage) and verifies.
+    cut.up();
+    let recorded = eventually(
+        "sealed after the outage",
+        Duration::from_secs(40),
+        || async {
+            let r = read_all(&api, &id).await;
+            (r.2["Sealed"] == true).then_some(r)
+        },
+    )
+    .await;
+    let bodies: Vec<Vec<u8>> = recorded.0.iter().map(|(_, b)| b.clone()).collect();
+    let cast = airlock_recording::export(&bodies).unwrap();
+    assert!(cast.contains("recorded-6"));
+}
