@@ -44,6 +44,8 @@ const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// Empty polls after a followed session ended before the viewer stops waiting for its last
 /// chunk and manifest.
 const ENDED_POLLS: u32 = 5;
+/// How long (in polls) `--follow` waits for a live session's first chunk.
+const FIRST_CHUNK_POLLS: u32 = 30;
 /// The longest the replay loop sleeps without looking at the clock again.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
 
@@ -351,7 +353,18 @@ pub async fn replay(api: &ApiClient, session_id: &str, o: ReplayOptions) -> anyh
         .map(parse_offset)
         .transpose()
         .map_err(|e| anyhow::anyhow!("--from: {e}"))?;
-    let rec: Recording = api.fetch_recording(session_id).await?;
+    let mut rec: Recording = api.fetch_recording(session_id).await?;
+    // A session that just started may have nothing stored yet (the first chunk is cut within
+    // a second): a follower waits for it.
+    let mut waited = 0;
+    while o.follow && rec.live && rec.chunks.is_empty() && waited < FIRST_CHUNK_POLLS {
+        tokio::time::sleep(FOLLOW_POLL).await;
+        waited += 1;
+        rec = api.fetch_recording(session_id).await?;
+    }
+    if rec.chunks.is_empty() {
+        anyhow::bail!("nothing of session {session_id} is recorded yet");
+    }
     let export = rec.export()?;
     let header_line = export.lines().next().unwrap_or_default().to_owned();
     let (header, events) = airlock_recording::parse_cast(&export)?;

@@ -1,6 +1,13 @@
-//! The reading side of recordings (issue 11), end to end against a real server: search
-//! (`Airlock.SearchSessions` and `airlock sessions search`) shows a session only to whom may
-//! read its recording; FTS syntax in the search text is literal.
+//! The reading side of recordings (issue 11), end to end: a real server, agent and shell, and
+//! the built `airlock` binary as a person runs it. `sessions recording export` is read by the
+//! stock `asciinema cat` and equals what the client saw; `sessions log` is the transcript;
+//! `sessions replay` plays it (and `--follow` watches a live one); `sessions search` finds
+//! typed and printed words but never another user's session (`Airlock.SearchSessions` shows
+//! a session only to whom may read its recording; FTS syntax in the text is literal);
+//! tampering with the file store (a flipped byte, a removed chunk, two chunks swapped) makes
+//! `sessions recording verify` exit 1 naming the chunk.
+//!
+//! Under `CI=true` a missing `asciinema` fails its test; elsewhere it says why and passes.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -8,11 +15,18 @@
     clippy::indexing_slicing
 )]
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
+use airlock_client::session::SessionOptions;
 use airlock_client::{ApiClient, Profile};
 use airlock_server::store::{Session, SessionAccess};
-use airlock_testkit::TestServer;
+use airlock_testkit::{eventually, TempDir, TestServer, TestSession};
+
+const T: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -97,6 +111,380 @@ async fn search_ids(profile: &Profile, text: &str) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+/// What one run of the `airlock` binary did.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `airlock ARGS` as `profile` (a clean environment, stdin not a terminal).
+async fn airlock(profile: &Profile, args: &[&str]) -> Run {
+    let bin = airlock_testkit::airlock_binary();
+    let mut c = Command::new(bin);
+    c.args(args)
+        .env("AIRLOCK_ENDPOINT", &profile.endpoint)
+        .env("AIRLOCK_ACCESS_KEY_ID", &profile.access_key_id)
+        .env("AIRLOCK_SECRET_ACCESS_KEY", &profile.secret_access_key)
+        .env("AIRLOCK_REGION", &profile.region)
+        .env("AIRLOCK_LOG", "warn")
+        .env_remove("AIRLOCK_PROFILE")
+        .env_remove("AIRLOCK_CONFIG")
+        .env_remove("AIRLOCK_SESSION_TOKEN")
+        .stdin(Stdio::null());
+    match &profile.ca_file {
+        Some(ca) => c.env("AIRLOCK_CA_FILE", ca),
+        None => c.env_remove("AIRLOCK_CA_FILE"),
+    };
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Waits until `id`'s recording is sealed (its manifest is stored).
+async fn wait_sealed(server: &TestServer, id: &str) {
+    let api = server.api();
+    eventually("the recording sealed", T, || async {
+        let rec = api.fetch_recording(id).await.ok()?;
+        (rec.manifest.is_some() && !rec.live).then_some(())
+    })
+    .await;
+}
+
+/// A recorded shell session of `api`'s user: runs each command (pausing `gap` after each, so
+/// they land in separate chunks), exits, waits for the seal; returns its id and what the
+/// client saw.
+async fn shell(
+    server: &TestServer,
+    api: &ApiClient,
+    target: &str,
+    commands: &[&str],
+    gap: Duration,
+) -> (String, String) {
+    let mut s = TestSession::start(api, target, SessionOptions::default()).await;
+    for (i, c) in commands.iter().enumerate() {
+        s.send(&format!("{c}; echo step-$(({i}+100))\n")).await;
+        s.expect(&format!("step-{}", i + 100), T).await;
+        tokio::time::sleep(gap).await;
+    }
+    s.send("exit\n").await;
+    let id = s.grant.session_id.clone();
+    let (_, seen) = s.finish(T).await;
+    wait_sealed(server, &id).await;
+    (id, seen)
+}
+
+/// Whether `tool` is installed; under CI its absence fails the test.
+fn have(tool: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{tool} is not installed (scripts/test installs it)"
+        );
+        eprintln!("{tool} is not installed: skipping (scripts/test installs it)");
+    }
+    found
+}
+
+/// `asciinema cat FILE`: it wants a terminal (it opens /dev/tty), so it runs under
+/// `script` with its standard output to a file, which keeps the bytes exactly.
+fn asciinema_cat(cast: &Path) -> Vec<u8> {
+    let out = cast.with_extension("out");
+    let status = Command::new("setsid")
+        .args(["-w", "script", "-qec"])
+        .arg(format!(
+            "asciinema cat '{}' > '{}'",
+            cast.display(),
+            out.display()
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "asciinema cat failed");
+    std::fs::read(out).unwrap()
+}
+
+/// Where the file store keeps `id`'s objects.
+fn objects(server: &TestServer, id: &str) -> PathBuf {
+    server.dir.0.join("server/recordings").join(id)
+}
+
+fn chunk(dir: &Path, i: u64) -> PathBuf {
+    dir.join(format!("{i:010}.chunk"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export, log, replay
+
+/// The export plays in the stock asciinema (`asciinema cat`) as exactly what the client saw;
+/// `log` is the transcript; `replay` (piped, fast) writes the same bytes, and `--from`
+/// starts later; the exported file verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_reads_in_asciinema_as_the_client_saw_it_and_log_and_replay() {
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let (id, seen) = shell(
+        &server,
+        &api,
+        &agent.instance_id,
+        &[
+            "printf 'h\\303\\251llo \\033[1mbold\\033[0m w\\303\\266rld\\n'",
+            "seq 1 3 | tr '\\n' ' '; echo; echo final-$((6*7))",
+        ],
+        Duration::from_millis(1300),
+    )
+    .await;
+    assert!(seen.contains("final-42"), "{seen}");
+
+    let export = airlock(&server.admin, &["sessions", "recording", "export", &id]).await;
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    assert!(export.stderr.is_empty(), "{}", export.stderr);
+    let dir = TempDir::new();
+    let cast = dir.0.join("s.cast");
+    std::fs::write(&cast, &export.stdout).unwrap();
+    if have("asciinema") && have("script") {
+        let played = asciinema_cat(&cast);
+        assert_eq!(
+            String::from_utf8_lossy(&played),
+            seen,
+            "asciinema cat of the export is what the client saw"
+        );
+    }
+
+    let log = airlock(&server.admin, &["sessions", "log", &id]).await;
+    assert_eq!(log.code, 0, "{}", log.stderr);
+    assert!(log.stdout.contains("héllo bold wörld\n"), "{}", log.stdout);
+    assert!(log.stdout.contains("1 2 3\nfinal-42\n"), "{}", log.stdout);
+    assert!(!log.stdout.contains('\u{1b}'), "{}", log.stdout);
+    assert!(!log.stdout.contains('\r'), "{}", log.stdout);
+
+    let replay = airlock(
+        &server.admin,
+        &[
+            "sessions",
+            "replay",
+            &id,
+            "--speed",
+            "50",
+            "--idle-cap",
+            "0.2",
+        ],
+    )
+    .await;
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    assert_eq!(replay.stdout, seen, "replay writes what the client saw");
+    // --from: the screen is drawn up to that point at once (so it shows what it showed
+    // then), and only the rest is played in time.
+    let (_, events) = api.fetch_recording(&id).await.unwrap().events().unwrap();
+    let from = events
+        .iter()
+        .find(|e| e.data.contains("final-42"))
+        .unwrap()
+        .t;
+    let total = events.last().unwrap().t;
+    assert!(total - from > 1.0, "{from} of {total}");
+    let started = std::time::Instant::now();
+    let later = airlock(
+        &server.admin,
+        &[
+            "sessions",
+            "replay",
+            &id,
+            "--idle-cap",
+            "0",
+            "--from",
+            &format!("{from:.3}"),
+        ],
+    )
+    .await;
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(later.code, 0, "{}", later.stderr);
+    assert_eq!(later.stdout, seen);
+    assert!(
+        took < total - 1.0,
+        "from {from:.1} s of {total:.1} s took {took:.1} s"
+    );
+    assert!(
+        took > (total - from) * 0.5,
+        "the rest plays in time: from {from:.2} s of {total:.2} s took {took:.2} s"
+    );
+    for (args, needle) in [
+        (vec!["--speed", "0"], "--speed"),
+        (vec!["--from", "soon"], "--from"),
+        (vec!["--idle-cap=-1"], "--idle-cap"),
+    ] {
+        let mut a = vec!["sessions", "replay", id.as_str()];
+        a.extend(args);
+        let bad = airlock(&server.admin, &a).await;
+        assert_eq!(bad.code, 1, "{a:?}");
+        assert!(bad.stderr.contains(needle), "{a:?}: {}", bad.stderr);
+    }
+
+    let verify = airlock(&server.admin, &["sessions", "recording", "verify", &id]).await;
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    assert!(verify.stdout.contains("verifies"), "{}", verify.stdout);
+}
+
+/// `replay --follow` on a live session shows what is printed while it runs and ends when
+/// the session's recording is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_follow_watches_a_live_session_until_it_ends() {
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let api = server.api();
+    // Built (or found up to date) before the session, so the follower starts while it runs.
+    tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
+        .await
+        .unwrap();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo before-$((1+1))\n").await;
+    s.expect("before-2", T).await;
+    let id = s.grant.session_id.clone();
+    let admin = server.admin.clone();
+    let follow = {
+        let id = id.clone();
+        tokio::spawn(async move { airlock(&admin, &["sessions", "replay", &id, "--follow"]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    s.send("echo during-$((2+2))\n").await;
+    s.expect("during-4", T).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.send("exit\n").await;
+    s.finish(T).await;
+    let run = tokio::time::timeout(Duration::from_secs(30), follow)
+        .await
+        .expect("replay --follow ends once the session's recording is sealed")
+        .unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(!run.stderr.contains("has ended"), "{}", run.stderr);
+    assert!(run.stdout.contains("before-2"), "{}", run.stdout);
+    assert!(run.stdout.contains("during-4"), "{}", run.stdout);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tampering
+
+/// A flipped byte, a removed chunk and two swapped chunks in the file store each make
+/// `verify` exit 1 naming the chunk; restored, it verifies again. A pinned key that is not
+/// the server's fails it too; the right one passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_flipped_byte_a_removed_chunk_and_swapped_chunks() {
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let (id, _) = shell(
+        &server,
+        &api,
+        &agent.instance_id,
+        &["echo one", "echo two", "echo three"],
+        Duration::from_millis(1200),
+    )
+    .await;
+    let dir = objects(&server, &id);
+    let n = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "chunk")
+        })
+        .count();
+    assert!(n >= 3, "{n} chunks");
+    let verify = |args: Vec<String>| {
+        let admin = server.admin.clone();
+        async move {
+            let mut a = vec!["sessions", "recording", "verify"];
+            a.extend(args.iter().map(String::as_str));
+            airlock(&admin, &a).await
+        }
+    };
+    let ok = verify(vec![id.clone()]).await;
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    let key = api.fetch_recording(&id).await.unwrap().public_key;
+    let pinned = verify(vec![id.clone(), "--public-key".into(), key.clone()]).await;
+    assert_eq!(pinned.code, 0, "{}{}", pinned.stdout, pinned.stderr);
+    let other_key: String = airlock_recording::public_key(&[9u8; 32])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let other = verify(vec![id.clone(), "--public-key".into(), other_key]).await;
+    assert_eq!(other.code, 1, "{}", other.stdout);
+    assert!(other.stdout.contains("chunk 0"), "{}", other.stdout);
+    let malformed = verify(vec![id.clone(), "--public-key".into(), "xyz".into()]).await;
+    assert_eq!(malformed.code, 1);
+    assert!(
+        malformed.stderr.contains("64 hex digits"),
+        "{}",
+        malformed.stderr
+    );
+
+    let one = chunk(&dir, 1);
+    let two = chunk(&dir, 2);
+    let (orig1, orig2) = (std::fs::read(&one).unwrap(), std::fs::read(&two).unwrap());
+    let restore = || {
+        std::fs::write(&one, &orig1).unwrap();
+        std::fs::write(&two, &orig2).unwrap();
+    };
+
+    // A flipped byte in chunk 1's body.
+    let mut flipped = orig1.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x01;
+    std::fs::write(&one, &flipped).unwrap();
+    let r = verify(vec![id.clone()]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("chunk 1 was altered"), "{}", r.stdout);
+    restore();
+
+    // Chunk 1 removed.
+    std::fs::remove_file(&one).unwrap();
+    let r = verify(vec![id.clone()]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("chunk 1 is missing"), "{}", r.stdout);
+    restore();
+
+    // Chunks 1 and 2 swapped.
+    std::fs::write(&one, &orig2).unwrap();
+    std::fs::write(&two, &orig1).unwrap();
+    let r = verify(vec![id.clone()]).await;
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("chunk 2 was reordered: found in place of chunk 1"),
+        "{}",
+        r.stdout
+    );
+    restore();
+
+    let again = verify(vec![id.clone()]).await;
+    assert_eq!(again.code, 0, "{}", again.stdout);
+    // JSON for scripts.
+    let j = airlock(
+        &server.admin,
+        &["--output", "json", "sessions", "recording", "verify", &id],
+    )
+    .await;
+    let v: Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["Ok"], true);
+    assert_eq!(v["Sealed"], true);
+    assert_eq!(v["Problems"], json!([]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -271,4 +659,91 @@ async fn search_refuses_bad_input() {
             .to_string();
         assert!(err.contains("Serialization"), "{input}: {err}");
     }
+}
+
+/// Typed and printed words of a real recorded session are found (a word typed across a
+/// chunk boundary too), by the API and by `airlock sessions search`; another user finds
+/// nothing of it, and the CLI says so with exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_typed_and_printed_words_of_a_real_session_but_not_for_others() {
+    let server = TestServer::start().await;
+    let mut p = (*server.state().preferences.get()).clone();
+    p.record_input = true;
+    server.state().preferences.set(p);
+    let bob = server.user("bob", false).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    // "hippopotamus" typed in two halves, more than a flush apart.
+    s.send("echo hippo").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.send("potamus; echo printed-$((40+2))zebra\n").await;
+    s.expect("printed-42zebra", T).await;
+    s.send("exit\n").await;
+    let id = s.grant.session_id.clone();
+    s.finish(T).await;
+    wait_sealed(&server, &id).await;
+
+    let found = eventually("the words indexed", T, || async {
+        let out = api
+            .call("Airlock.SearchSessions", &json!({"Text": "hippopotamus"}))
+            .await
+            .unwrap();
+        let kinds: Vec<String> = out["Results"][0]["Matches"]
+            .as_array()?
+            .iter()
+            .map(|m| m["Kind"].as_str().unwrap().to_owned())
+            .collect();
+        (kinds.contains(&"i".to_owned()) && kinds.contains(&"o".to_owned())).then_some(out)
+    })
+    .await;
+    assert_eq!(found["Results"][0]["SessionId"], id.as_str());
+    assert_eq!(found["Results"].as_array().unwrap().len(), 1);
+    let printed = api
+        .call(
+            "Airlock.SearchSessions",
+            &json!({"Text": "printed 42zebra"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(printed["Results"][0]["SessionId"], id.as_str());
+
+    let cli = airlock(
+        &server.admin,
+        &["sessions", "search", "hippopotamus", "--since", "1h"],
+    )
+    .await;
+    assert_eq!(cli.code, 0, "{}", cli.stderr);
+    assert!(cli.stdout.contains(&id), "{}", cli.stdout);
+    assert!(cli.stdout.contains("typed"), "{}", cli.stdout);
+    assert!(cli.stdout.contains("printed"), "{}", cli.stdout);
+    let narrowed = airlock(
+        &server.admin,
+        &[
+            "sessions",
+            "search",
+            "hippopotamus",
+            "--target",
+            "mi-00000000000000099",
+        ],
+    )
+    .await;
+    assert_eq!(narrowed.code, 1, "{}", narrowed.stdout);
+
+    // Bob may not read the admin's recording: nothing, by API or CLI, however asked.
+    let bob_api = ApiClient::new(bob.clone()).unwrap();
+    for text in ["hippopotamus", "printed", "hippo\" OR \"printed", "zebra"] {
+        let out = bob_api
+            .call("Airlock.SearchSessions", &json!({"Text": text}))
+            .await
+            .unwrap();
+        assert_eq!(out["Results"], json!([]), "{text}");
+    }
+    let cli = airlock(&bob, &["sessions", "search", "hippopotamus"]).await;
+    assert_eq!(cli.code, 1, "{}", cli.stdout);
+    assert!(!cli.stdout.contains(&id), "{}", cli.stdout);
+    // Nor read it directly.
+    let denied = airlock(&bob, &["sessions", "log", &id]).await;
+    assert_eq!(denied.code, 1);
+    assert!(denied.stderr.contains("AccessDenied"), "{}", denied.stderr);
 }

@@ -192,7 +192,9 @@ impl Store {
         if by_kind.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the transaction reads the tail, then writes; a deferred one would fail
+        // with "database is locked" when another writer commits in between (WAL snapshot).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (kind, t, text) in by_kind {
             let tail: Option<String> = sqlx::query_scalar(
                 "SELECT tail FROM recording_text_tail WHERE session_id = ? AND kind = ?",
