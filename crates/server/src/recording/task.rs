@@ -753,4 +753,29 @@ mod tests {
         assert_eq!(parse_size(b"\xff"), None);
         assert!(frame_parts(&[0u8; 10]).is_none());
     }
+
+    #[test]
+    fn hostile_frame_headers_never_panic_or_read_out_of_bounds() {
+        let frame = airlock_proto::Frame::new(
+            MessageType::OutputStreamData,
+            7,
+            0,
+            PayloadType::OUTPUT,
+            Bytes::from_static(b"hello"),
+        )
+        .encode(true);
+        let (seq, pt, payload) = frame_parts(&frame).unwrap();
+        assert_eq!((seq, pt, payload), (7, PayloadType::OUTPUT, &b"hello"[..]));
+        for header_len in [0u32, 3, 115, 117, 1 << 20, u32::MAX] {
+            let mut f = frame.to_vec();
+            f[0..4].copy_from_slice(&header_len.to_be_bytes());
+            // Either a payload inside the frame, or nothing: never a panic.
+            if let Some((_, _, p)) = frame_parts(&f) {
+                assert!(p.len() <= f.len());
+            }
+        }
+        for cut in 0..frame.len() {
+            let _ = frame_parts(&frame[..cut]);
+        }
+    }
 }
