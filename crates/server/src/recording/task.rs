@@ -728,6 +728,7 @@ async fn upload_loop(setup: Arc<Setup>, outbox: Arc<Outbox>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
