@@ -303,6 +303,7 @@ fn absolute(p: &std::path::Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn registry(url: Option<&str>) -> Recordings {
