@@ -499,27 +499,41 @@ fn note_event(
     texts.push((kind, ev.t, ev.data.clone()));
 }
 
-/// The transcript text of a stored chunk's events, for search (helper P's FTS index).
+/// The transcript text of a stored chunk's events, for search (helper P's FTS index): one row
+/// per kind and chunk (not one per event, which a busy shell makes thousands of a second), at
+/// the time of the chunk's first event of that kind. Input lines keep no `> ` prefix.
 fn index_text(setup: &Setup, texts: Vec<(&'static str, f64, String)>) {
     if texts.is_empty() {
         return;
     }
-    let rows: Vec<(&str, f64, String)> = texts
-        .iter()
-        .map(|(kind, t, data)| {
-            let ev = airlock_recording::Event {
+    let mut rows: Vec<(&'static str, f64, String)> = Vec::new();
+    for (code, kind) in [("o", EventKind::Output), ("i", EventKind::Input)] {
+        let evs: Vec<airlock_recording::Event> = texts
+            .iter()
+            .filter(|(k, _, _)| *k == code)
+            .map(|(_, t, data)| airlock_recording::Event {
                 t: *t,
-                kind: if *kind == "i" {
-                    EventKind::Input
-                } else {
-                    EventKind::Output
-                },
+                kind,
                 data: data.clone(),
-            };
-            (*kind, *t, airlock_recording::transcript(&[ev], true))
-        })
-        .collect();
-    // MERGE(P): index without holding up the recorder (the store is SQLite):
+            })
+            .collect();
+        let Some(first) = evs.first().map(|e| e.t) else {
+            continue;
+        };
+        let text = airlock_recording::transcript(&evs, kind == EventKind::Input);
+        let text = if kind == EventKind::Input {
+            text.lines()
+                .map(|l| l.strip_prefix("> ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        } else {
+            text
+        };
+        if !text.trim().is_empty() {
+            rows.push((code, first, text));
+        }
+    }
+    // MERGE(P): index off the recorder's path (the store is SQLite):
     // let state = setup.state.clone(); let id = setup.meta.session.clone();
     // tokio::spawn(async move {
     //     let rows: Vec<(&str, f64, &str)> = rows.iter().map(|(k, t, s)| (*k, *t, s.as_str())).collect();
