@@ -14,7 +14,8 @@ use airlock_testkit::{eventually, TestServer, TestSession};
 use base64::Engine;
 use serde_json::{json, Value};
 
-const T: Duration = Duration::from_secs(20);
+// Generous: these tests share two cores with whole-workspace builds and other suites.
+const T: Duration = Duration::from_secs(40);
 
 /// Every page of a session's recording: (chunks with their stored index, manifest, answer).
 async fn fetch(api: &ApiClient, id: &str) -> (Vec<(u64, Vec<u8>)>, Option<Vec<u8>>, Value) {

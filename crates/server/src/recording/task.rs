@@ -191,7 +191,7 @@ pub fn spawn(setup: Setup) -> Handle {
 /// A chunk or the manifest waiting for the store: in memory, or in a spool file.
 #[derive(Debug)]
 enum Data {
-    Mem(Vec<u8>),
+    Mem(Bytes),
     File(PathBuf, u64),
 }
 
@@ -257,13 +257,13 @@ impl Outbox {
             && self.mem_bytes.load(Ordering::Relaxed) + bytes.len() <= MEM_BUDGET;
         let data = if mem_ok {
             self.mem_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
-            Data::Mem(bytes)
+            Data::Mem(Bytes::from(bytes))
         } else {
             match self.spill(&name, &bytes).await {
                 Ok(d) => d,
                 Err(SpoolFull) if must_keep => {
                     self.mem_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
-                    Data::Mem(bytes)
+                    Data::Mem(Bytes::from(bytes))
                 }
                 Err(e) => return Err(e),
             }
@@ -276,7 +276,7 @@ impl Outbox {
     /// Moves every in-memory item to the spool (the store is failing, or the server stops),
     /// so a crash from here on loses none of them.
     async fn spill_all(&self) {
-        let pending: Vec<(usize, String, Vec<u8>)> = {
+        let pending: Vec<(usize, String, Bytes)> = {
             let items = self.lock();
             items
                 .iter()
@@ -367,7 +367,7 @@ struct RecordState {
     seen_client: Seen,
     outbox: Arc<Outbox>,
     /// Recorded events since the last chunk, for search (MERGE(P)) — text already decoded.
-    texts: Vec<(&'static str, f64, String)>,
+    texts: Vec<airlock_recording::Event>,
     overflowed: bool,
 }
 
@@ -384,7 +384,7 @@ impl RecordState {
         let mut rec = Recorder::new(&meta, &self.setup.seed);
         for (t, kind, data) in std::mem::take(&mut self.early) {
             if let Some(ev) = rec.event(t, kind, &data) {
-                note_event(&self.setup, &mut self.texts, &ev);
+                note_event(&self.setup, &mut self.texts, ev);
             }
         }
         self.recorder = Some(rec);
@@ -402,7 +402,8 @@ impl RecordState {
             return;
         }
         let t = secs(self.start, at);
-        let (kind, bytes): (EventKind, Vec<u8>) = match (side, pt) {
+        let size;
+        let (kind, bytes): (EventKind, &[u8]) = match (side, pt) {
             (Side::Client, PayloadType::SIZE) => {
                 let Some((c, r)) = parse_size(payload) else {
                     return;
@@ -412,16 +413,17 @@ impl RecordState {
                     self.ensure_recorder(Some((c, r)));
                     return;
                 }
-                (EventKind::Resize, format!("{c}x{r}").into_bytes())
+                size = format!("{c}x{r}");
+                (EventKind::Resize, size.as_bytes())
             }
-            (Side::Client, _) => (EventKind::Input, payload.to_vec()),
-            (Side::Agent, _) => (EventKind::Output, payload.to_vec()),
+            (Side::Client, _) => (EventKind::Input, payload),
+            (Side::Agent, _) => (EventKind::Output, payload),
         };
         match self.recorder.as_mut() {
-            None => self.early.push((t, kind, bytes)),
+            None => self.early.push((t, kind, bytes.to_vec())),
             Some(rec) => {
-                if let Some(ev) = rec.event(t, kind, &bytes) {
-                    note_event(&self.setup, &mut self.texts, &ev);
+                if let Some(ev) = rec.event(t, kind, bytes) {
+                    note_event(&self.setup, &mut self.texts, ev);
                 }
             }
         }
@@ -481,56 +483,49 @@ impl RecordState {
     }
 }
 
-/// Each recorded event for the log stream (helper E's `events` module).
+/// Each recorded event: to the log stream (helper E's `events` module), and kept for the
+/// chunk's search text.
 fn note_event(
     setup: &Setup,
-    texts: &mut Vec<(&'static str, f64, String)>,
-    ev: &airlock_recording::Event,
+    texts: &mut Vec<airlock_recording::Event>,
+    ev: airlock_recording::Event,
 ) {
-    let kind = match ev.kind {
+    let _kind = match ev.kind {
         EventKind::Output => "o",
         EventKind::Input => "i",
         EventKind::Resize => return,
     };
-    // MERGE(E): state.events.session_io(&crate::events::SessionIo {
+    // MERGE(E): setup.state.events.session_io(&crate::events::SessionIo {
     //     session_id: &setup.meta.session, owner: &setup.meta.owner, target: &setup.meta.target,
-    //     kind, t: time::OffsetDateTime::now_utc(), data: &ev.data });
+    //     kind: _kind, t: time::OffsetDateTime::now_utc(), data: &ev.data });
     let _ = setup;
-    texts.push((kind, ev.t, ev.data.clone()));
+    texts.push(ev);
 }
 
 /// The transcript text of a stored chunk's events, for search (helper P's FTS index): one row
 /// per kind and chunk (not one per event, which a busy shell makes thousands of a second), at
 /// the time of the chunk's first event of that kind. Input lines keep no `> ` prefix.
-fn index_text(setup: &Setup, texts: Vec<(&'static str, f64, String)>) {
+fn index_text(setup: &Setup, texts: Vec<airlock_recording::Event>) {
     if texts.is_empty() {
         return;
     }
+    let (input, output): (Vec<_>, Vec<_>) =
+        texts.into_iter().partition(|e| e.kind == EventKind::Input);
     let mut rows: Vec<(&'static str, f64, String)> = Vec::new();
-    for (code, kind) in [("o", EventKind::Output), ("i", EventKind::Input)] {
-        let evs: Vec<airlock_recording::Event> = texts
-            .iter()
-            .filter(|(k, _, _)| *k == code)
-            .map(|(_, t, data)| airlock_recording::Event {
-                t: *t,
-                kind,
-                data: data.clone(),
-            })
-            .collect();
-        let Some(first) = evs.first().map(|e| e.t) else {
-            continue;
-        };
-        let text = airlock_recording::transcript(&evs, kind == EventKind::Input);
-        let text = if kind == EventKind::Input {
-            text.lines()
-                .map(|l| l.strip_prefix("> ").unwrap_or(l))
-                .collect::<Vec<_>>()
-                .join("\n")
-        } else {
-            text
-        };
+    if let Some(first) = output.first().map(|e| e.t) {
+        let text = airlock_recording::transcript(&output, false);
         if !text.trim().is_empty() {
-            rows.push((code, first, text));
+            rows.push(("o", first, text));
+        }
+    }
+    if let Some(first) = input.first().map(|e| e.t) {
+        let text = airlock_recording::transcript(&input, true)
+            .lines()
+            .map(|l| l.strip_prefix("> ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if !text.trim().is_empty() {
+            rows.push(("i", first, text));
         }
     }
     // MERGE(P): index off the recorder's path (the store is SQLite):
@@ -672,7 +667,7 @@ async fn upload_loop(setup: Arc<Setup>, outbox: Arc<Outbox>) {
         let bytes = match data {
             Ok(b) => b,
             Err(path) => match tokio::fs::read(&path).await {
-                Ok(b) => b,
+                Ok(b) => Bytes::from(b),
                 Err(e) => {
                     tracing::error!(session_id = session, path = %path.display(), "spooled recording chunk unreadable: {e}");
                     outbox.lock().pop_front();
