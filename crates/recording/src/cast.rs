@@ -92,10 +92,68 @@ pub struct Event {
 impl Event {
     /// The asciicast line of this event (no trailing newline). `t` is kept to the microsecond.
     pub fn line(&self) -> String {
-        let t = (self.t.max(0.0) * 1_000_000.0).round() / 1_000_000.0;
-        let t = if t.is_finite() { t } else { 0.0 };
-        json!([t, self.kind.code(), self.data]).to_string()
+        let mut out = String::with_capacity(self.data.len() + 24);
+        self.write_line(&mut out);
+        out
     }
+
+    /// Appends the asciicast line (no trailing newline) to `out`, without intermediate copies:
+    /// the recorder writes every relayed byte through here.
+    pub fn write_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        out.push('[');
+        let _ = write!(out, "{}", event_time(self.t));
+        out.push_str(",\"");
+        out.push_str(self.kind.code());
+        out.push_str("\",");
+        push_json_str(out, &self.data);
+        out.push(']');
+    }
+}
+
+/// `t` as written: not negative, finite, kept to the microsecond.
+pub(crate) fn event_time(t: f64) -> f64 {
+    let t = (t.max(0.0) * 1_000_000.0).round() / 1_000_000.0;
+    if t.is_finite() {
+        t
+    } else {
+        0.0
+    }
+}
+
+/// Appends `s` as a JSON string literal, escaping exactly what JSON requires (`"`, `\\` and
+/// control characters), copying the runs in between whole.
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut run = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        // Escaped bytes are ASCII, so `i` is a character boundary.
+        out.push_str(s.get(run..i).unwrap_or_default());
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(esc);
+        }
+        run = i + 1;
+    }
+    out.push_str(s.get(run..).unwrap_or_default());
+    out.push('"');
 }
 
 /// The parsed asciicast v2 header: the fields players need plus the whole object.

@@ -253,7 +253,7 @@ impl Recorder {
             return None;
         }
         let ev = Event { t, kind, data };
-        self.body.push_str(&ev.line());
+        ev.write_line(&mut self.body);
         self.body.push('\n');
         Some(ev)
     }

@@ -400,3 +400,31 @@ fn transcript_strips_escapes_and_applies_backspaces() {
     assert!(t.contains("> ls -l\n"), "{t}");
     assert_eq!(transcript(&[], true), "");
 }
+
+#[test]
+fn event_lines_escape_exactly_as_json_requires() {
+    let mut samples: Vec<String> = (0u32..0x80)
+        .filter_map(char::from_u32)
+        .map(|c| format!("a{c}b"))
+        .collect();
+    samples.extend(
+        [
+            "",
+            "\u{7f}\u{80}\u{2028}\u{FFFD}😀",
+            "\"\\\"\\",
+            "\x1b[0m\r\n",
+        ]
+        .map(String::from),
+    );
+    for s in samples {
+        let ev = Event {
+            t: 1.5,
+            kind: EventKind::Output,
+            data: s.clone(),
+        };
+        let line = ev.line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v[2], serde_json::Value::String(s.clone()), "{line}");
+        assert_eq!(line, serde_json::json!([1.5, "o", s]).to_string());
+    }
+}

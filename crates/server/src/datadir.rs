@@ -95,7 +95,14 @@ fn secure_at(path: &Path, depth: usize, changed: &mut Vec<Tightened>) -> io::Res
             now: std::fs::set_permissions(path, std::fs::Permissions::from_mode(now)).map(|()| now),
         });
     }
-    if meta.is_dir() && depth < MAX_DEPTH {
+    // The recording store and spool hold one file per chunk (a million after a busy year):
+    // their own directories are kept private above, so what is inside is unreachable by
+    // others and not walked on every start.
+    let bulk = depth == 1
+        && path
+            .file_name()
+            .is_some_and(|n| n == "recordings" || n == "recording-spool");
+    if meta.is_dir() && depth < MAX_DEPTH && !bulk {
         for entry in std::fs::read_dir(path)? {
             secure_at(&entry?.path(), depth + 1, changed)?;
         }

@@ -65,6 +65,9 @@ pub enum ServerError {
     /// The master key could not be loaded.
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
+    /// The recording location (`--recordings`) is not usable.
+    #[error(transparent)]
+    Recording(#[from] recording::RecordingError),
 }
 
 /// Credentials of the admin created on first start.
@@ -234,6 +237,10 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         config.data_dir.clone(),
         *store.key.recording_seed(),
     );
+    // A recording location given on the command line is checked now, not at the first session.
+    if let Some(url) = &config.recording.url {
+        recordings.objects(url)?;
+    }
 
     let loopback = config.listen.ip().is_loopback();
     let tls = match &config.tls {

@@ -50,8 +50,6 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End) -> bool {
     };
     state.hub.revoke_tokens(session_id);
     state.live.remove(session_id);
-    // After the relay has finished (below) nothing more is offered; the recorder drains what
-    // was queued before it seals.
     // The plugin prints a non-empty Output as the reason (`SessionId: X : <reason>`); a shell
     // that simply exited has none (the plugin then prints its "Exiting session" line).
     let output = if reason.shown_to_client() {
@@ -72,6 +70,7 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End) -> bool {
             .await;
         state.hub.remove_relay(session_id);
     }
+    // The relay has finished: the recorder records what was queued before this, then seals.
     state.recordings.end(session_id, &reason.message());
     if how.notify_agent {
         if let Some(agent) = state.hub.agent(&target) {

@@ -15,7 +15,8 @@
 //! `cargo bench -p airlock-testkit --bench e2e` prints one markdown table (progress and
 //! per-run figures go to stderr). `AIRLOCK_BENCH_MIB` sets the file size (256, kept in /tmp
 //! between runs); `AIRLOCK_BENCH_ONLY` picks parts (`cat,keys,setup`);
-//! `AIRLOCK_BENCH_SSH_USER` the ssh login. Without `/usr/sbin/sshd` the OpenSSH column reads n/a.
+//! `AIRLOCK_BENCH_SSH_USER` the ssh login; `AIRLOCK_BENCH_RECORD=0` runs Airlock without session
+//! recording (on by default) to measure what it costs. Without `/usr/sbin/sshd` the OpenSSH column reads n/a.
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -110,6 +111,13 @@ fn main() {
             } else {
                 TestServer::start().await
             };
+            // AIRLOCK_BENCH_RECORD=0 turns session recording off (it is on by default), to
+            // measure what recording costs.
+            if std::env::var("AIRLOCK_BENCH_RECORD").is_ok_and(|v| v == "0") {
+                let mut p = (*server.state().preferences.get()).clone();
+                p.record_sessions = false;
+                server.state().preferences.set(p);
+            }
             let agent = server.agent().await;
             (server, agent)
         })
@@ -207,6 +215,10 @@ fn main() {
     }
 
     drop(subjects);
+    for (name, s) in [("wss", &tls_server), ("ws", &ws_server)] {
+        let dir = s.dir.0.join("server/recordings");
+        eprintln!("recordings ({name}): {} bytes stored", dir_bytes(&dir));
+    }
     rt.block_on(async {
         tls_agent.stop().await;
         ws_agent.stop().await;
@@ -307,6 +319,20 @@ fn main() {
             if *higher { "higher" } else { "lower" }
         );
     }
+}
+
+/// Bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 fn fmt(v: f64) -> String {

@@ -14,7 +14,8 @@ use airlock_testkit::{eventually, TestServer, TestSession};
 use base64::Engine;
 use serde_json::{json, Value};
 
-const T: Duration = Duration::from_secs(20);
+// Generous: these tests share two cores with whole-workspace builds and other suites.
+const T: Duration = Duration::from_secs(40);
 
 /// Every page of a session's recording: (chunks with their stored index, manifest, answer).
 async fn fetch(api: &ApiClient, id: &str) -> (Vec<(u64, Vec<u8>)>, Option<Vec<u8>>, Value) {
@@ -146,6 +147,24 @@ async fn a_shell_session_is_recorded_byte_identical_to_what_the_client_saw() {
     let row = server.state().store.recording(&id).await.unwrap().unwrap();
     assert!(row.sealed && !row.recovered);
     assert_eq!(row.chunks as usize, chunks.len());
+
+    // Someone with write access to the store flips one byte: the read-back names the chunk.
+    let victim = dir.join("0000000001.chunk");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() - 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&victim, bytes).unwrap();
+    let (chunks, manifest, out) = fetch(&api, &id).await;
+    let report = airlock_recording::verify(
+        &chunks,
+        manifest.as_deref(),
+        &hex_key(out["PublicKey"].as_str().unwrap()),
+    );
+    assert_eq!(
+        report.problems.first(),
+        Some(&airlock_recording::Problem::Altered { index: 1 }),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,6 +302,19 @@ async fn reading_a_recording_is_authorised_per_session_and_audited() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("AccessDeniedException"), "{e}");
+    // Hostile paging input is refused as a malformed request.
+    for bad in [
+        json!({"SessionId": id, "FromChunk": -1}),
+        json!({"SessionId": id, "MaxChunks": "all"}),
+        json!({"SessionId": 5}),
+    ] {
+        let e = carol
+            .call("Airlock.GetSessionRecording", &bad)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SerializationException"), "{bad}: {e}");
+    }
     // Malformed ids are refused before any lookup.
     let e = carol
         .call(

@@ -242,6 +242,10 @@ mod tests {
             json!({"s3BucketName": "Bad_Bucket"}),
             json!({"maxSessionsPerUser": 0}),
             json!({"idleSessionTimeOut": "5"}),
+            json!({"recordingFailurePolicy": "failopen"}),
+            json!({"recordingFailurePolicy": true}),
+            json!({"recordSessions": "yes"}),
+            json!({"recordInput": 1}),
             json!([1]),
         ] {
             assert_eq!(
@@ -250,5 +254,23 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn recording_preferences_and_their_defaults() {
+        use crate::preferences::FailurePolicy;
+        let p = preferences(None).unwrap();
+        assert!(p.record_sessions && !p.record_input);
+        assert_eq!(p.failure_policy(), FailurePolicy::FailOpen);
+        let strict = preferences(Some(&json!({"s3EncryptionEnabled": true}))).unwrap();
+        assert_eq!(strict.failure_policy(), FailurePolicy::FailClosed);
+        let p = preferences(Some(&json!({"s3EncryptionEnabled": true,
+            "recordingFailurePolicy": "FailOpen", "recordInput": "true", "recordSessions": false})))
+        .unwrap();
+        assert_eq!(p.failure_policy(), FailurePolicy::FailOpen);
+        assert!(p.record_input && !p.record_sessions);
+        let back = to_inputs(&p);
+        assert_eq!(back["recordingFailurePolicy"], "FailOpen");
+        assert_eq!(preferences(Some(&back)).unwrap(), p);
     }
 }

@@ -300,3 +300,59 @@ fn absolute(p: &std::path::Path) -> PathBuf {
         .map(|d| d.join(p))
         .unwrap_or_else(|_| p.to_path_buf())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn registry(url: Option<&str>) -> Recordings {
+        let config = RecordingConfig {
+            url: url.map(str::to_owned),
+            ..Default::default()
+        };
+        Recordings::new(config, PathBuf::from("/var/lib/airlock"), [1; 32])
+    }
+
+    #[test]
+    fn only_shells_and_interactive_commands_are_recorded() {
+        let r = registry(None);
+        let prefs = Preferences::default();
+        assert!(r.plan(&prefs, "Standard_Stream").is_some());
+        assert!(r.plan(&prefs, "InteractiveCommands").is_some());
+        for t in ["Port", "NonInteractiveCommands", "", "standard_stream"] {
+            assert!(r.plan(&prefs, t).is_none(), "{t}");
+        }
+        let off = Preferences {
+            record_sessions: false,
+            ..Default::default()
+        };
+        assert!(r.plan(&off, "Standard_Stream").is_none());
+    }
+
+    #[test]
+    fn the_location_comes_from_the_flag_then_the_preferences_then_the_data_dir() {
+        let mut prefs = Preferences::default();
+        assert_eq!(
+            registry(None).location(&prefs),
+            "file:///var/lib/airlock/recordings"
+        );
+        prefs.s3_bucket_name = "logs".into();
+        assert_eq!(registry(None).location(&prefs), "s3://logs");
+        prefs.s3_key_prefix = "/team/a/".into();
+        assert_eq!(registry(None).location(&prefs), "s3://logs/team/a");
+        assert_eq!(
+            registry(Some("file:///srv/rec")).location(&prefs),
+            "file:///srv/rec"
+        );
+    }
+
+    #[test]
+    fn unusable_locations_are_refused_with_a_reason() {
+        let r = registry(None);
+        for bad in ["ftp://x", "file://relative/dir", "s3://", "/plain/path"] {
+            let e = r.objects(bad).unwrap_err().to_string();
+            assert!(e.contains("recording"), "{bad}: {e}");
+        }
+    }
+}

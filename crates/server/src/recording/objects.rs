@@ -125,10 +125,10 @@ impl Objects {
         &self,
         session_id: &str,
         name: &str,
-        data: Vec<u8>,
+        data: impl Into<bytes::Bytes>,
     ) -> Result<(), RecordingError> {
         let path = self.path(session_id, name);
-        let put = self.store.put(&path, PutPayload::from(data));
+        let put = self.store.put(&path, PutPayload::from(data.into()));
         match tokio::time::timeout(self.timeout, put).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(store_err(&self.url, e)),
@@ -191,7 +191,8 @@ impl Objects {
 
     /// Whether the store answers a write now (FailClosed asks before starting a session).
     pub async fn probe(&self) -> Result<(), RecordingError> {
-        self.put(".airlock-probe", "probe", b"ok".to_vec()).await
+        self.put(".airlock-probe", "probe", bytes::Bytes::from_static(b"ok"))
+            .await
     }
 }
 

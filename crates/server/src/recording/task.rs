@@ -191,7 +191,7 @@ pub fn spawn(setup: Setup) -> Handle {
 /// A chunk or the manifest waiting for the store: in memory, or in a spool file.
 #[derive(Debug)]
 enum Data {
-    Mem(Vec<u8>),
+    Mem(Bytes),
     File(PathBuf, u64),
 }
 
@@ -257,13 +257,13 @@ impl Outbox {
             && self.mem_bytes.load(Ordering::Relaxed) + bytes.len() <= MEM_BUDGET;
         let data = if mem_ok {
             self.mem_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
-            Data::Mem(bytes)
+            Data::Mem(Bytes::from(bytes))
         } else {
             match self.spill(&name, &bytes).await {
                 Ok(d) => d,
                 Err(SpoolFull) if must_keep => {
                     self.mem_bytes.fetch_add(bytes.len(), Ordering::Relaxed);
-                    Data::Mem(bytes)
+                    Data::Mem(Bytes::from(bytes))
                 }
                 Err(e) => return Err(e),
             }
@@ -276,7 +276,7 @@ impl Outbox {
     /// Moves every in-memory item to the spool (the store is failing, or the server stops),
     /// so a crash from here on loses none of them.
     async fn spill_all(&self) {
-        let pending: Vec<(usize, String, Vec<u8>)> = {
+        let pending: Vec<(usize, String, Bytes)> = {
             let items = self.lock();
             items
                 .iter()
@@ -367,7 +367,7 @@ struct RecordState {
     seen_client: Seen,
     outbox: Arc<Outbox>,
     /// Recorded events since the last chunk, for search (MERGE(P)) — text already decoded.
-    texts: Vec<(&'static str, f64, String)>,
+    texts: Vec<airlock_recording::Event>,
     overflowed: bool,
 }
 
@@ -384,7 +384,7 @@ impl RecordState {
         let mut rec = Recorder::new(&meta, &self.setup.seed);
         for (t, kind, data) in std::mem::take(&mut self.early) {
             if let Some(ev) = rec.event(t, kind, &data) {
-                note_event(&self.setup, &mut self.texts, &ev);
+                note_event(&self.setup, &mut self.texts, ev);
             }
         }
         self.recorder = Some(rec);
@@ -402,7 +402,8 @@ impl RecordState {
             return;
         }
         let t = secs(self.start, at);
-        let (kind, bytes): (EventKind, Vec<u8>) = match (side, pt) {
+        let size;
+        let (kind, bytes): (EventKind, &[u8]) = match (side, pt) {
             (Side::Client, PayloadType::SIZE) => {
                 let Some((c, r)) = parse_size(payload) else {
                     return;
@@ -412,16 +413,17 @@ impl RecordState {
                     self.ensure_recorder(Some((c, r)));
                     return;
                 }
-                (EventKind::Resize, format!("{c}x{r}").into_bytes())
+                size = format!("{c}x{r}");
+                (EventKind::Resize, size.as_bytes())
             }
-            (Side::Client, _) => (EventKind::Input, payload.to_vec()),
-            (Side::Agent, _) => (EventKind::Output, payload.to_vec()),
+            (Side::Client, _) => (EventKind::Input, payload),
+            (Side::Agent, _) => (EventKind::Output, payload),
         };
         match self.recorder.as_mut() {
-            None => self.early.push((t, kind, bytes)),
+            None => self.early.push((t, kind, bytes.to_vec())),
             Some(rec) => {
-                if let Some(ev) = rec.event(t, kind, &bytes) {
-                    note_event(&self.setup, &mut self.texts, &ev);
+                if let Some(ev) = rec.event(t, kind, bytes) {
+                    note_event(&self.setup, &mut self.texts, ev);
                 }
             }
         }
@@ -481,30 +483,34 @@ impl RecordState {
     }
 }
 
-/// Each recorded event for the log stream (helper E's `events` module).
+/// Each recorded event: to the log stream (helper E's `events` module), and kept for the
+/// chunk's search text.
 fn note_event(
     setup: &Setup,
-    texts: &mut Vec<(&'static str, f64, String)>,
-    ev: &airlock_recording::Event,
+    texts: &mut Vec<airlock_recording::Event>,
+    ev: airlock_recording::Event,
 ) {
-    let kind = match ev.kind {
+    let _kind = match ev.kind {
         EventKind::Output => "o",
         EventKind::Input => "i",
         EventKind::Resize => return,
     };
-    // MERGE(E): state.events.session_io(&crate::events::SessionIo {
+    // MERGE(E): setup.state.events.session_io(&crate::events::SessionIo {
     //     session_id: &setup.meta.session, owner: &setup.meta.owner, target: &setup.meta.target,
-    //     kind, t: time::OffsetDateTime::now_utc(), data: &ev.data });
+    //     kind: _kind, t: time::OffsetDateTime::now_utc(), data: &ev.data });
     let _ = setup;
-    texts.push((kind, ev.t, ev.data.clone()));
+    texts.push(ev);
 }
 
-/// The transcript text of a stored chunk's events, for search (helper P's FTS index).
-fn index_text(setup: &Setup, texts: Vec<(&'static str, f64, String)>) {
+/// The transcript text of a stored chunk's events, for search (helper P's FTS index): one row
+/// per kind and chunk (not one per event, which a busy shell makes thousands of a second), at
+/// the time of the chunk's first event of that kind. Input lines keep no `> ` prefix.
+fn index_text(setup: &Setup, texts: Vec<airlock_recording::Event>) {
     if texts.is_empty() {
         return;
     }
-    // Helper P's FTS index (store/search.rs): words per kind, queued, off the recorder's path.
+    // Helper P's FTS index (store/search.rs): words per kind, queued to one in-order writer,
+    // off the recorder's path.
     setup.state.store.queue_recording_text(
         &setup.meta.session,
         crate::store::search::index_rows(&texts),
@@ -639,7 +645,7 @@ async fn upload_loop(setup: Arc<Setup>, outbox: Arc<Outbox>) {
         let bytes = match data {
             Ok(b) => b,
             Err(path) => match tokio::fs::read(&path).await {
-                Ok(b) => b,
+                Ok(b) => Bytes::from(b),
                 Err(e) => {
                     tracing::error!(session_id = session, path = %path.display(), "spooled recording chunk unreadable: {e}");
                     outbox.lock().pop_front();
@@ -709,6 +715,7 @@ async fn upload_loop(setup: Arc<Setup>, outbox: Arc<Outbox>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -733,5 +740,30 @@ mod tests {
         assert_eq!(parse_size(br#"{"cols":70000,"rows":40}"#), None);
         assert_eq!(parse_size(b"\xff"), None);
         assert!(frame_parts(&[0u8; 10]).is_none());
+    }
+
+    #[test]
+    fn hostile_frame_headers_never_panic_or_read_out_of_bounds() {
+        let frame = airlock_proto::Frame::new(
+            MessageType::OutputStreamData,
+            7,
+            0,
+            PayloadType::OUTPUT,
+            Bytes::from_static(b"hello"),
+        )
+        .encode(true);
+        let (seq, pt, payload) = frame_parts(&frame).unwrap();
+        assert_eq!((seq, pt, payload), (7, PayloadType::OUTPUT, &b"hello"[..]));
+        for header_len in [0u32, 3, 115, 117, 1 << 20, u32::MAX] {
+            let mut f = frame.to_vec();
+            f[0..4].copy_from_slice(&header_len.to_be_bytes());
+            // Either a payload inside the frame, or nothing: never a panic.
+            if let Some((_, _, p)) = frame_parts(&f) {
+                assert!(p.len() <= f.len());
+            }
+        }
+        for cut in 0..frame.len() {
+            let _ = frame_parts(&frame[..cut]);
+        }
     }
 }

@@ -71,27 +71,20 @@ fn trailing_word(text: &str) -> &str {
     &text[start..]
 }
 
-/// The text to index for one stored chunk's recorded events (`(kind, t, data)`, kind `"o"` or
-/// `"i"`, in order): per kind, the plain transcript of all its events together (escapes
-/// removed, backspaces applied), so typed keys (one event each) form words. A chunk that ends
-/// inside a line keeps it open (no line break added, a trailing blank kept), so that
-/// [`Store::index_recording_text`] can join a word the next chunk completes.
-pub fn index_rows(events: &[(&str, f64, String)]) -> Vec<(&'static str, f64, String)> {
+/// The text to index for one stored chunk's recorded events (in order): per kind (`"o"`,
+/// `"i"`), the plain transcript of all its events together (escapes removed, backspaces
+/// applied), so typed keys (one event each) form words, at the time of the first. A chunk
+/// that ends inside a line keeps it open (no line break added, a trailing blank kept), so
+/// that [`Store::index_recording_text`] can join a word the next chunk completes.
+pub fn index_rows(events: &[airlock_recording::Event]) -> Vec<(&'static str, f64, String)> {
     use airlock_recording::{Event, EventKind};
     let mut rows = Vec::new();
     for (kind, ek) in [("o", EventKind::Output), ("i", EventKind::Input)] {
-        let evs: Vec<Event> = events
-            .iter()
-            .filter(|(k, _, _)| *k == kind)
-            .map(|(_, t, data)| Event {
-                t: *t,
-                kind: ek,
-                data: data.clone(),
-            })
-            .collect();
+        let evs: Vec<&Event> = events.iter().filter(|e| e.kind == ek).collect();
         let Some(first) = evs.first() else { continue };
         let t = first.t;
-        let mut text = airlock_recording::transcript(&evs, ek == EventKind::Input);
+        let owned: Vec<Event> = evs.iter().map(|e| (*e).clone()).collect();
+        let mut text = airlock_recording::transcript(&owned, ek == EventKind::Input);
         if ek == EventKind::Input {
             // Typed lines come prefixed "> " for people; the index wants the words alone.
             text = text
@@ -455,7 +448,15 @@ mod tests {
     /// an unfinished line left open (with its trailing blank) for the next chunk.
     #[test]
     fn index_rows_make_words() {
-        let ev = |k: &'static str, t: f64, d: &str| (k, t, d.to_owned());
+        let ev = |k: &'static str, t: f64, d: &str| airlock_recording::Event {
+            t,
+            kind: if k == "i" {
+                airlock_recording::EventKind::Input
+            } else {
+                airlock_recording::EventKind::Output
+            },
+            data: d.to_owned(),
+        };
         let rows = index_rows(&[
             ev("o", 0.1, "\u{1b}[1;32m$\u{1b}[0m "),
             ev("i", 0.2, "h"),
