@@ -122,8 +122,15 @@ struct Run {
 
 /// Runs `airlock ARGS` as `profile` (a clean environment, stdin not a terminal).
 async fn airlock(profile: &Profile, args: &[&str]) -> Run {
+    let mut c = Command::new(bin().await);
+    c.args(args);
+    run(profile, c).await
+}
+
+/// The `airlock` binary, built (or found up to date) once per test binary.
+async fn bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let bin = match BIN.get() {
+    match BIN.get() {
         Some(b) => b.clone(),
         None => {
             let b = tokio::task::spawn_blocking(airlock_testkit::airlock_binary)
@@ -131,10 +138,12 @@ async fn airlock(profile: &Profile, args: &[&str]) -> Run {
                 .unwrap();
             BIN.get_or_init(|| b).clone()
         }
-    };
-    let mut c = Command::new(bin);
-    c.args(args)
-        .env("AIRLOCK_ENDPOINT", &profile.endpoint)
+    }
+}
+
+/// Runs `c` with `profile`'s credentials in a clean environment, stdin empty.
+async fn run(profile: &Profile, mut c: Command) -> Run {
+    c.env("AIRLOCK_ENDPOINT", &profile.endpoint)
         .env("AIRLOCK_ACCESS_KEY_ID", &profile.access_key_id)
         .env("AIRLOCK_SECRET_ACCESS_KEY", &profile.secret_access_key)
         .env("AIRLOCK_REGION", &profile.region)
@@ -388,6 +397,57 @@ async fn replay_follow_watches_a_live_session_until_it_ends() {
     assert!(!run.stderr.contains("has ended"), "{}", run.stderr);
     assert!(run.stdout.contains("before-2"), "{}", run.stdout);
     assert!(run.stdout.contains("during-4"), "{}", run.stdout);
+}
+
+/// On a terminal (a pty from `script`), replay puts it in raw mode for its keys: `q` and
+/// Ctrl-C quit at once, long before the slow playback would end, and the terminal is
+/// restored (canonical mode and echo back on) on the way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_on_a_terminal_quits_on_its_keys_and_restores_the_terminal() {
+    if !have("script") {
+        return;
+    }
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let (id, _) = shell(
+        &server,
+        &api,
+        &agent.instance_id,
+        &["echo first", "echo second"],
+        Duration::from_millis(1200),
+    )
+    .await;
+    let bin = bin().await;
+    for key in ["q", "\u{3}"] {
+        let dir = TempDir::new();
+        let keys = dir.0.join("keys");
+        std::fs::write(&keys, key).unwrap();
+        // The key arrives after raw mode is on (a pty buffers it in canonical mode until then);
+        // at a 100th of the speed the recording would play for minutes.
+        let script = format!(
+            "'{}' sessions replay {id} --speed 0.01 --idle-cap 0; echo exit=$?; stty -a",
+            bin.display()
+        );
+        let mut sh = Command::new("sh");
+        sh.arg("-c").arg(format!(
+            "(sleep 1; cat '{}'; sleep 2) | script -qec \"{script}\" /dev/null",
+            keys.display()
+        ));
+        let started = std::time::Instant::now();
+        let out = run(&server.admin, sh).await;
+        let took = started.elapsed();
+        assert!(
+            out.stdout.contains("exit=0"),
+            "{key:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        assert!(took < Duration::from_secs(15), "{key:?}: took {took:?}");
+        let stty = &out.stdout[out.stdout.find("exit=0").unwrap()..];
+        assert!(stty.contains(" icanon"), "{key:?}: {stty}");
+        assert!(stty.contains(" echo"), "{key:?}: {stty}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
