@@ -617,6 +617,29 @@ async fn search_shows_only_sessions_the_caller_may_read() {
     .await;
 
     assert_eq!(search_ids(&alice, "launch").await, ["alice-1"]);
+    // An explicit Deny of the call itself refuses it (and is audited as a Deny).
+    put_policy(
+        &server,
+        "alice",
+        json!([{"Effect": "Deny", "Action": "airlock:SearchSessions", "Resource": "*"}]),
+    )
+    .await;
+    let err = ApiClient::new(alice.clone())
+        .unwrap()
+        .call("Airlock.SearchSessions", &json!({ "Text": "launch" }))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("AccessDeniedException"), "{err}");
+    server
+        .api()
+        .call(
+            "Airlock.DeleteUserPolicy",
+            &json!({"UserName": "alice", "PolicyName": "p"}),
+        )
+        .await
+        .expect("DeleteUserPolicy");
+    assert_eq!(search_ids(&alice, "launch").await, ["alice-1"]);
     assert_eq!(search_ids(&bob, "launch").await, ["bob-1"]);
     assert_eq!(search_ids(&reader, "launch").await, ["alice-1", "carol-1"]);
     assert!(search_ids(&carol, "launch").await.is_empty());
@@ -692,6 +715,10 @@ async fn search_shows_only_sessions_the_caller_may_read() {
         .unwrap()
         .ends_with(":session/bob-1"));
     assert_eq!(bobs["Decision"], "Allow");
+    assert!(searches
+        .iter()
+        .any(|e| e["Decision"] == "Deny"
+            && e["Principal"].as_str().unwrap().ends_with(":user/alice")));
 }
 
 /// Bad input is refused with a clear error and nothing else happens.

@@ -4,9 +4,10 @@
 //! A result is the content of a recording, so each session is shown only to whom may read its
 //! recording: its owner, or a caller allowed `airlock:GetSessionRecording` on the session ARN;
 //! an explicit `Deny` wins over ownership (`GetSessionRecording`'s own rule,
-//! [`super::recordings::may_read_recording`], decided quietly per session). The call needs no permission of its
-//! own: who may read nothing finds nothing. It is audited with what was searched and which
-//! sessions were shown.
+//! [`super::recordings::may_read_recording`], decided quietly per session). The call needs no
+//! Allow of its own (who may read nothing finds nothing), but an explicit Deny of
+//! `airlock:SearchSessions` on `session/*` refuses it. It is audited with what was searched and
+//! which sessions were shown.
 
 use std::sync::Arc;
 
@@ -119,6 +120,27 @@ pub async fn search(
         }
         None => None,
     };
+    // The call needs no Allow (owners search their own), but an explicit Deny of it stops it.
+    let all = Resource::new(format!(
+        "arn:aws:ssm:{}:{}:session/*",
+        state.config.region, state.config.account_id
+    ));
+    let ctx = crate::authz::context(
+        state,
+        &caller.principal,
+        &caller.source_ip.to_string(),
+        caller.secure,
+        ACTION,
+        &all,
+    );
+    let d = crate::authz::decide(&caller.principal, &ctx);
+    if let airlock_policy::Decision::ExplicitDeny { .. } = d {
+        audit(state, caller, &text, &[], Some(d.explain())).await?;
+        return Err(ApiError::client(
+            "AccessDeniedException",
+            crate::authz::denied_message(&caller.principal.arn, ACTION, &all.arn, &d),
+        ));
+    }
     let filter = SearchFilter {
         target: i.target,
         since,
@@ -166,16 +188,18 @@ pub async fn search(
             "Matches": matches,
         }));
     }
-    audit(state, caller, &text, &shown).await?;
+    audit(state, caller, &text, &shown, None).await?;
     Ok(json!({ "Results": results }))
 }
 
-/// The call's audit record: what was searched and whose recordings' words were shown.
+/// The call's audit record: what was searched and whose recordings' words were shown, or the
+/// Deny statement that refused it.
 async fn audit(
     state: &AppState,
     caller: &Caller,
     text: &str,
     shown: &[Session],
+    denied: Option<String>,
 ) -> Result<(), ApiError> {
     let event = crate::store::audit::AuditEvent {
         event: "api".into(),
@@ -187,9 +211,10 @@ async fn audit(
             .map(|s| recording_resource(state, s).arn)
             .collect::<Vec<_>>()
             .join(" "),
-        decision: "Allow".into(),
-        statement: "sessions shown: the caller's own, or allowed airlock:GetSessionRecording"
-            .into(),
+        decision: if denied.is_some() { "Deny" } else { "Allow" }.into(),
+        statement: denied.unwrap_or_else(|| {
+            "sessions shown: the caller's own, or allowed airlock:GetSessionRecording".into()
+        }),
         request_id: caller.request_id.clone(),
         user_agent: caller.user_agent.clone(),
         detail: json!({ "Text": text, "Results": shown.len() }).to_string(),

@@ -479,6 +479,62 @@ mod tests {
         assert!(index_rows(&[]).is_empty());
     }
 
+    /// Figures for the issue note (run with `--ignored`): an hour of a busy shell (a 4 KiB
+    /// chunk of printed text a second) indexed, then searched.
+    #[tokio::test]
+    #[ignore]
+    async fn measure_an_hour_of_busy_output() {
+        let (store, dir) = store("measure").await;
+        session(&store, "busy-1", "mi-00000000000000001", 1_000).await;
+        let words = [
+            "alpha", "kernel", "systemd", "nginx", "restart", "error", "ok", "12345",
+        ];
+        let started = std::time::Instant::now();
+        let mut worst = std::time::Duration::ZERO;
+        for i in 0..3600u32 {
+            let mut text = String::with_capacity(4096);
+            let mut n = i;
+            while text.len() < 4000 {
+                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                text.push_str(words[(n >> 16) as usize % words.len()]);
+                text.push(if n % 7 == 0 { '\n' } else { ' ' });
+            }
+            if i == 1800 {
+                text.push_str(" needle-in-the-haystack\n");
+            }
+            let t0 = std::time::Instant::now();
+            store
+                .index_recording_text("busy-1", &[("o", f64::from(i), &text)])
+                .await
+                .unwrap();
+            worst = worst.max(t0.elapsed());
+        }
+        let indexing = started.elapsed();
+        let t0 = std::time::Instant::now();
+        let hits = found(&store, "needle in the haystack").await;
+        let rare = t0.elapsed();
+        let t0 = std::time::Instant::now();
+        let m = store
+            .recording_matches("busy-1", "kernel", 5)
+            .await
+            .unwrap();
+        let common = t0.elapsed();
+        assert_eq!(hits, ["busy-1"]);
+        assert_eq!(m.len(), 5);
+        let db: u64 = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        eprintln!(
+            "3600 chunks x 4 KiB indexed in {indexing:?} (worst {worst:?}); rare phrase {rare:?}; \
+             common word, 5 matches {common:?}; database files {} MiB",
+            db >> 20
+        );
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     /// The attacker's searches: FTS5 syntax in the text is literal, never an operator, a
     /// column filter, a prefix query or a parse error.
     #[tokio::test]
