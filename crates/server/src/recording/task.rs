@@ -483,22 +483,26 @@ impl RecordState {
     }
 }
 
-/// Each recorded event: to the log stream (helper E's `events` module), and kept for the
-/// chunk's search text.
+/// Each recorded event: to the session log stream (`events::log_stream`, when one is
+/// configured; it never blocks), and kept for the chunk's search text.
 fn note_event(
     setup: &Setup,
     texts: &mut Vec<airlock_recording::Event>,
     ev: airlock_recording::Event,
 ) {
-    let _kind = match ev.kind {
+    let kind = match ev.kind {
         EventKind::Output => "o",
         EventKind::Input => "i",
         EventKind::Resize => return,
     };
-    // MERGE(E): setup.state.events.session_io(&crate::events::SessionIo {
-    //     session_id: &setup.meta.session, owner: &setup.meta.owner, target: &setup.meta.target,
-    //     kind: _kind, t: time::OffsetDateTime::now_utc(), data: &ev.data });
-    let _ = setup;
+    setup.state.events.session_io(&crate::events::SessionIo {
+        session_id: &setup.meta.session,
+        owner: &setup.meta.owner,
+        target: &setup.meta.target,
+        kind,
+        t: time::OffsetDateTime::now_utc(),
+        data: &ev.data,
+    });
     texts.push(ev);
 }
 
