@@ -57,6 +57,10 @@ pub struct ServerConfig {
     /// the warning before each). Always 60 s in production; tests shorten it to run limits
     /// in seconds (`airlock server --test-minute-ms`, hidden).
     pub minute: Duration,
+    /// Webhook delivery: retry schedule, limits, plain-HTTP exception.
+    pub webhooks: crate::events::WebhookSettings,
+    /// The session log stream (`--session-log FILE|-`), off by default.
+    pub session_log: Option<crate::events::SessionLog>,
 }
 
 impl Default for ServerConfig {
@@ -75,6 +79,8 @@ impl Default for ServerConfig {
             limits: crate::limits::Limits::default(),
             audit_checkpoint_interval: Duration::from_secs(1),
             minute: Duration::from_secs(60),
+            webhooks: Default::default(),
+            session_log: None,
         }
     }
 }

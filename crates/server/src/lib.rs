@@ -13,6 +13,7 @@ pub mod config;
 pub mod datadir;
 pub mod document;
 pub mod end_reason;
+pub mod events;
 pub mod gateway;
 pub mod limits;
 pub mod listener;
@@ -64,6 +65,9 @@ pub enum ServerError {
     /// The master key could not be loaded.
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
+    /// Webhook delivery could not be set up (its HTTP client).
+    #[error("webhook delivery: {0}")]
+    Events(String),
 }
 
 /// Credentials of the admin created on first start.
@@ -266,6 +270,23 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     }
 
     let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let events = store.events().clone();
+    if let Some(public) = &config.public_url {
+        events.set_source(public);
+    }
+    if let Some(target) = &config.session_log {
+        let log = events::log_stream::open(target, shutdown.clone(), &tasks)
+            .await
+            .map_err(|source| ServerError::Io {
+                context: format!("opening the session log {target:?}"),
+                source,
+            })?;
+        events.set_log(log);
+    }
+    let webhook_client = events::delivery::http_client(&config.webhooks)
+        .map_err(|e| ServerError::Events(e.to_string()))?;
+    events.set_http_client(webhook_client.clone());
     let port_audit = port_audit::Writer::spawn(store.clone(), shutdown.clone());
     let refusals = refusals::Refusals::spawn(store.clone(), shutdown.clone());
     let limits = config.limits.clone();
@@ -279,7 +300,7 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         shutdown,
         port_audit,
         audit_checkpoint,
-        tasks: TaskTracker::new(),
+        tasks,
         policies: authz::PolicyCache::default(),
         tls: tls.is_some(),
         connections: limits::ConnectionLimiter::new(&limits),
@@ -288,10 +309,12 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         refusals,
         preferences: preferences::PreferencesCell::default(),
         live: session_limits::LiveSessions::default(),
+        events,
     });
     state.preferences.set(preferences);
     session_limits::spawn(state.clone());
     revocation::spawn(state.clone());
+    events::delivery::spawn(state.clone(), webhook_client);
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());

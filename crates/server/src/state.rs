@@ -40,4 +40,6 @@ pub struct AppState {
     pub preferences: crate::preferences::PreferencesCell,
     /// Live sessions, for the limit enforcer and the revocation sweep.
     pub live: crate::session_limits::LiveSessions,
+    /// CloudEvents to webhooks, and the session log stream (`session_io`).
+    pub events: crate::events::Events,
 }

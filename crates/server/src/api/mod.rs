@@ -12,6 +12,7 @@ pub mod iam;
 pub mod instances;
 pub mod port_connections;
 pub mod sessions;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

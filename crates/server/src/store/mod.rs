@@ -48,6 +48,8 @@ pub struct Store {
     pub(crate) audit_lock: std::sync::Arc<tokio::sync::Mutex<Option<audit::AuditHead>>>,
     /// A copy of that head the checkpoint writer reads without queueing behind appends.
     pub(crate) audit_head: std::sync::Arc<std::sync::Mutex<Option<audit::AuditHead>>>,
+    /// Events enqueued with the audit records they come from (webhook outbox, log stream).
+    pub(crate) events: crate::events::Events,
 }
 
 /// The `[{"Key":…,"Value":…}]` tags stored with an activation, as pairs.
@@ -120,6 +122,7 @@ impl Store {
             key,
             audit_lock: Default::default(),
             audit_head: Default::default(),
+            events: Default::default(),
         };
         store.reseal_secrets().await?;
         Ok(store)
