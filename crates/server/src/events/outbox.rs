@@ -300,7 +300,8 @@ impl Store {
     /// Enqueues an event that no audit record stands for (`session.resumed`) to every
     /// subscribed webhook, in one transaction, and writes it to the log stream.
     pub async fn publish_event(&self, ev: &CloudEvent) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: it reads the subscribers and then writes (see `append_audit`).
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let hooks = subscribers(&mut tx).await?;
         let enqueued = enqueue_all(&mut tx, &hooks, std::slice::from_ref(ev)).await?;
         tx.commit().await?;
