@@ -11,6 +11,7 @@ mod plugin;
 mod port;
 mod port_connections;
 mod session;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,6 +146,17 @@ pub struct ServerArgs {
     /// session duration and their warnings), so tests see limits in seconds.
     #[arg(long, hide = true, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub test_minute_ms: u64,
+    /// Write every recorded session event (output, and input where recorded) and every session
+    /// change as JSON lines to FILE (appended, mode 0600), or to standard output with `-`.
+    #[arg(long, value_name = "FILE|-", env = "AIRLOCK_SESSION_LOG")]
+    pub session_log: Option<String>,
+    /// Accept webhook URLs with plain http:// to hosts other than loopback (events and audit
+    /// records then cross the network unencrypted).
+    #[arg(long)]
+    pub allow_plain_http_webhooks: bool,
+    /// Test only: the first webhook retry delay in milliseconds (it doubles per attempt).
+    #[arg(long, hide = true, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub test_webhook_retry_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -358,6 +370,15 @@ pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
             ..Default::default()
         },
         minute: std::time::Duration::from_millis(a.test_minute_ms),
+        webhooks: airlock_server::events::WebhookSettings {
+            retry_base: std::time::Duration::from_millis(a.test_webhook_retry_ms),
+            allow_plain_http: a.allow_plain_http_webhooks,
+            ..Default::default()
+        },
+        session_log: a
+            .session_log
+            .as_deref()
+            .map(airlock_server::events::SessionLog::parse),
         ..Default::default()
     }
 }

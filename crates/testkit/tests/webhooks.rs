@@ -767,3 +767,180 @@ async fn the_session_log_stream_has_session_changes_and_io_lines() {
     assert_eq!(server.state().events.session_log_dropped(), 0);
     agent.stop().await;
 }
+
+/// The `airlock` binary with a clean environment signing as `creds` against `endpoint`.
+fn airlock_cli(home: &std::path::Path, endpoint: &str, creds: &Value) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(airlock_testkit::airlock_binary());
+    c.env("HOME", home).env("AIRLOCK_LOG", "warn");
+    for var in [
+        "AIRLOCK_PROFILE",
+        "AIRLOCK_CONFIG",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("AIRLOCK_ENDPOINT", endpoint)
+        .env("AIRLOCK_ACCESS_KEY_ID", creds["AccessKeyId"].as_str().unwrap())
+        .env(
+            "AIRLOCK_SECRET_ACCESS_KEY",
+            creds["SecretAccessKey"].as_str().unwrap(),
+        );
+    c.kill_on_drop(true);
+    c
+}
+
+/// Runs the CLI; returns (exit code, stdout, stderr).
+async fn cli(
+    home: &std::path::Path,
+    endpoint: &str,
+    creds: &Value,
+    args: &[&str],
+) -> (i32, String, String) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        airlock_cli(home, endpoint, creds).args(args).output(),
+    )
+    .await
+    .expect("the CLI finishes")
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `airlock server` as a process on `port`, with fast webhook retries.
+fn server_process(home: &std::path::Path, data: &std::path::Path, port: u16) -> tokio::process::Child {
+    tokio::process::Command::new(airlock_testkit::airlock_binary())
+        .env("HOME", home)
+        .env("AIRLOCK_LOG", "warn")
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .args(["--test-webhook-retry-ms", "50"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_healthy(endpoint: &str) {
+    let client = reqwest::Client::new();
+    eventually("the server answers", T, || async {
+        client
+            .get(format!("{endpoint}/healthz"))
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_server_loses_no_event_and_the_cli_manages_webhooks() {
+    let home = airlock_testkit::TempDir::new();
+    let data = home.0.join("data");
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut server = server_process(&home.0, &data, port);
+    wait_healthy(&endpoint).await;
+    let creds: Value = serde_json::from_slice(
+        &std::fs::read(data.join("admin-credentials.json")).unwrap(),
+    )
+    .unwrap();
+    let mut receiver = Receiver::new(200);
+
+    let (code, out, err) = cli(
+        &home.0,
+        &endpoint,
+        &creds,
+        &[
+            "--output", "json", "admin", "webhook", "create", "--url", &receiver.url(),
+            "--events", "audit.record,session.*", "--description", "siem",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["WebhookId"].as_str().unwrap().to_owned();
+    let secret = created["Secret"].as_str().unwrap().to_owned();
+    assert_eq!(created["Webhook"]["Events"], json!(["audit.record", "session.*"]));
+    for _ in 0..3 {
+        let (code, _, err) = cli(&home.0, &endpoint, &creds, &["admin", "user", "list"]).await;
+        assert_eq!(code, 0, "{err}");
+    }
+    // The endpoint is down: the deliveries wait, with their attempts counted.
+    let pending = eventually("retried deliveries", T, || async {
+        let (_, out, _) = cli(
+            &home.0,
+            &endpoint,
+            &creds,
+            &["--output", "json", "admin", "webhook", "deliveries", &id, "--status", "Pending"],
+        )
+        .await;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        let d = v["Deliveries"].as_array()?.clone();
+        (d.len() >= 3 && d.iter().all(|d| d["Attempts"].as_i64() >= Some(1))).then_some(d)
+    })
+    .await;
+    let expected: BTreeSet<String> = pending
+        .iter()
+        .map(|d| d["EventId"].as_str().unwrap().to_owned())
+        .collect();
+
+    // kill -9, the endpoint comes back, the server restarts: the backlog goes out.
+    server.start_kill().unwrap();
+    server.wait().await.unwrap();
+    receiver.up().await;
+    let mut server = server_process(&home.0, &data, port);
+    wait_healthy(&endpoint).await;
+    eventually("the backlog delivered after kill -9", Duration::from_secs(45), || async {
+        let got: BTreeSet<String> = receiver
+            .accepted()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        expected.is_subset(&got).then_some(())
+    })
+    .await;
+    for h in receiver.hits() {
+        verify(&secret, &h);
+    }
+
+    // The other commands, as people run them.
+    let (code, out, err) = cli(&home.0, &endpoint, &creds, &["admin", "webhook", "list"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains("audit.record,session.*") && out.contains("siem"), "{out}");
+    assert!(!out.contains(&secret));
+    let (code, out, err) = cli(&home.0, &endpoint, &creds, &["admin", "webhook", "test", &id]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("delivered (HTTP 200)"), "{out}");
+    let (code, out, _) =
+        cli(&home.0, &endpoint, &creds, &["admin", "webhook", "deliveries", "--dead"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 1, "only the header: no dead letters\n{out}");
+    let (code, _, err) = cli(
+        &home.0,
+        &endpoint,
+        &creds,
+        &["admin", "webhook", "create", "--url", "http://hooks.example.com/x", "--events", "*"],
+    )
+    .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("https://"), "{err}");
+    let (code, out, err) = cli(&home.0, &endpoint, &creds, &["admin", "webhook", "delete", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+    receiver.down();
+    let (code, _, err) = cli(&home.0, &endpoint, &creds, &["admin", "webhook", "test", &id]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("NoSuchEntity"), "{err}");
+    server.start_kill().unwrap();
+    let _ = server.wait().await;
+}
