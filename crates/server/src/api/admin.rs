@@ -206,14 +206,19 @@ pub async fn dispatch(
             Ok(json!({}))
         }
         "ListPortConnections" => super::port_connections::list(state, caller, input).await,
-        "CreateWebhook" | "ListWebhooks" | "DeleteWebhook" | "TestWebhook"
-        | "ListWebhookDeliveries" => match super::webhooks::dispatch(state, caller, op, input).await {
-            Some(r) => r,
-            None => Err(ApiError::client(
-                "UnknownOperationException",
-                format!("Unknown operation Airlock.{op}"),
-            )),
-        },
+        "CreateWebhook"
+        | "ListWebhooks"
+        | "DeleteWebhook"
+        | "TestWebhook"
+        | "ListWebhookDeliveries" => {
+            match super::webhooks::dispatch(state, caller, op, input).await {
+                Some(r) => r,
+                None => Err(ApiError::client(
+                    "UnknownOperationException",
+                    format!("Unknown operation Airlock.{op}"),
+                )),
+            }
+        }
         _ => match super::iam::dispatch(state, caller, op, input).await {
             Some(r) => r,
             None => Err(ApiError::client(

@@ -523,7 +523,10 @@ pub async fn resume(
         );
         // The resume is under way; a store hiccup loses this notification, not the session.
         if let Err(e) = state.store.publish_event(&resumed).await {
-            tracing::error!(session_id = id, "could not enqueue the session.resumed event: {e}");
+            tracing::error!(
+                session_id = id,
+                "could not enqueue the session.resumed event: {e}"
+            );
         }
     }
     Ok(json!({

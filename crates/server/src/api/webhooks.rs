@@ -89,10 +89,7 @@ fn delivery_json(d: &Delivery) -> Value {
 
 async fn existing(state: &AppState, id: &str) -> Result<Webhook, ApiError> {
     state.store.webhook(id).await?.ok_or_else(|| {
-        ApiError::client(
-            "NoSuchEntity",
-            format!("The webhook {id} cannot be found."),
-        )
+        ApiError::client("NoSuchEntity", format!("The webhook {id} cannot be found."))
     })
 }
 
@@ -144,7 +141,13 @@ async fn create(state: &AppState, caller: &Caller, input: Value) -> Result<Value
 }
 
 async fn list(state: &AppState, caller: &Caller) -> Result<Value, ApiError> {
-    authorize(state, caller, "airlock:ListWebhooks", &webhook_arn(state, "*")).await?;
+    authorize(
+        state,
+        caller,
+        "airlock:ListWebhooks",
+        &webhook_arn(state, "*"),
+    )
+    .await?;
     let hooks = state.store.list_webhooks().await?;
     Ok(json!({ "Webhooks": hooks.iter().map(webhook_json).collect::<Vec<_>>() }))
 }
@@ -152,7 +155,13 @@ async fn list(state: &AppState, caller: &Caller) -> Result<Value, ApiError> {
 async fn delete(state: &AppState, caller: &Caller, input: Value) -> Result<Value, ApiError> {
     let i: IdInput = parse(input)?;
     let id = valid_id(i.webhook_id.as_deref())?;
-    authorize(state, caller, "airlock:DeleteWebhook", &webhook_arn(state, id)).await?;
+    authorize(
+        state,
+        caller,
+        "airlock:DeleteWebhook",
+        &webhook_arn(state, id),
+    )
+    .await?;
     if !state.store.delete_webhook(id).await? {
         existing(state, id).await?;
     }
@@ -162,7 +171,13 @@ async fn delete(state: &AppState, caller: &Caller, input: Value) -> Result<Value
 async fn test(state: &AppState, caller: &Caller, input: Value) -> Result<Value, ApiError> {
     let i: IdInput = parse(input)?;
     let id = valid_id(i.webhook_id.as_deref())?;
-    authorize(state, caller, "airlock:TestWebhook", &webhook_arn(state, id)).await?;
+    authorize(
+        state,
+        caller,
+        "airlock:TestWebhook",
+        &webhook_arn(state, id),
+    )
+    .await?;
     let hook = existing(state, id).await?;
     let ev = CloudEvent::new(
         state.events.source(),
@@ -178,14 +193,9 @@ async fn test(state: &AppState, caller: &Caller, input: Value) -> Result<Value, 
     let Some(client) = state.events.http_client() else {
         return Err(ApiError::internal("webhook delivery is not running"));
     };
-    let attempt = crate::events::delivery::send_test(
-        &state.store,
-        client,
-        &state.config.webhooks,
-        id,
-        &ev,
-    )
-    .await?;
+    let attempt =
+        crate::events::delivery::send_test(&state.store, client, &state.config.webhooks, id, &ev)
+            .await?;
     Ok(json!({
         "EventId": ev.id,
         "Delivered": attempt.delivered,

@@ -63,7 +63,13 @@ pub struct CloudEvent {
 
 impl CloudEvent {
     /// A new event with a fresh id.
-    pub fn new(source: &str, kind: &str, time_ms: i64, subject: Option<String>, data: Value) -> Self {
+    pub fn new(
+        source: &str,
+        kind: &str,
+        time_ms: i64,
+        subject: Option<String>,
+        data: Value,
+    ) -> Self {
         CloudEvent {
             specversion: "1.0".into(),
             id: uuid::Uuid::new_v4().to_string(),
@@ -198,7 +204,11 @@ fn target_of(rec: &AuditRecord) -> Option<String> {
 
 /// The events one audit record becomes: always `audit.record`, and the session event(s) it
 /// stands for. `facts` is the session's row when [`is_session_record`] and it exists.
-pub fn from_audit(source: &str, rec: &AuditRecord, facts: Option<&SessionFacts>) -> Vec<CloudEvent> {
+pub fn from_audit(
+    source: &str,
+    rec: &AuditRecord,
+    facts: Option<&SessionFacts>,
+) -> Vec<CloudEvent> {
     let e = &rec.event;
     let mut out = Vec::new();
     let subject = (!e.resource.is_empty()).then(|| e.resource.clone());
@@ -331,7 +341,14 @@ mod tests {
         assert!(matches(&["session.*".into()], SESSION_TERMINATED));
         assert!(!matches(&["session.*".into()], AUDIT_RECORD));
         assert!(!matches(&["*".into()], "com.other.thing"));
-        for bad in ["", "session", "session.start*", "io.airlock.*x", "x.*", "\u{0}"] {
+        for bad in [
+            "",
+            "session",
+            "session.start*",
+            "io.airlock.*x",
+            "x.*",
+            "\u{0}",
+        ] {
             assert!(parse_patterns(&[bad.into()]).is_err(), "{bad:?}");
         }
         assert!(parse_patterns(&[]).is_err());
@@ -365,7 +382,10 @@ mod tests {
         assert_eq!(ev[1].subject.as_deref(), Some("alice-0abc"));
         assert_eq!(ev[1].data["EndReason"]["Kind"], "TerminatedBy");
         assert_eq!(ev[1].data["Target"], "mi-0123");
-        assert_eq!(ev[2].data["TerminatedBy"], "arn:aws:iam::000000000000:user/ops");
+        assert_eq!(
+            ev[2].data["TerminatedBy"],
+            "arn:aws:iam::000000000000:user/ops"
+        );
         assert_eq!(ev[0].data["Seq"], 7);
         assert_eq!(ev[0].time, "2025-11-24T16:00:00.123Z");
         let ids: std::collections::HashSet<_> = ev.iter().map(|e| &e.id).collect();

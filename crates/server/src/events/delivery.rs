@@ -108,16 +108,18 @@ pub(crate) async fn attempt(
         },
         Ok(secret) => post(client, &secret, due).await,
     };
-    let attempts = u32::try_from(due.attempts).unwrap_or(u32::MAX).saturating_add(1);
+    let attempts = u32::try_from(due.attempts)
+        .unwrap_or(u32::MAX)
+        .saturating_add(1);
     let now = now_ms();
     let age = Duration::from_millis(u64::try_from(now - due.created_at).unwrap_or(0));
-    let retry_at = if result.delivered || attempts >= settings.max_attempts || age >= settings.max_age
-    {
-        None
-    } else {
-        let wait = backoff(settings, attempts);
-        Some(now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
-    };
+    let retry_at =
+        if result.delivered || attempts >= settings.max_attempts || age >= settings.max_age {
+            None
+        } else {
+            let wait = backoff(settings, attempts);
+            Some(now + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2))
+        };
     if !result.delivered {
         let dead = retry_at.is_none();
         tracing::warn!(
@@ -235,7 +237,9 @@ async fn run(state: &crate::state::AppState, client: &reqwest::Client) {
             last_prune = now;
             let keep = i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX);
             match store.prune_deliveries(now.saturating_sub(keep)).await {
-                Ok(n) if n > 0 => tracing::info!("removed {n} delivered webhook rows past retention"),
+                Ok(n) if n > 0 => {
+                    tracing::info!("removed {n} delivered webhook rows past retention")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("could not prune webhook deliveries: {e}"),
             }
@@ -251,7 +255,10 @@ async fn run(state: &crate::state::AppState, client: &reqwest::Client) {
             let until = now + lease(settings);
             let mut leased = Vec::with_capacity(due.len());
             for d in due {
-                if matches!(store.lease_delivery(d.delivery_id, now, until).await, Ok(true)) {
+                if matches!(
+                    store.lease_delivery(d.delivery_id, now, until).await,
+                    Ok(true)
+                ) {
                     leased.push(d);
                 }
             }

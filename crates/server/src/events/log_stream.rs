@@ -242,8 +242,10 @@ mod tests {
         tracker.close();
         tracker.wait().await;
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert_eq!(lines[0]["session_id"], "alice-0abc");
         assert_eq!(lines[0]["owner"], "arn:aws:iam::000000000000:user/alice");

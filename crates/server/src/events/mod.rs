@@ -142,7 +142,10 @@ impl Events {
 
     /// Lines dropped by the log stream because its queue was full.
     pub fn session_log_dropped(&self) -> u64 {
-        self.inner.log.get().map_or(0, log_stream::LogStream::dropped)
+        self.inner
+            .log
+            .get()
+            .map_or(0, log_stream::LogStream::dropped)
     }
 
     /// Whether a log stream is attached (lifecycle lines then need the session's facts).

@@ -120,7 +120,9 @@ fn new_secret() -> String {
     )
 }
 
-async fn subscribers(conn: &mut SqliteConnection) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
+async fn subscribers(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(String, Vec<String>)>, sqlx::Error> {
     let rows = sqlx::query("SELECT webhook_id, events FROM webhooks")
         .fetch_all(&mut *conn)
         .await?;
@@ -322,7 +324,10 @@ impl Store {
     }
 
     /// A due delivery by id, with what sending it needs.
-    pub(crate) async fn delivery_to_send(&self, delivery_id: i64) -> Result<Option<Due>, StoreError> {
+    pub(crate) async fn delivery_to_send(
+        &self,
+        delivery_id: i64,
+    ) -> Result<Option<Due>, StoreError> {
         let row = sqlx::query(
             "SELECT d.delivery_id, d.webhook_id, w.url, w.secret, d.event_id, d.body, d.attempts, d.created_at \
              FROM webhook_deliveries d JOIN webhooks w ON w.webhook_id = d.webhook_id WHERE d.delivery_id = ?",
@@ -334,7 +339,11 @@ impl Store {
     }
 
     /// Pending deliveries due at `now`, oldest first.
-    pub(crate) async fn due_deliveries(&self, now: i64, limit: i64) -> Result<Vec<Due>, StoreError> {
+    pub(crate) async fn due_deliveries(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<Due>, StoreError> {
         let rows = sqlx::query(
             "SELECT d.delivery_id, d.webhook_id, w.url, w.secret, d.event_id, d.body, d.attempts, d.created_at \
              FROM webhook_deliveries d JOIN webhooks w ON w.webhook_id = d.webhook_id \
