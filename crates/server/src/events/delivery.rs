@@ -235,8 +235,14 @@ async fn run(state: &crate::state::AppState, client: &reqwest::Client) {
         let now = now_ms();
         if now - last_prune > 3_600_000 {
             last_prune = now;
-            let keep = i64::try_from(settings.retention.as_millis()).unwrap_or(i64::MAX);
-            match store.prune_deliveries(now.saturating_sub(keep)).await {
+            let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            match store
+                .prune_deliveries(
+                    now.saturating_sub(ms(settings.retention)),
+                    now.saturating_sub(ms(settings.dead_retention)),
+                )
+                .await
+            {
                 Ok(n) if n > 0 => {
                     tracing::info!("removed {n} delivered webhook rows past retention")
                 }

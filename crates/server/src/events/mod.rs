@@ -39,8 +39,10 @@ pub struct WebhookSettings {
     pub timeout: Duration,
     /// Attempts in flight at once.
     pub concurrency: usize,
-    /// Delivered rows are kept this long (for `deliveries`), then removed; dead letters stay.
+    /// Delivered rows are kept this long (for `deliveries`), then removed.
     pub retention: Duration,
+    /// Dead letters are kept this long for operators to look into, then removed.
+    pub dead_retention: Duration,
     /// Accept `http://` URLs to hosts other than loopback (events and audit records then cross
     /// the network in clear; the operator says so with `--allow-plain-http-webhooks`).
     pub allow_plain_http: bool,
@@ -56,6 +58,7 @@ impl Default for WebhookSettings {
             timeout: Duration::from_secs(10),
             concurrency: 8,
             retention: Duration::from_secs(7 * 24 * 3600),
+            dead_retention: Duration::from_secs(30 * 24 * 3600),
             allow_plain_http: false,
         }
     }

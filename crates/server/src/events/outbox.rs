@@ -446,12 +446,19 @@ impl Store {
         Ok(rows.iter().map(delivery_from_row).collect())
     }
 
-    /// Removes delivered rows older than `before` (epoch ms); dead letters stay.
-    pub(crate) async fn prune_deliveries(&self, before: i64) -> Result<u64, StoreError> {
+    /// Removes delivered rows delivered before `delivered_before` and dead letters that died
+    /// before `dead_before` (epoch ms); pending rows always stay.
+    pub(crate) async fn prune_deliveries(
+        &self,
+        delivered_before: i64,
+        dead_before: i64,
+    ) -> Result<u64, StoreError> {
         let res = sqlx::query(
-            "DELETE FROM webhook_deliveries WHERE status = 'Delivered' AND delivered_at < ?",
+            "DELETE FROM webhook_deliveries WHERE (status = 'Delivered' AND delivered_at < ?) \
+             OR (status = 'Dead' AND next_attempt_at < ?)",
         )
-        .bind(before)
+        .bind(delivered_before)
+        .bind(dead_before)
         .execute(&self.pool)
         .await?;
         Ok(res.rows_affected())
@@ -468,5 +475,118 @@ fn due_from_row(r: &sqlx::sqlite::SqliteRow) -> Due {
         body: r.get("body"),
         attempts: r.get("attempts"),
         created_at: r.get("created_at"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::store::audit::AuditEvent;
+
+    async fn store(name: &str) -> (Store, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("airlock-outbox-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::datadir::private_dir(&dir).unwrap();
+        let key = crate::secrets::MasterKey::load_or_create(&dir.join("master.key")).unwrap();
+        (Store::open_in_dir(&dir, key).await.unwrap(), dir)
+    }
+
+    fn event(action: &str) -> AuditEvent {
+        AuditEvent {
+            event: "api".into(),
+            principal: "arn:aws:iam::000000000000:user/admin".into(),
+            action: action.into(),
+            decision: "Allow".into(),
+            ..Default::default()
+        }
+    }
+
+    /// The record and its deliveries commit together: when the outbox cannot be written, the
+    /// audit record is not written either (and the caller fails its request).
+    #[tokio::test]
+    async fn a_record_and_its_deliveries_commit_together() {
+        let (store, dir) = store("atomic").await;
+        let (hook, secret) = store
+            .create_webhook("https://h.example/x", &["audit.*".into()], "", "arn:a")
+            .await
+            .unwrap();
+        assert!(secret.starts_with("whsec_"));
+        store.append_audit(&event("ssm:A")).await.unwrap();
+        let rows = store
+            .list_deliveries(Some(&hook.webhook_id), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].event_type, cloud::AUDIT_RECORD);
+        assert_eq!(rows[0].status, "Pending");
+        sqlx::query("DROP TABLE webhook_deliveries")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert!(store.append_audit(&event("ssm:B")).await.is_err());
+        let records = store
+            .list_audit(&Default::default(), None, 10)
+            .await
+            .unwrap();
+        assert!(
+            records.iter().all(|r| r.event.action != "ssm:B"),
+            "{records:?}"
+        );
+        assert!(store.verify_audit().await.unwrap().ok);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn pruning_keeps_pending_and_recent_rows() {
+        let (store, dir) = store("prune").await;
+        let (hook, _) = store
+            .create_webhook("https://h.example/x", &["*".into()], "", "arn:a")
+            .await
+            .unwrap();
+        for a in ["ssm:A", "ssm:B", "ssm:C"] {
+            store.append_audit(&event(a)).await.unwrap();
+        }
+        let rows = store
+            .list_deliveries(Some(&hook.webhook_id), None, 10)
+            .await
+            .unwrap();
+        let ids: Vec<i64> = rows.iter().map(|r| r.delivery_id).collect();
+        store
+            .record_attempt(ids[0], true, Some(200), "", None)
+            .await
+            .unwrap();
+        store
+            .record_attempt(ids[1], false, Some(500), "the endpoint answered 500", None)
+            .await
+            .unwrap();
+        let now = now_ms();
+        assert_eq!(
+            store
+                .prune_deliveries(now - 60_000, now - 60_000)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store.prune_deliveries(now + 1, now - 60_000).await.unwrap(),
+            1
+        );
+        assert_eq!(store.prune_deliveries(now + 1, now + 1).await.unwrap(), 1);
+        let left = store
+            .list_deliveries(Some(&hook.webhook_id), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].status, "Pending");
+        // Deleting the webhook drops what it had pending.
+        assert!(store.delete_webhook(&hook.webhook_id).await.unwrap());
+        assert!(store
+            .list_deliveries(None, None, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
