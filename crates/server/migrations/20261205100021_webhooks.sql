@@ -7,7 +7,10 @@ CREATE TABLE webhooks (
     description TEXT NOT NULL DEFAULT '',
     secret      TEXT NOT NULL,
     created_by  TEXT NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    -- While the endpoint is unavailable (unreachable, 429, 502-504), nothing is sent before
+    -- this (epoch ms): one request per retry, not one per pending event.
+    blocked_until INTEGER NOT NULL DEFAULT 0
 );
 
 -- One row per (webhook, event): written in the same transaction as the audit record the event

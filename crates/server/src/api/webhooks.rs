@@ -201,6 +201,7 @@ async fn test(state: &AppState, caller: &Caller, input: Value) -> Result<Value, 
         "Delivered": attempt.delivered,
         "StatusCode": attempt.status,
         "Error": attempt.error,
+        "NextAttemptDate": attempt.retry_at.map(timestamp),
     }))
 }
 

@@ -91,6 +91,16 @@ pub struct Attempt {
     pub status: Option<u16>,
     /// Why it failed (empty on success).
     pub error: String,
+    /// When it is tried again (epoch ms); `None` when delivered or dead.
+    pub retry_at: Option<i64>,
+}
+
+impl Attempt {
+    /// Whether the endpoint itself is unavailable (unreachable, timed out, overloaded), rather
+    /// than refusing this one event: the webhook's other due rows then wait too.
+    fn endpoint_unavailable(&self) -> bool {
+        !self.delivered && matches!(self.status, None | Some(429 | 502 | 503 | 504))
+    }
 }
 
 /// Sends one delivery once and records the outcome (delivered, retry later, or dead).
@@ -105,6 +115,7 @@ pub(crate) async fn attempt(
             delivered: false,
             status: None,
             error: format!("the webhook's secret does not open: {e}"),
+            retry_at: None,
         },
         Ok(secret) => post(client, &secret, due).await,
     };
@@ -113,6 +124,7 @@ pub(crate) async fn attempt(
         .saturating_add(1);
     let now = now_ms();
     let age = Duration::from_millis(u64::try_from(now - due.created_at).unwrap_or(0));
+    let mut result = result;
     let retry_at =
         if result.delivered || attempts >= settings.max_attempts || age >= settings.max_age {
             None
@@ -131,6 +143,7 @@ pub(crate) async fn attempt(
             result.error
         );
     }
+    result.retry_at = retry_at;
     if let Err(e) = store
         .record_attempt(
             due.delivery_id,
@@ -172,6 +185,7 @@ async fn post(client: &reqwest::Client, secret: &str, due: &Due) -> Attempt {
                 } else {
                     format!("the endpoint answered {status}")
                 },
+                retry_at: None,
             }
         }
         Err(e) => Attempt {
@@ -185,7 +199,36 @@ async fn post(client: &reqwest::Client, secret: &str, due: &Due) -> Attempt {
                 // Without the URL: it may carry a token in its query.
                 e.without_url().to_string()
             },
+            retry_at: None,
         },
+    }
+}
+
+/// Sends one webhook's due rows in order. When the endpoint is unavailable, the webhook is held
+/// until the failed row's retry and the rest wait without spending an attempt each: an
+/// endpoint that is down gets one request per retry, not one per pending event.
+async fn send_in_order(
+    store: &Store,
+    client: &reqwest::Client,
+    settings: &WebhookSettings,
+    rows: Vec<Due>,
+) {
+    let mut rows = rows.into_iter();
+    while let Some(d) = rows.next() {
+        let a = attempt(store, client, settings, &d).await;
+        if a.endpoint_unavailable() {
+            let wait = i64::try_from(backoff(settings, 1).as_millis()).unwrap_or(1000);
+            let at = a.retry_at.unwrap_or_else(|| now_ms() + wait);
+            let rest: Vec<i64> = rows.map(|d| d.delivery_id).collect();
+            let held = match store.block_webhook(&d.webhook_id, at).await {
+                Ok(()) => store.defer_deliveries(&rest, at).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = held {
+                tracing::error!(webhook_id = d.webhook_id, "could not defer deliveries: {e}");
+            }
+            return;
+        }
     }
 }
 
@@ -211,6 +254,10 @@ pub(crate) async fn send_test(
         .await?
         .ok_or_else(|| crate::store::StoreError::NotFound(format!("webhook {webhook_id}")))?;
     let result = attempt(store, client, settings, &due).await;
+    if result.delivered {
+        // It answers again: what waited for it may go now.
+        store.block_webhook(webhook_id, 0).await?;
+    }
     store.events().wake();
     Ok(result)
 }
@@ -268,13 +315,22 @@ async fn run(state: &crate::state::AppState, client: &reqwest::Client) {
                     leased.push(d);
                 }
             }
-            let mut sends = tokio::task::JoinSet::new();
+            // One task per webhook, sending its rows in order: a slow or unreachable endpoint
+            // holds up only its own deliveries.
+            let mut by_hook: Vec<Vec<Due>> = Vec::new();
             for d in leased {
+                match by_hook.iter_mut().find(|v| v[0].webhook_id == d.webhook_id) {
+                    Some(v) => v.push(d),
+                    None => by_hook.push(vec![d]),
+                }
+            }
+            let mut sends = tokio::task::JoinSet::new();
+            for rows in by_hook {
                 while sends.len() >= settings.concurrency.max(1) {
                     sends.join_next().await;
                 }
                 let (store, client, settings) = (store.clone(), client.clone(), settings.clone());
-                sends.spawn(async move { attempt(&store, &client, &settings, &d).await });
+                sends.spawn(async move { send_in_order(&store, &client, &settings, rows).await });
             }
             tokio::select! {
                 _ = async { while sends.join_next().await.is_some() {} } => {}

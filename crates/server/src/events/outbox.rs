@@ -347,9 +347,10 @@ impl Store {
         let rows = sqlx::query(
             "SELECT d.delivery_id, d.webhook_id, w.url, w.secret, d.event_id, d.body, d.attempts, d.created_at \
              FROM webhook_deliveries d JOIN webhooks w ON w.webhook_id = d.webhook_id \
-             WHERE d.status = 'Pending' AND d.next_attempt_at <= ? \
-             ORDER BY d.next_attempt_at, d.delivery_id LIMIT ?",
+             WHERE d.status = 'Pending' AND d.next_attempt_at <= ? AND w.blocked_until <= ? \
+             ORDER BY d.delivery_id LIMIT ?",
         )
+        .bind(now)
         .bind(now)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -377,10 +378,41 @@ impl Store {
         Ok(res.rows_affected() == 1)
     }
 
+    /// Holds a webhook's deliveries until `until` (0: no longer), because its endpoint is
+    /// unavailable (or, with 0, answered again).
+    pub(crate) async fn block_webhook(
+        &self,
+        webhook_id: &str,
+        until: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE webhooks SET blocked_until = ? WHERE webhook_id = ?")
+            .bind(until)
+            .bind(webhook_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves pending deliveries' next attempt to `at` (releasing their lease), without
+    /// counting an attempt.
+    pub(crate) async fn defer_deliveries(&self, ids: &[i64], at: i64) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE delivery_id = ? AND status = 'Pending'",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// When the next pending delivery is due, if any.
     pub(crate) async fn next_delivery_due(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
-            "SELECT MIN(next_attempt_at) AS n FROM webhook_deliveries WHERE status = 'Pending'",
+            "SELECT MIN(MAX(d.next_attempt_at, w.blocked_until)) AS n FROM webhook_deliveries d \
+             JOIN webhooks w ON w.webhook_id = d.webhook_id WHERE d.status = 'Pending'",
         )
         .fetch_one(&self.pool)
         .await?;
