@@ -218,6 +218,8 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         Some(url) => store::Store::open(url, key).await?,
         None => store::Store::open_in_dir(&config.data_dir, key).await?,
     };
+    // Their `session.ended` events go out once the events' source is known (below).
+    let orphans = store.open_sessions().await?;
     let orphaned = store.fail_orphaned_sessions().await?;
     if orphaned > 0 {
         tracing::warn!("{orphaned} sessions from a previous run were marked Failed");
@@ -283,6 +285,16 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
                 source,
             })?;
         events.set_log(log);
+    }
+    for s in &orphans {
+        let reason = end_reason::EndReason::ServerRestarted;
+        let ended = events::cloud::ended_without_record(events.source(), s, &reason);
+        if let Err(e) = store.publish_event(&ended).await {
+            tracing::error!(
+                session_id = s.session_id,
+                "could not enqueue session.ended: {e}"
+            );
+        }
     }
     let webhook_client = events::delivery::http_client(&config.webhooks)
         .map_err(|e| ServerError::Events(e.to_string()))?;

@@ -458,6 +458,51 @@ async fn undelivered_events_are_sent_after_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_by_a_server_stop_is_announced_ended_at_the_next_start() {
+    let mut server = TestServer::start_with(fast).await;
+    let mut receiver = Receiver::new(200);
+    receiver.up().await;
+    let (_, secret) = create(&server.api(), &receiver.url(), json!(["session.ended"])).await;
+    let agent = server.agent().await;
+    let mut s =
+        TestSession::start(&server.api(), &agent.instance_id, SessionOptions::default()).await;
+    let id = s.grant.session_id.clone();
+    s.send("echo cut-$((5*5))\n").await;
+    s.expect("cut-25", T).await;
+    let target = agent.instance_id.clone();
+    server.stop().await;
+    agent.stop().await;
+    let mut config = airlock_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: server.dir.0.join("server"),
+        ..Default::default()
+    };
+    fast(&mut config);
+    server.server = Some(airlock_server::start(config).await.expect("restarts"));
+    let ended = eventually("session.ended after the restart", T, || async {
+        receiver
+            .accepted()
+            .into_iter()
+            .find(|e| e["subject"] == id.as_str())
+    })
+    .await;
+    assert_eq!(ended["type"], "io.airlock.session.ended");
+    assert_eq!(ended["data"]["Target"], target.as_str());
+    assert_eq!(
+        ended["data"]["Owner"],
+        "arn:aws:iam::000000000000:user/admin"
+    );
+    assert_eq!(
+        ended["data"]["EndReason"]["Kind"], "ServerRestarted",
+        "{ended:#}"
+    );
+    assert_eq!(ended["data"]["Status"], "Failed");
+    for h in receiver.hits() {
+        verify(&secret, &h);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_that_keep_failing_become_dead_letters_and_redirects_are_not_followed() {
     let server = TestServer::start_with(|c| {
         fast(c);

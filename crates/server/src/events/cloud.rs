@@ -309,6 +309,33 @@ pub fn from_audit(
     out
 }
 
+/// `session.ended` for a session whose end has no audit record: one a previous run of the
+/// server left open (it is marked Failed at the next start).
+pub fn ended_without_record(
+    source: &str,
+    s: &crate::store::Session,
+    reason: &crate::end_reason::EndReason,
+) -> CloudEvent {
+    CloudEvent::new(
+        source,
+        SESSION_ENDED,
+        crate::store::now_ms(),
+        Some(s.session_id.clone()),
+        json!({
+            "SessionId": s.session_id,
+            "Target": s.target,
+            "Owner": s.owner,
+            "Status": reason.status(),
+            "EndReason": {
+                "Kind": reason.kind(),
+                "Detail": reason.detail(),
+                "Message": reason.message(),
+                "ExitCode": reason.exit_code(),
+            },
+        }),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
