@@ -49,6 +49,10 @@ async fn hook(State(s): State<Shared>, uri: Uri, headers: HeaderMap, body: Strin
             .to_owned()
     };
     let answered = *s.status.lock().unwrap();
+    if answered == 0 {
+        // Hangs: takes the request and never answers.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
     s.hits.lock().unwrap().push(Hit {
         path: uri.path().to_owned(),
         id: h("webhook-id"),
@@ -455,6 +459,58 @@ async fn undelivered_events_are_sent_after_a_restart() {
         .accepted()
         .iter()
         .all(|e| e["type"] == "io.airlock.audit.record"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_by_a_stop_is_sent_at_once_after_the_restart() {
+    let slow = |c: &mut airlock_server::ServerConfig| {
+        fast(c);
+        // A long attempt limit: its lease (twice that) would hold the row for 21 s.
+        c.webhooks.timeout = Duration::from_secs(10);
+    };
+    let mut server = TestServer::start_with(slow).await;
+    let mut receiver = Receiver::new(0);
+    receiver.up().await;
+    let (id, _) = create(&server.api(), &receiver.url(), json!(["audit.record"])).await;
+    server
+        .api()
+        .call("Airlock.ListUsers", &json!({}))
+        .await
+        .unwrap();
+    // The attempt is in flight (the receiver holds it) when the server stops.
+    let pending = eventually("an attempt in flight", T, || async {
+        let d = deliveries(&server, &id, Some("Pending")).await;
+        (!d.is_empty() && d[0]["Attempts"] == 0).then_some(d)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let event_id = pending.last().unwrap()["EventId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.stop().await;
+    receiver.answer(200);
+    let mut config = airlock_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: server.dir.0.join("server"),
+        ..Default::default()
+    };
+    slow(&mut config);
+    let started = std::time::Instant::now();
+    server.server = Some(airlock_server::start(config).await.expect("restarts"));
+    eventually(
+        "the cut attempt sent again",
+        Duration::from_secs(8),
+        || async {
+            receiver
+                .accepted()
+                .iter()
+                .any(|e| e["id"] == event_id.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(8));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

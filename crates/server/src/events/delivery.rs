@@ -315,6 +315,7 @@ async fn run(state: &crate::state::AppState, client: &reqwest::Client) {
                     leased.push(d);
                 }
             }
+            let leased_ids: Vec<i64> = leased.iter().map(|d| d.delivery_id).collect();
             // One task per webhook, sending its rows in order: a slow or unreachable endpoint
             // holds up only its own deliveries.
             let mut by_hook: Vec<Vec<Due>> = Vec::new();
@@ -334,8 +335,15 @@ async fn run(state: &crate::state::AppState, client: &reqwest::Client) {
             }
             tokio::select! {
                 _ = async { while sends.join_next().await.is_some() {} } => {}
-                // Leased rows are sent again after a restart.
-                _ = state.shutdown.cancelled() => return,
+                _ = state.shutdown.cancelled() => {
+                    // Unfinished attempts are dropped; their rows are sent again at the next
+                    // start (a row whose request went out may arrive twice, under one id).
+                    sends.abort_all();
+                    if let Err(e) = store.release_leases(&leased_ids, until).await {
+                        tracing::warn!("could not release webhook leases: {e}");
+                    }
+                    return;
+                }
             }
             continue;
         }

@@ -408,6 +408,24 @@ impl Store {
         Ok(())
     }
 
+    /// Gives back the leases (taken until `until`) of rows whose attempt did not finish (the
+    /// server is stopping), so the next start sends them at once instead of after the lease.
+    pub(crate) async fn release_leases(&self, ids: &[i64], until: i64) -> Result<(), StoreError> {
+        let now = now_ms();
+        for id in ids {
+            sqlx::query(
+                "UPDATE webhook_deliveries SET next_attempt_at = ? \
+                 WHERE delivery_id = ? AND status = 'Pending' AND next_attempt_at = ?",
+            )
+            .bind(now)
+            .bind(id)
+            .bind(until)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
     /// When the next pending delivery is due, if any.
     pub(crate) async fn next_delivery_due(&self) -> Result<Option<i64>, StoreError> {
         let row = sqlx::query(
