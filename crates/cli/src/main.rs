@@ -385,22 +385,32 @@ pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
 
 async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
     let server = airlock_server::start(server_config(&a)).await?;
-    println!("Airlock server listening on {}", server.url);
+    // With `--session-log -` standard output is the JSON-lines stream: the server's own
+    // messages go to standard error, so every stdout line parses.
+    let stream_on_stdout = a.session_log.as_deref() == Some("-");
+    let say = |line: String| {
+        if stream_on_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!("Airlock server listening on {}", server.url));
     if let (Some(fp), Some(path)) = (&server.tls_fingerprint, &server.tls_cert_path) {
-        println!(
+        say(format!(
             "TLS certificate {} (SHA-256 fingerprint {fp})",
             path.display()
-        );
+        ));
     }
     if let Some(b) = &server.bootstrap {
-        println!(
+        say(format!(
             "Created the first admin user '{}'; its access key is in {} (readable by you only).",
             b.user_name,
             a.data_dir.join("admin-credentials.json").display()
-        );
+        ));
     }
     shutdown_signal().await;
-    println!("Stopping…");
+    say("Stopping…".to_owned());
     server.shutdown().await;
     Ok(0)
 }

@@ -1242,3 +1242,76 @@ async fn kill_9_of_the_server_loses_no_event_and_the_cli_manages_webhooks() {
     server.start_kill().unwrap();
     let _ = server.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_log_on_stdout_has_only_json_lines() {
+    use tokio::io::AsyncBufReadExt;
+    let home = airlock_testkit::TempDir::new();
+    let data = home.0.join("data");
+    let port = free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut child = tokio::process::Command::new(airlock_testkit::airlock_binary())
+        .env("HOME", &home.0)
+        .env("AIRLOCK_LOG", "warn")
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .args(["--session-log", "-"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    wait_healthy(&endpoint).await;
+    let creds: Value =
+        serde_json::from_slice(&std::fs::read(data.join("admin-credentials.json")).unwrap())
+            .unwrap();
+    let admin = ApiClient::new(airlock_client::Profile {
+        endpoint: endpoint.clone(),
+        access_key_id: creds["AccessKeyId"].as_str().unwrap().into(),
+        secret_access_key: creds["SecretAccessKey"].as_str().unwrap().into(),
+        region: "us-east-1".into(),
+        ca_file: None,
+        session_token: None,
+    })
+    .unwrap();
+    admin
+        .call("Airlock.CreateUser", &json!({ "UserName": "eve" }))
+        .await
+        .unwrap();
+    let key = admin
+        .call("Airlock.CreateAccessKey", &json!({ "UserName": "eve" }))
+        .await
+        .unwrap();
+    let eve = ApiClient::new(airlock_client::Profile {
+        access_key_id: key["AccessKey"]["AccessKeyId"].as_str().unwrap().into(),
+        secret_access_key: key["AccessKey"]["SecretAccessKey"].as_str().unwrap().into(),
+        ..admin.profile().clone()
+    })
+    .unwrap();
+    let err = eve
+        .call(
+            "AmazonSSM.StartSession",
+            &json!({ "Target": "mi-0123456789abcdef0" }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(service_code(err), "AccessDeniedException");
+    let line = tokio::time::timeout(T, lines.next_line())
+        .await
+        .expect("a line in time")
+        .unwrap()
+        .expect("a line");
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(v["kind"], "session.denied", "{v}");
+    assert_eq!(v["owner"], "arn:aws:iam::000000000000:user/eve");
+    assert_eq!(v["target"], "mi-0123456789abcdef0");
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}
