@@ -37,6 +37,14 @@ pub enum WebhookCommand {
         /// Webhook id (wh-…).
         webhook_id: String,
     },
+    /// Send dead letters again (all of the webhook's, or the ones named).
+    Retry {
+        /// Webhook id (wh-…).
+        webhook_id: String,
+        /// Only these deliveries (ids from `deliveries`).
+        #[arg(long = "delivery")]
+        deliveries: Vec<i64>,
+    },
     /// Deliveries, newest first: pending, delivered and dead letters.
     Deliveries {
         /// Only this webhook's.
@@ -136,6 +144,20 @@ pub async fn webhook(c: WebhookCommand, format: Format) -> anyhow::Result<i32> {
                 ),
             }
             return Ok(if delivered { 0 } else { 1 });
+        }
+        WebhookCommand::Retry {
+            webhook_id,
+            deliveries,
+        } => {
+            let mut input = json!({ "WebhookId": webhook_id });
+            if !deliveries.is_empty() {
+                input["DeliveryIds"] = json!(deliveries);
+            }
+            let out = api.call("Airlock.RetryWebhookDeliveries", &input).await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&out)?),
+                Format::Text => println!("{} dead letters queued again.", s(&out, "Retried")),
+            }
         }
         WebhookCommand::Deliveries {
             webhook_id,

@@ -611,6 +611,23 @@ async fn deliveries_that_keep_failing_become_dead_letters_and_redirects_are_not_
         failing.hits().len() <= n + 3 * pending.len() + 3 * (still_dead.len() - dead.len()),
         "dead letters are not retried"
     );
+    // Once the endpoint is fixed, the dead letters can be sent again.
+    failing.answer(200);
+    let retried = server
+        .api()
+        .call(
+            "Airlock.RetryWebhookDeliveries",
+            &json!({ "WebhookId": failing_id }),
+        )
+        .await
+        .unwrap();
+    assert!(retried["Retried"].as_u64().unwrap() >= dead.len() as u64);
+    eventually("dead letters delivered after a retry", T, || async {
+        let dead = deliveries(&server, &failing_id, Some("Dead")).await;
+        let pending = deliveries(&server, &failing_id, Some("Pending")).await;
+        (dead.is_empty() && pending.is_empty()).then_some(())
+    })
+    .await;
     let bad = server
         .api()
         .call(
@@ -758,6 +775,7 @@ async fn only_authorised_callers_manage_webhooks_and_every_call_is_audited() {
         ("TestWebhook", json!({ "WebhookId": id })),
         ("ListWebhookDeliveries", json!({})),
         ("ListWebhookDeliveries", json!({ "WebhookId": id })),
+        ("RetryWebhookDeliveries", json!({ "WebhookId": id })),
     ] {
         let err = bob
             .call(&format!("Airlock.{op}"), &input)
@@ -785,6 +803,7 @@ async fn only_authorised_callers_manage_webhooks_and_every_call_is_audited() {
         "airlock:DeleteWebhook",
         "airlock:TestWebhook",
         "airlock:ListWebhookDeliveries",
+        "airlock:RetryWebhookDeliveries",
     ] {
         assert!(
             denied.iter().any(|r| r.event.action == action),
@@ -1220,6 +1239,15 @@ async fn kill_9_of_the_server_loses_no_event_and_the_cli_manages_webhooks() {
     .await;
     assert_eq!(code, 1);
     assert!(err.contains("https://"), "{err}");
+    let (code, out, err) = cli(
+        &home.0,
+        &endpoint,
+        &creds,
+        &["admin", "webhook", "retry", &id],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 dead letters queued again"), "{out}");
     let (code, out, err) = cli(
         &home.0,
         &endpoint,

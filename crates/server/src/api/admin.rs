@@ -210,7 +210,8 @@ pub async fn dispatch(
         | "ListWebhooks"
         | "DeleteWebhook"
         | "TestWebhook"
-        | "ListWebhookDeliveries" => {
+        | "ListWebhookDeliveries"
+        | "RetryWebhookDeliveries" => {
             match super::webhooks::dispatch(state, caller, op, input).await {
                 Some(r) => r,
                 None => Err(ApiError::client(

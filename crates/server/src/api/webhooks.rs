@@ -1,5 +1,5 @@
 //! Webhook administration (`Airlock.CreateWebhook`, `ListWebhooks`, `DeleteWebhook`,
-//! `TestWebhook`, `ListWebhookDeliveries`): each authorised as `airlock:<Op>` on
+//! `TestWebhook`, `ListWebhookDeliveries`, `RetryWebhookDeliveries`): each authorised as `airlock:<Op>` on
 //! `arn:aws:iam::<account>:webhook/<id>` (`webhook/*` to create and list all) and audited by
 //! the dispatcher like every call.
 
@@ -26,6 +26,13 @@ struct CreateInput {
 #[serde(rename_all = "PascalCase")]
 struct IdInput {
     webhook_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RetryInput {
+    webhook_id: Option<String>,
+    delivery_ids: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +113,7 @@ pub async fn dispatch(
         "DeleteWebhook" => delete(state, caller, input).await,
         "TestWebhook" => test(state, caller, input).await,
         "ListWebhookDeliveries" => deliveries(state, caller, input).await,
+        "RetryWebhookDeliveries" => retry(state, caller, input).await,
         _ => return None,
     })
 }
@@ -203,6 +211,29 @@ async fn test(state: &AppState, caller: &Caller, input: Value) -> Result<Value, 
         "Error": attempt.error,
         "NextAttemptDate": attempt.retry_at.map(timestamp),
     }))
+}
+
+async fn retry(state: &AppState, caller: &Caller, input: Value) -> Result<Value, ApiError> {
+    let i: RetryInput = parse(input)?;
+    let id = valid_id(i.webhook_id.as_deref())?;
+    authorize(
+        state,
+        caller,
+        "airlock:RetryWebhookDeliveries",
+        &webhook_arn(state, id),
+    )
+    .await?;
+    if i.delivery_ids.as_ref().is_some_and(|d| d.len() > 1000) {
+        return Err(ApiError::validation(
+            "DeliveryIds may name at most 1000 deliveries.",
+        ));
+    }
+    existing(state, id).await?;
+    let n = state
+        .store
+        .retry_dead(id, i.delivery_ids.as_deref())
+        .await?;
+    Ok(json!({ "Retried": n }))
 }
 
 async fn deliveries(state: &AppState, caller: &Caller, input: Value) -> Result<Value, ApiError> {

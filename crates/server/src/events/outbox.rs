@@ -408,6 +408,58 @@ impl Store {
         Ok(())
     }
 
+    /// Sends dead letters of a webhook again (all, or those `ids`), from a fresh start: their
+    /// attempts and age count anew. Returns how many were re-queued.
+    pub async fn retry_dead(
+        &self,
+        webhook_id: &str,
+        ids: Option<&[i64]>,
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let retry = |id: Option<i64>| {
+            let mut sql = String::from(
+                "UPDATE webhook_deliveries SET status = 'Pending', attempts = 0, next_attempt_at = ?, \
+                 created_at = ?, last_error = '' WHERE webhook_id = ? AND status = 'Dead'",
+            );
+            if id.is_some() {
+                sql.push_str(" AND delivery_id = ?");
+            }
+            sql
+        };
+        let mut n = 0;
+        match ids {
+            None => {
+                n += sqlx::query(&retry(None))
+                    .bind(now)
+                    .bind(now)
+                    .bind(webhook_id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+            }
+            Some(ids) => {
+                for id in ids {
+                    n += sqlx::query(&retry(Some(*id)))
+                        .bind(now)
+                        .bind(now)
+                        .bind(webhook_id)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await?
+                        .rows_affected();
+                }
+            }
+        }
+        sqlx::query("UPDATE webhooks SET blocked_until = 0 WHERE webhook_id = ?")
+            .bind(webhook_id)
+            .execute(&self.pool)
+            .await?;
+        if n > 0 {
+            self.events.wake();
+        }
+        Ok(n)
+    }
+
     /// Gives back the leases (taken until `until`) of rows whose attempt did not finish (the
     /// server is stopping), so the next start sends them at once instead of after the lease.
     pub(crate) async fn release_leases(&self, ids: &[i64], until: i64) -> Result<(), StoreError> {
