@@ -218,6 +218,11 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         Some(url) => store::Store::open(url, key).await?,
         None => store::Store::open_in_dir(&config.data_dir, key).await?,
     };
+    // Events carry the public URL as their source; when it is not configured it is known
+    // once the listener is bound (below).
+    if let Some(public) = &config.public_url {
+        store.events().set_source(public);
+    }
     // Their `session.ended` events go out once the events' source is known (below).
     let orphans = store.open_sessions().await?;
     let orphaned = store.fail_orphaned_sessions().await?;
