@@ -103,6 +103,9 @@ pub enum AdminCommand {
     /// Session documents (custom shells, commands and port documents).
     #[command(subcommand)]
     Document(crate::documents::DocumentCommand),
+    /// Webhooks: endpoints that receive session events and audit records (signed CloudEvents).
+    #[command(subcommand)]
+    Webhook(crate::webhooks::WebhookCommand),
     /// Make users, groups and policies exactly as a JSON file declares (idempotent).
     Apply {
         /// The declaration (see README).
@@ -438,6 +441,7 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
         AdminCommand::Apply { file } => return crate::iam::apply(file, format).await,
         AdminCommand::Preferences(p) => return crate::documents::preferences(p, format).await,
         AdminCommand::Document(d) => return crate::documents::document(d, format).await,
+        AdminCommand::Webhook(w) => return crate::webhooks::webhook(w, format).await,
         AdminCommand::SessionToken { duration } => {
             return crate::iam::session_token(duration, format).await
         }
@@ -459,6 +463,7 @@ pub async fn admin(c: AdminCommand, format: Format) -> anyhow::Result<i32> {
         | AdminCommand::Apply { .. }
         | AdminCommand::Preferences(_)
         | AdminCommand::Document(_)
+        | AdminCommand::Webhook(_)
         | AdminCommand::SessionToken { .. }
         | AdminCommand::User(UserCommand::Extra(_))
         | AdminCommand::Instance(InstanceCommand::Tags { .. }) => {}

@@ -13,6 +13,7 @@ mod port;
 mod port_connections;
 mod recording;
 mod session;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -160,6 +161,17 @@ pub struct ServerArgs {
     /// Most MiB of recording chunks spooled locally while the recording store is down.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1048576))]
     pub recording_spool_mb: u64,
+    /// Write every recorded session event (output, and input where recorded) and every session
+    /// change as JSON lines to FILE (appended, mode 0600), or to standard output with `-`.
+    #[arg(long, value_name = "FILE|-", env = "AIRLOCK_SESSION_LOG")]
+    pub session_log: Option<String>,
+    /// Accept webhook URLs with plain http:// to hosts other than loopback (events and audit
+    /// records then cross the network unencrypted).
+    #[arg(long)]
+    pub allow_plain_http_webhooks: bool,
+    /// Test only: the first webhook retry delay in milliseconds (it doubles per attempt).
+    #[arg(long, hide = true, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub test_webhook_retry_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -380,28 +392,47 @@ pub fn server_config(a: &ServerArgs) -> airlock_server::ServerConfig {
             spool_max_bytes: a.recording_spool_mb.saturating_mul(1024 * 1024),
             ..Default::default()
         },
+        webhooks: airlock_server::events::WebhookSettings {
+            retry_base: std::time::Duration::from_millis(a.test_webhook_retry_ms),
+            allow_plain_http: a.allow_plain_http_webhooks,
+            ..Default::default()
+        },
+        session_log: a
+            .session_log
+            .as_deref()
+            .map(airlock_server::events::SessionLog::parse),
         ..Default::default()
     }
 }
 
 async fn run_server(a: ServerArgs) -> anyhow::Result<i32> {
     let server = airlock_server::start(server_config(&a)).await?;
-    println!("Airlock server listening on {}", server.url);
+    // With `--session-log -` standard output is the JSON-lines stream: the server's own
+    // messages go to standard error, so every stdout line parses.
+    let stream_on_stdout = a.session_log.as_deref() == Some("-");
+    let say = |line: String| {
+        if stream_on_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
+    say(format!("Airlock server listening on {}", server.url));
     if let (Some(fp), Some(path)) = (&server.tls_fingerprint, &server.tls_cert_path) {
-        println!(
+        say(format!(
             "TLS certificate {} (SHA-256 fingerprint {fp})",
             path.display()
-        );
+        ));
     }
     if let Some(b) = &server.bootstrap {
-        println!(
+        say(format!(
             "Created the first admin user '{}'; its access key is in {} (readable by you only).",
             b.user_name,
             a.data_dir.join("admin-credentials.json").display()
-        );
+        ));
     }
     shutdown_signal().await;
-    println!("Stopping…");
+    say("Stopping…".to_owned());
     server.shutdown().await;
     Ok(0)
 }

@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub minute: Duration,
     /// Session recording: the store (`--recordings`), S3 endpoint and region, the spool bound.
     pub recording: crate::recording::RecordingConfig,
+    /// Webhook delivery: retry schedule, limits, plain-HTTP exception.
+    pub webhooks: crate::events::WebhookSettings,
+    /// The session log stream (`--session-log FILE|-`), off by default.
+    pub session_log: Option<crate::events::SessionLog>,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +82,8 @@ impl Default for ServerConfig {
             audit_checkpoint_interval: Duration::from_secs(1),
             minute: Duration::from_secs(60),
             recording: crate::recording::RecordingConfig::default(),
+            webhooks: Default::default(),
+            session_log: None,
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod config;
 pub mod datadir;
 pub mod document;
 pub mod end_reason;
+pub mod events;
 pub mod gateway;
 pub mod limits;
 pub mod listener;
@@ -68,6 +69,9 @@ pub enum ServerError {
     /// The recording location (`--recordings`) is not usable.
     #[error(transparent)]
     Recording(#[from] recording::RecordingError),
+    /// Webhook delivery could not be set up (its HTTP client).
+    #[error("webhook delivery: {0}")]
+    Events(String),
 }
 
 /// Credentials of the admin created on first start.
@@ -218,6 +222,13 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         Some(url) => store::Store::open(url, key).await?,
         None => store::Store::open_in_dir(&config.data_dir, key).await?,
     };
+    // Events carry the public URL as their source; when it is not configured it is known
+    // once the listener is bound (below).
+    if let Some(public) = &config.public_url {
+        store.events().set_source(public);
+    }
+    // Their `session.ended` events go out once the events' source is known (below).
+    let orphans = store.open_sessions().await?;
     let orphaned = store.fail_orphaned_sessions().await?;
     if orphaned > 0 {
         tracing::warn!("{orphaned} sessions from a previous run were marked Failed");
@@ -279,6 +290,33 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
     }
 
     let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let events = store.events().clone();
+    if let Some(public) = &config.public_url {
+        events.set_source(public);
+    }
+    if let Some(target) = &config.session_log {
+        let log = events::log_stream::open(target, shutdown.clone(), &tasks)
+            .await
+            .map_err(|source| ServerError::Io {
+                context: format!("opening the session log {target:?}"),
+                source,
+            })?;
+        events.set_log(log);
+    }
+    for s in &orphans {
+        let reason = end_reason::EndReason::ServerRestarted;
+        let ended = events::cloud::ended_without_record(events.source(), s, &reason);
+        if let Err(e) = store.publish_event(&ended).await {
+            tracing::error!(
+                session_id = s.session_id,
+                "could not enqueue session.ended: {e}"
+            );
+        }
+    }
+    let webhook_client = events::delivery::http_client(&config.webhooks)
+        .map_err(|e| ServerError::Events(e.to_string()))?;
+    events.set_http_client(webhook_client.clone());
     let port_audit = port_audit::Writer::spawn(store.clone(), shutdown.clone());
     let refusals = refusals::Refusals::spawn(store.clone(), shutdown.clone());
     let limits = config.limits.clone();
@@ -292,7 +330,7 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         shutdown,
         port_audit,
         audit_checkpoint,
-        tasks: TaskTracker::new(),
+        tasks,
         policies: authz::PolicyCache::default(),
         tls: tls.is_some(),
         connections: limits::ConnectionLimiter::new(&limits),
@@ -302,11 +340,13 @@ pub async fn start(mut config: ServerConfig) -> Result<RunningServer, ServerErro
         preferences: preferences::PreferencesCell::default(),
         live: session_limits::LiveSessions::default(),
         recordings,
+        events,
     });
     state.preferences.set(preferences);
     session_limits::spawn(state.clone());
     revocation::spawn(state.clone());
     recording::recover::spawn(state.clone());
+    events::delivery::spawn(state.clone(), webhook_client);
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     let tls_fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());

@@ -42,4 +42,6 @@ pub struct AppState {
     pub live: crate::session_limits::LiveSessions,
     /// Session recordings: live recorders, stores, the signing key.
     pub recordings: crate::recording::Recordings,
+    /// CloudEvents to webhooks, and the session log stream (`session_io`).
+    pub events: crate::events::Events,
 }

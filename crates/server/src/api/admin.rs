@@ -208,6 +208,20 @@ pub async fn dispatch(
         "ListPortConnections" => super::port_connections::list(state, caller, input).await,
         "GetSessionRecording" => super::recordings::get(state, caller, parse(input)?).await,
         "SearchSessions" => super::search::search(state, caller, input).await,
+        "CreateWebhook"
+        | "ListWebhooks"
+        | "DeleteWebhook"
+        | "TestWebhook"
+        | "ListWebhookDeliveries"
+        | "RetryWebhookDeliveries" => {
+            match super::webhooks::dispatch(state, caller, op, input).await {
+                Some(r) => r,
+                None => Err(ApiError::client(
+                    "UnknownOperationException",
+                    format!("Unknown operation Airlock.{op}"),
+                )),
+            }
+        }
         _ => match super::iam::dispatch(state, caller, op, input).await {
             Some(r) => r,
             None => Err(ApiError::client(

@@ -14,6 +14,7 @@ pub mod port_connections;
 pub mod recordings;
 pub mod search;
 pub mod sessions;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -534,6 +534,28 @@ pub async fn resume(
     let token = state
         .hub
         .issue_token(&id, Side::Client, state.config.token_ttl);
+    if let Some(s) = &session {
+        let resumed = crate::events::CloudEvent::new(
+            state.events.source(),
+            crate::events::cloud::SESSION_RESUMED,
+            now_ms(),
+            Some(id.clone()),
+            json!({
+                "SessionId": id,
+                "Target": s.target,
+                "Owner": s.owner,
+                "SourceIp": caller.source_ip.to_string(),
+                "RequestId": caller.request_id,
+            }),
+        );
+        // The resume is under way; a store hiccup loses this notification, not the session.
+        if let Err(e) = state.store.publish_event(&resumed).await {
+            tracing::error!(
+                session_id = id,
+                "could not enqueue the session.resumed event: {e}"
+            );
+        }
+    }
     Ok(json!({
         "SessionId": id,
         "TokenValue": token,

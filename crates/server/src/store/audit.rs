@@ -263,20 +263,25 @@ impl Store {
         .bind(&hash)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        *head = Some(AuditHead {
-            seq,
-            hash: hash.clone(),
-        });
-        *self.published_head() = head.clone();
-        drop(head);
-        Ok(AuditRecord {
+        let record = AuditRecord {
             seq,
             time,
             event: e.clone(),
             prev_hash,
             hash,
-        })
+        };
+        // The record's events (webhook deliveries) commit with it or not at all.
+        let (lifecycle, enqueued) =
+            crate::events::outbox::enqueue_audit(&mut tx, &self.events, &record).await?;
+        tx.commit().await?;
+        *head = Some(AuditHead {
+            seq,
+            hash: record.hash.clone(),
+        });
+        *self.published_head() = head.clone();
+        drop(head);
+        self.events.committed(&lifecycle, enqueued);
+        Ok(record)
     }
 
     /// Records matching `filter`, newest first, after `before_seq` when paging.

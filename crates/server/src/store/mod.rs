@@ -52,6 +52,8 @@ pub struct Store {
     pub(crate) audit_head: std::sync::Arc<std::sync::Mutex<Option<audit::AuditHead>>>,
     /// The queue of recorded text waiting for the search index (started on first use).
     pub(crate) text_index: std::sync::Arc<std::sync::OnceLock<search::IndexQueue>>,
+    /// Events enqueued with the audit records they come from (webhook outbox, log stream).
+    pub(crate) events: crate::events::Events,
 }
 
 /// The `[{"Key":…,"Value":…}]` tags stored with an activation, as pairs.
@@ -125,6 +127,7 @@ impl Store {
             audit_lock: Default::default(),
             audit_head: Default::default(),
             text_index: Default::default(),
+            events: Default::default(),
         };
         store.reseal_secrets().await?;
         Ok(store)
