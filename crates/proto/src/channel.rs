@@ -135,7 +135,9 @@ impl ChannelConfig {
 
     fn set_capabilities(&mut self, caps: &AirlockCapabilities) {
         if caps.max_payload > 0 {
-            self.max_payload = caps.max_payload as usize;
+            // Never below the floor: a peer advertising a few bytes would make every write
+            // thousands of frames (and the send queue a megabyte of headers).
+            self.max_payload = (caps.max_payload as usize).max(MIN_NEGOTIATED_PAYLOAD);
         }
         self.window = match caps.window {
             0 => None,
@@ -148,6 +150,11 @@ impl ChannelConfig {
             .max(FRAME_HEADER_LEN.saturating_add(self.max_payload));
     }
 }
+
+/// The smallest payload a negotiated `max_payload` can set: the AWS agent's own frames carry up
+/// to 1 KiB, so no real peer asks for less, and a hostile one cannot make the channel cut data
+/// into frames of a few bytes (found by the channel fuzz property).
+pub const MIN_NEGOTIATED_PAYLOAD: usize = 1024;
 
 /// Something the session must handle, from [`ReliableChannel::poll_event`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -195,6 +195,22 @@ fn window_limits_frames_in_flight_after_shrinking() {
 }
 
 #[test]
+fn a_peer_cannot_negotiate_payloads_of_a_few_bytes() {
+    // A hostile peer advertising 2-byte payloads would have 3000 bytes cut into 1500 frames.
+    let now = Instant::now();
+    let mut ch = ReliableChannel::new(ChannelConfig::new(Role::Agent));
+    ch.apply_capabilities(&AirlockCapabilities {
+        max_payload: 2,
+        window: 9691,
+        ..AirlockCapabilities::default()
+    });
+    assert_eq!(ch.config().max_payload, MIN_NEGOTIATED_PAYLOAD);
+    let mut data = Bytes::from(vec![b'x'; 3000]);
+    assert_eq!(ch.send_stream(PayloadType::OUTPUT, &mut data, now), 3000);
+    assert_eq!(drain(&mut ch, now).len(), 3);
+}
+
+#[test]
 fn in_order_out_of_order_and_duplicates() {
     let now = Instant::now();
     let mut agent = ReliableChannel::new(ChannelConfig::new(Role::Agent));
