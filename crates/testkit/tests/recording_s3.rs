@@ -398,3 +398,70 @@ async fn chunks_spooled_while_s3_is_down_survive_kill_9_and_are_sealed_when_it_i
     assert_eq!(m["recovered"], true);
     d.assert_no_panic();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_with_a_full_spool_goes_on_and_the_recording_says_what_was_lost() {
+    common::capture_logs();
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let cut = Cut::start(moto.port).await;
+    let server = server(cut.port, FailurePolicy::FailOpen, 16).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo first-$((1+6))\n").await;
+    s.expect("first-7", T).await;
+    let id = s.grant.session_id.clone();
+    eventually("the first chunk in S3", T, || async {
+        moto.keys()
+            .await
+            .contains(&format!("{PREFIX}/{id}/0000000000.chunk"))
+            .then_some(())
+    })
+    .await;
+    cut.down();
+    s.send("for i in $(seq 1 12); do echo lost-$i; sleep 0.25; done; echo loop-done\n")
+        .await;
+    s.expect("loop-done", T).await;
+    eventually("the loss logged", T, || async {
+        common::logs()
+            .contains("recording spool full")
+            .then_some(())
+    })
+    .await;
+    cut.up();
+    // The session went on (FailOpen), and keeps being recorded once the store is back.
+    s.send("echo after-$((4+4))\n").await;
+    s.expect("after-8", T).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.send("exit\n").await;
+    s.finish(T).await;
+    let (chunks, manifest, out) = eventually("sealed", Duration::from_secs(40), || async {
+        let r = read_all(&api, &id).await;
+        (r.2["Sealed"] == true).then_some(r)
+    })
+    .await;
+    let bodies: Vec<Vec<u8>> = chunks.iter().map(|(_, b)| b.clone()).collect();
+    let cast = airlock_recording::export(&bodies).unwrap();
+    assert!(
+        cast.contains("\"m\",\"recording spool full"),
+        "the recording itself says so"
+    );
+    assert!(cast.contains("after-8"));
+    // And verify names the chunks that could not be kept.
+    let report = airlock_recording::verify(
+        &chunks,
+        manifest.as_deref(),
+        &hex_key(out["PublicKey"].as_str().unwrap()),
+    );
+    assert!(
+        matches!(
+            report.problems.first(),
+            Some(airlock_recording::Problem::Missing { .. })
+        ),
+        "{report}"
+    );
+    let row = server.state().store.recording(&id).await.unwrap().unwrap();
+    assert!(row.note.contains("recording spool full"), "{}", row.note);
+}
