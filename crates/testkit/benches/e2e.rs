@@ -14,9 +14,13 @@
 //!
 //! `cargo bench -p airlock-testkit --bench e2e` prints one markdown table (progress and
 //! per-run figures go to stderr). `AIRLOCK_BENCH_MIB` sets the file size (256, kept in /tmp
-//! between runs); `AIRLOCK_BENCH_ONLY` picks parts (`cat,keys,setup`);
-//! `AIRLOCK_BENCH_SSH_USER` the ssh login; `AIRLOCK_BENCH_RECORD=0` runs Airlock without session
-//! recording (on by default) to measure what it costs. Without `/usr/sbin/sshd` the OpenSSH column reads n/a.
+//! between runs); `AIRLOCK_BENCH_ONLY` picks parts (`cat,keys,setup,busy`);
+//! `AIRLOCK_BENCH_SSH_USER` the ssh login. Without `/usr/sbin/sshd` the OpenSSH column reads n/a.
+//!
+//! `AIRLOCK_BENCH_RECORDING=1` measures what session recording costs instead (issue 11): three
+//! TLS deployments in the same run — recording off, recording to the file store, recording to S3
+//! (a real `moto_server`, from `AIRLOCK_TEST_MOTO` or target/pyenv) — with ratios against "off",
+//! plus the bytes a busy interactive shell stores per hour (`busy` part).
 #![allow(
     missing_docs,
     clippy::unwrap_used,
@@ -66,6 +70,74 @@ trait Subject {
     fn setup_once(&self) -> Duration;
 }
 
+/// Where a deployment records (recording mode).
+#[derive(Clone, Copy)]
+enum Rec {
+    Off,
+    File,
+    /// S3 at this loopback port (moto).
+    S3(u16),
+}
+
+/// The bucket moto serves the S3 deployment.
+const MOTO_BUCKET: &str = "airlock-bench";
+/// Seconds of the busy shell whose storage is measured.
+const BUSY_SECS: u64 = 20;
+
+/// A real S3-compatible server for the S3 deployment: `moto_server` on a free loopback port
+/// (killed on drop), with the bucket created.
+struct Moto {
+    port: u16,
+    _child: ChildGuard,
+}
+
+impl Moto {
+    fn start(rt: &tokio::runtime::Runtime) -> Moto {
+        let bin = std::env::var_os("AIRLOCK_TEST_MOTO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/moto_server")
+            });
+        let port = airlock_testkit::free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (run ./scripts/test once to install it)",
+                    bin.display()
+                )
+            });
+        let child = ChildGuard(child);
+        // The server's S3 client signs with the standard variables (moto accepts any key).
+        std::env::set_var("AWS_ACCESS_KEY_ID", "bench");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "bench");
+        let url = format!("http://127.0.0.1:{port}/{MOTO_BUCKET}");
+        rt.block_on(async {
+            let http = reqwest::Client::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !http
+                .put(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "moto_server did not answer within 30 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Moto {
+            port,
+            _child: child,
+        }
+    }
+}
+
 /// Per subject: (transfer, CPU) of every `cat` run, keystroke samples, set-up samples.
 #[derive(Default)]
 struct Figures {
@@ -84,9 +156,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 fn main() {
     // `cargo bench` passes `--bench`; criterion-style filters are not supported. Instead:
-    // AIRLOCK_BENCH_MIB (file size, 256), AIRLOCK_BENCH_ONLY (any of cat,keys,setup).
+    // AIRLOCK_BENCH_MIB (file size, 256), AIRLOCK_BENCH_ONLY (any of cat,keys,setup,busy).
     let mib: u64 = env_or("AIRLOCK_BENCH_MIB", 256);
-    let only: String = env_or("AIRLOCK_BENCH_ONLY", "cat,keys,setup".to_owned());
+    let only: String = env_or("AIRLOCK_BENCH_ONLY", "cat,keys,setup,busy".to_owned());
     let part = |p: &str| only.split(',').any(|o| o.trim() == p);
     let file = TestFile::ensure(mib << 20);
     println!(
@@ -102,44 +174,67 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    // Two deployments side by side: TLS (what a real server uses) and plain ws (the default
-    // on loopback). Both stay up for the whole run so that runs can be interleaved.
-    let start = |tls: bool| {
+    let recording_mode = std::env::var("AIRLOCK_BENCH_RECORDING").is_ok_and(|v| v == "1");
+    // Normal mode: TLS (what a real server uses) and plain ws (the default on loopback), beside
+    // OpenSSH. Recording mode: three TLS deployments that differ only in where (or whether)
+    // they record. All stay up for the whole run so that runs can be interleaved.
+    let moto = if recording_mode {
+        Some(Moto::start(&rt))
+    } else {
+        None
+    };
+    let start = |tls: bool, rec: Rec| {
         rt.block_on(async {
-            let server = if tls {
-                TestServer::start_with(|c| c.tls = airlock_server::TlsMode::SelfSigned).await
-            } else {
-                TestServer::start().await
-            };
-            // AIRLOCK_BENCH_RECORD=0 turns session recording off (it is on by default), to
-            // measure what recording costs.
-            if std::env::var("AIRLOCK_BENCH_RECORD").is_ok_and(|v| v == "0") {
-                let mut p = (*server.state().preferences.get()).clone();
-                p.record_sessions = false;
-                server.state().preferences.set(p);
+            let server = TestServer::start_with(|c| {
+                if tls {
+                    c.tls = airlock_server::TlsMode::SelfSigned;
+                }
+                if let Rec::S3(port) = rec {
+                    c.recording.s3_endpoint = Some(format!("http://127.0.0.1:{port}"));
+                    c.recording.s3_region = Some("us-east-1".into());
+                }
+            })
+            .await;
+            let mut p = (*server.state().preferences.get()).clone();
+            match rec {
+                Rec::Off => p.record_sessions = false,
+                Rec::File => {}
+                Rec::S3(_) => p.s3_bucket_name = MOTO_BUCKET.into(),
             }
+            server.state().preferences.set(p);
             let agent = server.agent().await;
             (server, agent)
         })
     };
-    let (mut tls_server, tls_agent) = start(true);
-    let (mut ws_server, ws_agent) = start(false);
-    let tls_api = tls_server.api();
-    let ws_api = ws_server.api();
-    let airlock: [Box<dyn Subject + '_>; 2] = [
-        Box::new(Airlock {
-            name: "Airlock (wss, TLS)",
+    let plan: Vec<(&str, bool, Rec)> = match &moto {
+        Some(m) => vec![
+            ("recording off", true, Rec::Off),
+            ("file store", true, Rec::File),
+            ("S3 (moto)", true, Rec::S3(m.port)),
+        ],
+        None => vec![
+            ("Airlock (wss, TLS)", true, Rec::File),
+            ("Airlock (ws, plain)", false, Rec::File),
+        ],
+    };
+    let deployments: Vec<(&str, TestServer, airlock_testkit::TestAgent)> = plan
+        .iter()
+        .map(|&(name, tls, rec)| {
+            let (server, agent) = start(tls, rec);
+            (name, server, agent)
+        })
+        .collect();
+    let apis: Vec<ApiClient> = deployments.iter().map(|d| d.1.api()).collect();
+    let airlock: Vec<Airlock<'_>> = deployments
+        .iter()
+        .zip(&apis)
+        .map(|(d, api)| Airlock {
+            name: d.0,
             rt: &rt,
-            api: &tls_api,
-            target: &tls_agent.instance_id,
-        }),
-        Box::new(Airlock {
-            name: "Airlock (ws, plain)",
-            rt: &rt,
-            api: &ws_api,
-            target: &ws_agent.instance_id,
-        }),
-    ];
+            api,
+            target: &d.2.instance_id,
+        })
+        .collect();
     // Warm every path (first session, page cache of the file, sshd's first fork). The agent
     // has created airlock-user by the time sshd starts.
     eprintln!("warming up");
@@ -147,6 +242,7 @@ fn main() {
         s.setup_once();
     }
     let sshd = match Sshd::start() {
+        _ if recording_mode => None,
         Ok(s) => Some(s),
         Err(e) => {
             println!("OpenSSH peer unavailable ({e}); its column reads n/a");
@@ -155,7 +251,10 @@ fn main() {
         }
     };
     let sshd_pid = sshd.as_ref().map(|s| s.child.id());
-    let mut subjects: Vec<Box<dyn Subject + '_>> = airlock.into_iter().collect();
+    let mut subjects: Vec<Box<dyn Subject + '_>> = airlock
+        .iter()
+        .map(|a| Box::new(*a) as Box<dyn Subject + '_>)
+        .collect();
     if let Some(s) = &sshd {
         s.setup_once();
         subjects.push(Box::new(s));
@@ -215,22 +314,49 @@ fn main() {
     }
 
     drop(subjects);
-    for (name, s) in [("wss", &tls_server), ("ws", &ws_server)] {
-        let dir = s.dir.0.join("server/recordings");
-        eprintln!("recordings ({name}): {} bytes stored", dir_bytes(&dir));
+    // What a busy interactive shell stores per hour (recording mode): listings and a pause,
+    // for BUSY_SECS, then the recording's stored bytes (chunks and manifest) scaled to an hour.
+    let mut busy: Vec<(String, f64, f64)> = Vec::new();
+    if recording_mode && part("busy") {
+        for a in airlock.iter().skip(1) {
+            let (bytes, output, secs) = a.busy_shell();
+            eprintln!("  {:<20} busy shell: {bytes} bytes stored for {output} bytes of output in {secs:.1} s", a.name);
+            busy.push((
+                a.name.to_owned(),
+                bytes as f64 * 3600.0 / secs,
+                bytes as f64 / output.max(1) as f64,
+            ));
+        }
     }
+    for (name, s, _) in &deployments {
+        let dir = s.dir.0.join("server/recordings");
+        eprintln!(
+            "recordings ({name}): {} bytes in the file store",
+            dir_bytes(&dir)
+        );
+    }
+    drop(airlock);
     rt.block_on(async {
-        tls_agent.stop().await;
-        ws_agent.stop().await;
-        tls_server.stop().await;
-        ws_server.stop().await;
+        for (_, mut server, agent) in deployments {
+            agent.stop().await;
+            server.stop().await;
+        }
     });
+    drop(moto);
     let ssh_user = sshd.as_ref().map(|s| s.user.clone());
     drop(sshd);
 
-    let (a_tls, rest) = figs.split_first().unwrap();
-    let (a_ws, rest) = rest.split_first().unwrap();
-    let ssh = rest.first();
+    // The reference the ratios are taken against: OpenSSH, or "recording off".
+    let reference = if recording_mode {
+        Some(0)
+    } else {
+        (figs.len() > plan.len()).then_some(plan.len())
+    };
+    let mut names: Vec<String> = plan.iter().map(|p| p.0.to_owned()).collect();
+    if !recording_mode {
+        names.push("OpenSSH".into());
+        figs.resize_with(names.len(), Figures::default);
+    }
     let len = file.len;
     // The run of median throughput: its rate, and the CPU time it took.
     let median_run = move |v: &[(Transfer, Duration)]| {
@@ -297,27 +423,46 @@ fn main() {
         ssh_user.as_deref().unwrap_or("n/a"),
     );
     println!();
-    println!(
-        "| metric | Airlock (wss, TLS) | Airlock (ws, plain) | OpenSSH | ratio TLS/OpenSSH | ratio plain/OpenSSH | better |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---|");
+    let ref_name = if recording_mode { "off" } else { "OpenSSH" };
+    let compared: Vec<usize> = (0..names.len()).filter(|&i| Some(i) != reference).collect();
+    let mut head = String::from("| metric |");
+    let mut rule = String::from("|---|");
+    for n in &names {
+        head.push_str(&format!(" {n} |"));
+        rule.push_str("---:|");
+    }
+    for &i in &compared {
+        head.push_str(&format!(" ratio {}/{ref_name} |", names[i]));
+        rule.push_str("---:|");
+    }
+    println!("{head} better |");
+    println!("{rule}---|");
     let show = |v: Option<f64>| v.map_or_else(|| "n/a".to_owned(), fmt);
     for (name, higher, get) in &metrics {
-        let (t, w) = (get(a_tls), get(a_ws));
-        let o = ssh.and_then(get);
-        let ratio = |a: Option<f64>| match (a, o) {
-            (Some(a), Some(o)) if o > 0.0 => format!("{:.2}", a / o),
-            _ => "n/a".into(),
-        };
-        println!(
-            "| {name} | {} | {} | {} | {} | {} | {} |",
-            show(t),
-            show(w),
-            show(o),
-            ratio(t),
-            ratio(w),
-            if *higher { "higher" } else { "lower" }
-        );
+        let values: Vec<Option<f64>> = figs.iter().map(get).collect();
+        let r = reference.and_then(|i| values[i]);
+        let mut line = format!("| {name} |");
+        for v in &values {
+            line.push_str(&format!(" {} |", show(*v)));
+        }
+        for &i in &compared {
+            let ratio = match (values[i], r) {
+                (Some(a), Some(o)) if o > 0.0 => format!("{:.2}", a / o),
+                _ => "n/a".into(),
+            };
+            line.push_str(&format!(" {ratio} |"));
+        }
+        println!("{line} {} |", if *higher { "higher" } else { "lower" });
+    }
+    if !busy.is_empty() {
+        println!();
+        println!("Storage of a busy interactive shell (`ls -l /usr/bin | head -40` every 0.1 s, {BUSY_SECS} s, scaled):");
+        println!();
+        println!("| store | bytes per hour | stored bytes per byte of output |");
+        println!("|---|---:|---:|");
+        for (name, per_hour, per_byte) in &busy {
+            println!("| {name} | {:.1} MB | {per_byte:.2} |", per_hour / 1e6);
+        }
     }
 }
 
@@ -894,6 +1039,7 @@ fn read_within(
 // ---------------------------------------------------------------------------------------------
 // Airlock.
 
+#[derive(Clone, Copy)]
 struct Airlock<'a> {
     name: &'a str,
     rt: &'a tokio::runtime::Runtime,
@@ -939,6 +1085,48 @@ impl Airlock<'_> {
     fn start(&self, pty: bool) -> TestSession {
         self.rt
             .block_on(TestSession::start(self.api, self.target, self.options(pty)))
+    }
+}
+
+impl Airlock<'_> {
+    /// A busy interactive shell for [`BUSY_SECS`]: (bytes its recording stores, bytes of output
+    /// the client saw, seconds it ran).
+    fn busy_shell(&self) -> (u64, u64, f64) {
+        let mut s = self.start(true);
+        self.rt.block_on(async {
+            let t = Instant::now();
+            let rounds = BUSY_SECS * 10;
+            s.send(&format!(
+                "for i in $(seq {rounds}); do ls -l /usr/bin | head -40; sleep 0.1; done; exit\n"
+            ))
+            .await;
+            let mut output = 0u64;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(BUSY_SECS * 4);
+            loop {
+                match tokio::time::timeout_at(deadline, s.output.recv()).await {
+                    Ok(Some(Output::Stdout(b))) | Ok(Some(Output::Stderr(b))) => {
+                        output += b.len() as u64
+                    }
+                    Ok(None) => break,
+                    Err(_) => panic!("the busy shell did not finish in time"),
+                }
+            }
+            let id = s.grant.session_id.clone();
+            let _ = s.finish(STEP_TIMEOUT).await;
+            let secs = t.elapsed().as_secs_f64();
+            // The recording is sealed (manifest written) shortly after the session ends.
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            let rec = loop {
+                let r = self.api.fetch_recording(&id).await.unwrap();
+                if r.manifest.is_some() || Instant::now() > deadline {
+                    break r;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let stored = rec.chunks.iter().map(|c| c.1.len() as u64).sum::<u64>()
+                + rec.manifest.as_ref().map_or(0, |m| m.len() as u64);
+            (stored, output, secs)
+        })
     }
 }
 

@@ -393,3 +393,40 @@ async fn a_recording_survives_kill_9_of_the_server_and_verifies() {
     assert!(output(&events(&chunks).1).contains("before-crash-21"));
     d.assert_no_panic();
 }
+
+/// A flood of output must not hide what follows it: when the recorder falls behind, the relay
+/// waits for it instead of relaying what would go unrecorded. With a 256 KiB queue bound,
+/// 8 MiB through a no-PTY shell outruns the recorder many times over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_after_a_flood_is_recorded_in_full() {
+    common::capture_logs();
+    let server = TestServer::start_with(|c| c.recording.queue_max_bytes = 256 * 1024).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let opts = SessionOptions {
+        no_pty: true,
+        ..SessionOptions::default()
+    };
+    let mut s = TestSession::start(&api, &agent.instance_id, opts).await;
+    s.send("head -c 8388608 /dev/zero | tr '\\0' x; echo; echo after-flood-$((2+3))\n")
+        .await;
+    s.expect("after-flood-5", Duration::from_secs(120)).await;
+    s.send("exit\n").await;
+    let id = s.grant.session_id.clone();
+    let (_, seen) = s.finish(T).await;
+    assert!(seen.len() > 8 << 20, "{} bytes seen", seen.len());
+
+    let (chunks, _, _) = sealed(&api, &id).await;
+    let (_, evs) = events(&chunks);
+    let recorded = output(&evs);
+    assert_eq!(
+        recorded.len(),
+        seen.len(),
+        "every byte the client saw is recorded"
+    );
+    assert!(recorded.ends_with("after-flood-5\n"));
+    assert!(
+        !evs.iter().any(|e| e.data.contains("not recorded")),
+        "no gap marker"
+    );
+}

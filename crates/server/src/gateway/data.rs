@@ -566,9 +566,13 @@ async fn read_loop(
         {
             relay.touch();
         }
-        // Recording: a type check and a `Bytes` clone onto the recorder's queue, never a wait.
+        // Recording: a type check and a `Bytes` clone onto the recorder's queue; a wait only
+        // when the recorder is far behind (`RecordingConfig::queue_max_bytes`).
         if let Some(r) = &recorder {
-            r.offer(side, kind.as_ref(), &data);
+            tokio::select! {
+                _ = r.offer(side, kind.as_ref(), &data) => {}
+                _ = cancel.cancelled() => return,
+            }
         }
         tracing::trace!(
             session_id = relay.session_id(),

@@ -40,6 +40,9 @@ pub struct RecordingConfig {
     pub flush_interval: Duration,
     /// How long one store operation may take before it counts as failed.
     pub store_timeout: Duration,
+    /// Bytes of relayed frames one session's recorder may have queued before the relay waits
+    /// for it (a flood of output is recorded in full, at the recorder's pace).
+    pub queue_max_bytes: usize,
 }
 
 impl Default for RecordingConfig {
@@ -51,6 +54,7 @@ impl Default for RecordingConfig {
             spool_max_bytes: 1024 * 1024 * 1024,
             flush_interval: Duration::from_secs(1),
             store_timeout: Duration::from_secs(5),
+            queue_max_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -263,6 +267,7 @@ impl Recordings {
             policy: plan.policy,
             record_input: plan.record_input,
             flush_interval: self.config.flush_interval,
+            queue_max_bytes: self.config.queue_max_bytes.max(1),
             healthy,
         });
         lock(&self.active).insert(session.session_id.clone(), handle);

@@ -24,8 +24,6 @@ use crate::gateway::hub::Side;
 use crate::preferences::FailurePolicy;
 use crate::state::AppState;
 
-/// Bytes of frames queued for one recorder before the relay drops (and counts) instead.
-pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
 /// Bytes of chunks an uploader keeps in memory while the store keeps up.
 const MEM_BUDGET: usize = 4 * 1024 * 1024;
 /// Sequence numbers remembered per direction to drop resent frames.
@@ -55,14 +53,17 @@ pub enum Input {
 pub struct Handle {
     tx: mpsc::UnboundedSender<Input>,
     queued: Arc<AtomicUsize>,
-    dropped: Arc<AtomicU64>,
+    /// Signalled when the recorder's queue falls below half the bound.
+    room: Arc<Notify>,
+    max_queued: usize,
     record_input: bool,
 }
 
 impl Handle {
     /// Offers a relayed frame: only stream data that is recorded is queued (output from the
-    /// agent; resizes, and keys when input logging is on, from the client). Never blocks.
-    pub fn offer(&self, side: Side, kind: Option<&MessageType>, data: &Bytes) {
+    /// agent; resizes, and keys when input logging is on, from the client). Returns at once
+    /// unless the recorder is `queue_max_bytes` behind (`RecordingConfig`); then it waits for room.
+    pub async fn offer(&self, side: Side, kind: Option<&MessageType>, data: &Bytes) {
         let pt = airlock_proto::peek_payload_type(data);
         let wanted = match (side, kind) {
             (Side::Agent, Some(MessageType::OutputStreamData)) => {
@@ -79,10 +80,29 @@ impl Handle {
             return;
         }
         let len = data.len();
-        if self.queued.fetch_add(len, Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+        // Fast path: room on the queue (a frame larger than the bound still passes alone).
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before != 0 && before + len > self.max_queued {
             self.queued.fetch_sub(len, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            // The recorder is behind (a flood of output): the relay waits for it rather than
+            // relaying what would go unrecorded — output hidden behind a flood is what an
+            // audited user would try. Its CPU, not the store, sets this pace (a slow store
+            // spools instead).
+            loop {
+                let room = self.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                let before = self.queued.fetch_add(len, Ordering::Relaxed);
+                if before == 0 || before + len <= self.max_queued {
+                    break;
+                }
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                if self.tx.is_closed() {
+                    return;
+                }
+                // Bounded: a wake-up lost to a recorder that just ended is retried.
+                let _ = tokio::time::timeout(Duration::from_millis(50), room).await;
+            }
         }
         let input = Input::Frame {
             side,
@@ -120,6 +140,8 @@ pub struct Setup {
     pub record_input: bool,
     /// How often a chunk is cut while there is activity.
     pub flush_interval: Duration,
+    /// Bytes of frames queued before the relay waits (`RecordingConfig::queue_max_bytes`).
+    pub queue_max_bytes: usize,
     /// Set false while the store fails (StartSession's FailClosed check reads it).
     pub healthy: Arc<AtomicBool>,
 }
@@ -170,7 +192,8 @@ pub fn spawn(setup: Setup) -> Handle {
     let handle = Handle {
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
-        dropped: Arc::new(AtomicU64::new(0)),
+        room: Arc::new(Notify::new()),
+        max_queued: setup.queue_max_bytes,
         record_input: setup.record_input,
     };
     let outbox = Arc::new(Outbox {
@@ -540,13 +563,15 @@ async fn record_loop(
     };
     let mut tick = tokio::time::interval(setup.flush_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut reported_drops = 0u64;
     let shutdown = setup.state.shutdown.clone();
     let reason = loop {
         tokio::select! {
             m = rx.recv() => match m {
                 Some(Input::Frame { side, at, data }) => {
-                    handle.queued.fetch_sub(data.len(), Ordering::Relaxed);
+                    let prev = handle.queued.fetch_sub(data.len(), Ordering::Relaxed);
+                    if prev > handle.max_queued / 2 && prev - data.len() <= handle.max_queued / 2 {
+                        handle.room.notify_waiters();
+                    }
                     st.frame(side, at, &data);
                     if st.recorder.as_ref().is_some_and(|r| r.should_flush()) {
                         st.flush().await;
@@ -556,16 +581,6 @@ async fn record_loop(
                 None => break Some("the recorder's session is gone".to_owned()),
             },
             _ = tick.tick() => {
-                let dropped = handle.dropped.load(Ordering::Relaxed);
-                if dropped > reported_drops {
-                    let what = format!("{} frames not recorded: the recorder fell behind", dropped - reported_drops);
-                    tracing::error!(session_id = setup.meta.session, "{what}");
-                    st.ensure_recorder(None);
-                    if let Some(rec) = st.recorder.as_mut() {
-                        rec.marker(secs(st.start, Instant::now()), &what);
-                    }
-                    reported_drops = dropped;
-                }
                 st.flush().await;
             }
             _ = shutdown.cancelled() => break None,
