@@ -268,6 +268,7 @@ impl Recordings {
             record_input: plan.record_input,
             flush_interval: self.config.flush_interval,
             queue_max_bytes: self.config.queue_max_bytes.max(1),
+            owner_arn: session.owner.clone(),
             healthy,
         });
         lock(&self.active).insert(session.session_id.clone(), handle);

@@ -142,6 +142,9 @@ pub struct Setup {
     pub flush_interval: Duration,
     /// Bytes of frames queued before the relay waits (`RecordingConfig::queue_max_bytes`).
     pub queue_max_bytes: usize,
+    /// The owner's ARN, as the session log stream's lifecycle lines name it (the asciicast
+    /// header keeps the user name).
+    pub owner_arn: String,
     /// Set false while the store fails (StartSession's FailClosed check reads it).
     pub healthy: Arc<AtomicBool>,
 }
@@ -520,7 +523,7 @@ fn note_event(
     };
     setup.state.events.session_io(&crate::events::SessionIo {
         session_id: &setup.meta.session,
-        owner: &setup.meta.owner,
+        owner: &setup.owner_arn,
         target: &setup.meta.target,
         kind,
         t: time::OffsetDateTime::now_utc(),
