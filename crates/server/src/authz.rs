@@ -231,6 +231,24 @@ pub fn denied_message(principal_arn: &str, action: &str, resource: &str, d: &Dec
     )
 }
 
+/// Writes the audit record of a call's decision and marks the call audited, so the dispatcher
+/// does not write a second one. Without the record the call fails: nothing is decided off it.
+pub async fn record_for(
+    state: &AppState,
+    caller: &Caller,
+    event: &AuditEvent,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .append_audit(event)
+        .await
+        .map_err(|e| ApiError::internal(format!("audit record could not be written: {e}")))?;
+    caller
+        .audited
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 /// Decides `action` on every resource (all must allow), writes the audit record, and returns
 /// `AccessDeniedException` on denial. `extra` adds request-specific context keys.
 pub async fn authorize(
@@ -282,14 +300,7 @@ pub async fn authorize(
         user_agent: caller.user_agent.clone(),
         detail: String::new(),
     };
-    if let Err(e) = state.store.append_audit(&event).await {
-        return Err(ApiError::internal(format!(
-            "audit record could not be written: {e}"
-        )));
-    }
-    caller
-        .audited
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    record_for(state, caller, &event).await?;
     match denied {
         None => Ok(()),
         Some((arn, d)) => Err(ApiError::client(

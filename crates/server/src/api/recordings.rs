@@ -92,14 +92,7 @@ pub async fn authorize_recording_read(
         user_agent: caller.user_agent.clone(),
         detail: String::new(),
     };
-    state
-        .store
-        .append_audit(&event)
-        .await
-        .map_err(|e| ApiError::internal(format!("audit record could not be written: {e}")))?;
-    caller
-        .audited
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    crate::authz::record_for(state, caller, &event).await?;
     if !allowed {
         return Err(ApiError::client(
             "AccessDeniedException",

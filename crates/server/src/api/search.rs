@@ -219,13 +219,6 @@ async fn audit(
         user_agent: caller.user_agent.clone(),
         detail: json!({ "Text": text, "Results": shown.len() }).to_string(),
     };
-    state
-        .store
-        .append_audit(&event)
-        .await
-        .map_err(|e| ApiError::internal(format!("audit record could not be written: {e}")))?;
-    caller
-        .audited
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    crate::authz::record_for(state, caller, &event).await?;
     Ok(())
 }
