@@ -71,7 +71,7 @@ pub async fn end(state: &Arc<AppState>, session_id: &str, how: End) -> bool {
         state.hub.remove_relay(session_id);
     }
     // The relay has finished: the recorder records what was queued before this, then seals.
-    state.recordings.end(session_id, &reason.message());
+    state.recordings.end(session_id, &reason.message()).await;
     if how.notify_agent {
         if let Some(agent) = state.hub.agent(&target) {
             let frame = channel_closed_frame(session_id, &target, &output);

@@ -383,6 +383,35 @@ impl TestSession {
         }
     }
 
+    /// Reads output until `needle` has appeared, keeping only a short tail of what was seen
+    /// (for floods of output that `expect` would scan again and again). Returns how many
+    /// bytes were read.
+    pub async fn skip_until(&mut self, needle: &str, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let keep = needle.len().max(1) * 2;
+        let mut total = self.seen.len();
+        loop {
+            if self
+                .seen
+                .windows(needle.len())
+                .any(|w| w == needle.as_bytes())
+            {
+                return total;
+            }
+            if self.seen.len() > keep {
+                self.seen.drain(..self.seen.len() - keep);
+            }
+            match tokio::time::timeout_at(deadline, self.output.recv()).await {
+                Ok(Some(Output::Stdout(b))) | Ok(Some(Output::Stderr(b))) => {
+                    total += b.len();
+                    self.seen.extend_from_slice(&b)
+                }
+                Ok(None) => panic!("session output ended before {needle:?}"),
+                Err(_) => panic!("timed out waiting for {needle:?} after {total} bytes"),
+            }
+        }
+    }
+
     /// Reads output until `parse` finds what it looks for in everything seen so far (stdout and
     /// stderr together), up to `timeout`.
     pub async fn wait_for<T>(&mut self, timeout: Duration, parse: impl Fn(&str) -> Option<T>) -> T {

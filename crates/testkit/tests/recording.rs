@@ -430,3 +430,62 @@ async fn output_after_a_flood_is_recorded_in_full() {
         "no gap marker"
     );
 }
+
+/// A flood of printed text (a big `cat`) never makes the server refuse other work: the
+/// search index lags or leaves bulk output out, but the store stays writable, the next
+/// StartSession succeeds at once, and words typed and printed after the flood are found.
+#[tokio::test]
+async fn a_flood_of_text_never_starves_the_api() {
+    common::capture_logs();
+    let server = TestServer::start().await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let opts = SessionOptions {
+        no_pty: true,
+        ..SessionOptions::default()
+    };
+    let mut s = TestSession::start(&api, &agent.instance_id, opts.clone()).await;
+    // 48 MiB of random words (base64 lines): every token new, the worst case for an index.
+    s.send("head -c 37748736 /dev/urandom | base64 -w 76; echo flood-done-$((4+4))\n")
+        .await;
+    let flooded = s.skip_until("flood-done-8", Duration::from_secs(300)).await;
+    assert!(flooded > 48 << 20, "{flooded} bytes");
+    // Straight after the flood, while the recorder and the index catch up: the API answers.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let other = TestSession::start(&api, &agent.instance_id, opts.clone()).await;
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "StartSession took {took:?} after a flood"
+        );
+        other.send("exit\n").await;
+        other.finish(T).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.send("echo needle-after-$((40+2))\n").await;
+    s.expect("needle-after-42", T).await;
+    s.send("exit\n").await;
+    let id = s.grant.session_id.clone();
+    s.finish(T).await;
+    eventually(
+        "the words after the flood in search",
+        Duration::from_secs(60),
+        || async {
+            let out = api
+                .call(
+                    "Airlock.SearchSessions",
+                    &json!({ "Text": "needle-after-42" }),
+                )
+                .await
+                .unwrap();
+            out["Results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["SessionId"] == id.as_str())
+                .then_some(())
+        },
+    )
+    .await;
+}

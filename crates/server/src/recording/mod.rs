@@ -280,10 +280,14 @@ impl Recordings {
         lock(&self.active).get(session_id).cloned()
     }
 
-    /// The session ended: its recorder finishes and seals (asynchronously).
-    pub fn end(&self, session_id: &str, reason: &str) {
-        if let Some(h) = lock(&self.active).remove(session_id) {
-            h.end(reason.to_owned());
+    /// The session ended: its recorder finishes and seals (asynchronously). Returns once the
+    /// recorder has taken everything relayed before the end (so the session's last output is
+    /// in the log stream before its end is announced), or after two seconds at most.
+    pub async fn end(&self, session_id: &str, reason: &str) {
+        let handle = lock(&self.active).remove(session_id);
+        if let Some(h) = handle {
+            let taken = h.end(reason.to_owned());
+            let _ = tokio::time::timeout(Duration::from_secs(2), taken).await;
         }
     }
 

@@ -1,9 +1,10 @@
 //! The per-session recorder and uploader tasks.
 //!
-//! The relay hands each relayed stream frame to [`Handle::offer`]: a type check on the header,
-//! a `Bytes` clone onto an unbounded queue whose *bytes* are bounded (a full queue drops and
-//! counts, and the recording says so), and nothing else — the relay never waits for recording.
-//! The recorder task turns frames into asciicast events, cuts a signed chunk at least every
+//! The relay hands each relayed stream frame to [`Handle::offer`]: a type check on the header
+//! and a `Bytes` clone onto a queue whose *bytes* are bounded; only when the recorder is that far
+//! behind (a flood of output) does the relay wait for it, so nothing relayed goes unrecorded.
+//! The recorder takes interactive frames in batches (every [`GATHER`] at most, not a wake-up per
+//! keystroke) and bulk ones as they come; it turns them into asciicast events, cuts a signed chunk at least every
 //! second while there is activity, and hands chunks to the uploader's [`Outbox`]. The uploader
 //! writes them to the object store; while the store fails, chunks go to the local spool on
 //! disk (bounded), and are uploaded in order once it answers again.
@@ -26,6 +27,12 @@ use crate::state::AppState;
 
 /// Bytes of chunks an uploader keeps in memory while the store keeps up.
 const MEM_BUDGET: usize = 4 * 1024 * 1024;
+/// How long the recorder lets interactive frames gather before it takes them (see
+/// `record_loop`): far below the one-second flush, far above a keystroke's round trip.
+const GATHER: Duration = Duration::from_millis(25);
+/// Bytes taken in one go above which traffic counts as bulk: the recorder then keeps up without
+/// pausing (a pause would only make the relay wait for queue room).
+const BULK_BATCH: usize = 64 * 1024;
 /// Sequence numbers remembered per direction to drop resent frames.
 const SEQ_WINDOW: i64 = 1 << 16;
 
@@ -45,6 +52,9 @@ pub enum Input {
     End {
         /// The end reason's text (into the manifest).
         reason: String,
+        /// Told when every frame before the end is recorded (its log-stream lines written),
+        /// before sealing: the session's end is announced after its last output.
+        taken: Option<tokio::sync::oneshot::Sender<()>>,
     },
 }
 
@@ -55,6 +65,8 @@ pub struct Handle {
     queued: Arc<AtomicUsize>,
     /// Signalled when the recorder's queue falls below half the bound.
     room: Arc<Notify>,
+    /// Wakes a recorder that lets interactive frames gather (the session ended).
+    ending: Arc<Notify>,
     max_queued: usize,
     record_input: bool,
 }
@@ -115,8 +127,15 @@ impl Handle {
     }
 
     /// Tells the recorder the session ended.
-    pub fn end(&self, reason: String) {
-        let _ = self.tx.send(Input::End { reason });
+    /// Returns a receiver told once everything relayed before the end is recorded.
+    pub fn end(&self, reason: String) -> tokio::sync::oneshot::Receiver<()> {
+        let (taken, rx) = tokio::sync::oneshot::channel();
+        let _ = self.tx.send(Input::End {
+            reason,
+            taken: Some(taken),
+        });
+        self.ending.notify_one();
+        rx
     }
 }
 
@@ -196,6 +215,7 @@ pub fn spawn(setup: Setup) -> Handle {
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
         room: Arc::new(Notify::new()),
+        ending: Arc::new(Notify::new()),
         max_queued: setup.queue_max_bytes,
         record_input: setup.record_input,
     };
@@ -392,8 +412,10 @@ struct RecordState {
     seen_agent: Seen,
     seen_client: Seen,
     outbox: Arc<Outbox>,
-    /// Recorded events since the last chunk, for search (MERGE(P)) — text already decoded.
+    /// Recorded events since the last chunk, for search — text already decoded.
     texts: Vec<airlock_recording::Event>,
+    /// How much printed text may still go to the search index.
+    budget: TextBudget,
     overflowed: bool,
 }
 
@@ -410,7 +432,7 @@ impl RecordState {
         let mut rec = Recorder::new(&meta, &self.setup.seed);
         for (t, kind, data) in std::mem::take(&mut self.early) {
             if let Some(ev) = rec.event(t, kind, &data) {
-                note_event(&self.setup, &mut self.texts, ev);
+                note_event(&self.setup, &mut self.texts, &mut self.budget, ev);
             }
         }
         self.recorder = Some(rec);
@@ -449,7 +471,7 @@ impl RecordState {
             None => self.early.push((t, kind, bytes.to_vec())),
             Some(rec) => {
                 if let Some(ev) = rec.event(t, kind, bytes) {
-                    note_event(&self.setup, &mut self.texts, ev);
+                    note_event(&self.setup, &mut self.texts, &mut self.budget, ev);
                 }
             }
         }
@@ -514,6 +536,7 @@ impl RecordState {
 fn note_event(
     setup: &Setup,
     texts: &mut Vec<airlock_recording::Event>,
+    budget: &mut TextBudget,
     ev: airlock_recording::Event,
 ) {
     let kind = match ev.kind {
@@ -529,7 +552,71 @@ fn note_event(
         t: time::OffsetDateTime::now_utc(),
         data: &ev.data,
     });
+    if ev.kind == EventKind::Output {
+        let was_dry = budget.skipped > 0;
+        if !budget.take(ev.data.len(), &setup.meta.session) {
+            if !was_dry {
+                // No word is glued across the text left out.
+                texts.push(airlock_recording::Event {
+                    data: "\n".to_owned(),
+                    ..ev
+                });
+            }
+            return;
+        }
+    }
     texts.push(ev);
+}
+
+/// Printed text the search index takes from one session at once, and per second after that.
+/// Typed input is always indexed; bulk output (a `cat` of a big file, a build log) beyond this
+/// is in the recording but not in the index — indexing it would cost more CPU than relaying it
+/// and hold the database's write lock for the API's time.
+const TEXT_BURST: f64 = 2.0 * 1024.0 * 1024.0;
+/// See [`TEXT_BURST`].
+const TEXT_PER_SEC: f64 = 128.0 * 1024.0;
+
+/// A token bucket of bytes of printed text for the search index ([`TEXT_BURST`]).
+#[derive(Debug)]
+struct TextBudget {
+    tokens: f64,
+    last: Instant,
+    /// Bytes left out since the budget last ran dry (logged once per dry spell).
+    skipped: u64,
+}
+
+impl TextBudget {
+    fn new() -> TextBudget {
+        TextBudget {
+            tokens: TEXT_BURST,
+            last: Instant::now(),
+            skipped: 0,
+        }
+    }
+
+    /// Whether `len` bytes may be indexed now (and takes them).
+    fn take(&mut self, len: usize, session: &str) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f64() * TEXT_PER_SEC;
+        self.last = now;
+        self.tokens = (self.tokens + refill).min(TEXT_BURST);
+        let len = len as f64;
+        if self.tokens >= len {
+            if self.skipped > 0 {
+                tracing::info!(
+                    session_id = session,
+                    "search index: {} bytes of bulk output were left out of search (they are in the recording)",
+                    self.skipped
+                );
+                self.skipped = 0;
+            }
+            self.tokens -= len;
+            true
+        } else {
+            self.skipped += len as u64;
+            false
+        }
+    }
 }
 
 /// The transcript text of a stored chunk's events, for search (helper P's FTS index): one row
@@ -561,6 +648,7 @@ async fn record_loop(
         seen_client: Seen::default(),
         outbox: outbox.clone(),
         texts: Vec::new(),
+        budget: TextBudget::new(),
         overflowed: false,
         setup: setup.clone(),
     };
@@ -569,20 +657,50 @@ async fn record_loop(
     let shutdown = setup.state.shutdown.clone();
     let reason = loop {
         tokio::select! {
-            m = rx.recv() => match m {
-                Some(Input::Frame { side, at, data }) => {
-                    let prev = handle.queued.fetch_sub(data.len(), Ordering::Relaxed);
-                    if prev > handle.max_queued / 2 && prev - data.len() <= handle.max_queued / 2 {
-                        handle.room.notify_waiters();
+            m = rx.recv() => {
+                // Everything queued now, in one go.
+                let mut next = m;
+                let mut batch = 0usize;
+                let mut end = None;
+                while let Some(m) = next.take() {
+                    match m {
+                        Input::Frame { side, at, data } => {
+                            batch += data.len();
+                            let prev = handle.queued.fetch_sub(data.len(), Ordering::Relaxed);
+                            if prev > handle.max_queued / 2
+                                && prev - data.len() <= handle.max_queued / 2
+                            {
+                                handle.room.notify_waiters();
+                            }
+                            st.frame(side, at, &data);
+                            if st.recorder.as_ref().is_some_and(|r| r.should_flush()) {
+                                st.flush().await;
+                            }
+                        }
+                        Input::End { reason, taken } => {
+                            end = Some((reason, taken));
+                            break;
+                        }
                     }
-                    st.frame(side, at, &data);
-                    if st.recorder.as_ref().is_some_and(|r| r.should_flush()) {
-                        st.flush().await;
+                    next = rx.try_recv().ok();
+                }
+                if let Some(end) = end {
+                    break Some(end);
+                }
+                if batch == 0 {
+                    break Some(("the recorder's session is gone".to_owned(), None));
+                }
+                if batch < BULK_BATCH {
+                    // Interactive traffic: let the next frames gather rather than waking for
+                    // each keystroke's echo (a wake-up per frame cost the round trip tens of
+                    // µs on two cores). Times are the relay's, so nothing moves in the cast.
+                    tokio::select! {
+                        _ = tokio::time::sleep(GATHER) => {}
+                        _ = handle.ending.notified() => {}
+                        _ = shutdown.cancelled() => break None,
                     }
                 }
-                Some(Input::End { reason }) => break Some(reason),
-                None => break Some("the recorder's session is gone".to_owned()),
-            },
+            }
             _ = tick.tick() => {
                 st.flush().await;
             }
@@ -593,6 +711,12 @@ async fn record_loop(
     while let Ok(Input::Frame { side, at, data }) = rx.try_recv() {
         st.frame(side, at, &data);
     }
+    let reason = reason.map(|(reason, taken)| {
+        if let Some(taken) = taken {
+            let _ = taken.send(());
+        }
+        reason
+    });
     match reason {
         Some(reason) => {
             st.ensure_recorder(None);

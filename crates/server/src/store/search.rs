@@ -111,57 +111,117 @@ pub fn index_rows(events: &[airlock_recording::Event]) -> Vec<(&'static str, f64
     rows
 }
 
-/// Chunks' text waiting for the index, in the order the recorders stored them.
-pub type IndexQueue = tokio::sync::mpsc::Sender<(String, Vec<(&'static str, f64, String)>)>;
+/// Text waiting for the index (session id, rows), in the order the recorders stored it.
+type Pending = (String, Vec<(&'static str, f64, String)>);
 
-/// Chunks' texts the index queue holds before it drops new ones (each about a second of one
-/// session's output).
-const INDEX_QUEUE: usize = 4096;
+/// The queue to the one index writer, bounded in bytes of text (not in entries, which may be a
+/// few bytes or a megabyte each).
+#[derive(Debug)]
+pub struct IndexQueue {
+    tx: tokio::sync::mpsc::UnboundedSender<Pending>,
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Bytes of text the index queue holds before it leaves new text out (the writer is behind:
+/// many sessions printing at once).
+const INDEX_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most text one index transaction writes. The writer holds SQLite's write lock while it
+/// indexes; a short hold lets the API's writes (audit records, sessions) in between.
+const TX_TEXT_BYTES: usize = 64 * 1024;
+
+/// The writer's pause after each transaction, as a multiple of how long the transaction held
+/// the write lock: at most half the time is the index's, whatever it is given. SQLite's busy
+/// handler polls a locked database only every few to 100 ms, so a writer that went straight
+/// on would win nearly every race and starve the API (StartSession failing after a `cat` of a
+/// big file was the symptom).
+const PAUSE_FACTOR: u32 = 1;
+
+/// Splits `text` at char boundaries into pieces of at most about `max` bytes, preferring to
+/// cut after a line break or blank so that no word is split.
+fn pieces(text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let window = &rest[..cut];
+        let at = window
+            .rfind('\n')
+            .or_else(|| window.rfind(' '))
+            .map_or(cut, |i| i + 1);
+        let at = if at == 0 { cut } else { at };
+        out.push(&rest[..at]);
+        rest = &rest[at..];
+    }
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
+}
 
 impl Store {
     /// Hands the text of one stored chunk (`index_rows`) to the search index without waiting:
     /// one writer task indexes them in order (a word split across two chunks is joined only
-    /// if they are indexed in order). Never blocks the recorder: when the queue is full the
-    /// text is left out of the index (said in the log) and `false` returned; the recording
-    /// itself is unaffected. Must be called within a tokio runtime.
+    /// if they are indexed in order), a transaction of at most [`TX_TEXT_BYTES`] at a time and
+    /// never more than half the time. Never blocks the recorder: when the queue holds
+    /// [`INDEX_QUEUE_BYTES`] the text is left out of the index (said in the log) and `false`
+    /// returned; the recording itself is unaffected. Must be called within a tokio runtime.
     pub fn queue_recording_text(
         &self,
         session_id: &str,
         rows: Vec<(&'static str, f64, String)>,
     ) -> bool {
+        use std::sync::atomic::Ordering;
         if rows.is_empty() {
             return true;
         }
         let queue = self.text_index.get_or_init(|| {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<(
-                String,
-                Vec<(&'static str, f64, String)>,
-            )>(INDEX_QUEUE);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+            let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let store = self.clone();
+            let left = queued.clone();
             tokio::spawn(async move {
                 while let Some((id, rows)) = rx.recv().await {
-                    let rows: Vec<(&str, f64, &str)> =
-                        rows.iter().map(|(k, t, s)| (*k, *t, s.as_str())).collect();
-                    if let Err(e) = store.index_recording_text(&id, &rows).await {
-                        tracing::warn!(
-                            session_id = id,
-                            "recording text not indexed for search: {e}"
-                        );
+                    let size: usize = rows.iter().map(|r| r.2.len()).sum();
+                    for (kind, t, text) in &rows {
+                        for piece in pieces(text, TX_TEXT_BYTES) {
+                            let began = std::time::Instant::now();
+                            if let Err(e) =
+                                store.index_recording_text(&id, &[(kind, *t, piece)]).await
+                            {
+                                tracing::warn!(
+                                    session_id = id,
+                                    "recording text not indexed for search: {e}"
+                                );
+                            }
+                            let held = began.elapsed() * PAUSE_FACTOR;
+                            tokio::time::sleep(held.max(std::time::Duration::from_micros(200)))
+                                .await;
+                        }
                     }
+                    left.fetch_sub(size, Ordering::Relaxed);
                 }
             });
-            tx
+            IndexQueue { tx, queued }
         });
-        match queue.try_send((session_id.to_owned(), rows)) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(
-                    session_id,
-                    "search index queue is full or closed: a chunk's text is left out of search: {e}"
-                );
-                false
-            }
+        let size: usize = rows.iter().map(|r| r.2.len()).sum();
+        let before = queue.queued.fetch_add(size, Ordering::Relaxed);
+        if before > 0 && before + size > INDEX_QUEUE_BYTES {
+            queue.queued.fetch_sub(size, Ordering::Relaxed);
+            tracing::warn!(
+                session_id,
+                "search index is {before} bytes behind: {size} bytes of a chunk's text are left out of search"
+            );
+            return false;
         }
+        if queue.tx.send((session_id.to_owned(), rows)).is_err() {
+            queue.queued.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 
     /// Indexes the plain text of one stored chunk of a session's recording: `(kind, t, text)`
@@ -477,6 +537,77 @@ mod tests {
         );
         assert!(index_rows(&[ev("o", 0.0, "\u{1b}[H\u{1b}[2J")]).is_empty());
         assert!(index_rows(&[]).is_empty());
+    }
+
+    #[test]
+    fn pieces_cut_between_words() {
+        assert_eq!(pieces("", 4), Vec::<&str>::new());
+        assert_eq!(pieces("abc", 4), ["abc"]);
+        assert_eq!(pieces("ab cd ef", 6), ["ab cd ", "ef"]);
+        assert_eq!(pieces("ab\ncdefgh", 6), ["ab\n", "cdefgh"]);
+        assert_eq!(pieces("abcdefgh", 3), ["abc", "def", "gh"]);
+        // Never inside a character.
+        let p = pieces("ééééé", 3);
+        assert!(p.iter().all(|x| x.len() <= 3 && !x.is_empty()), "{p:?}");
+        assert_eq!(p.concat(), "ééééé");
+        let text = "word ".repeat(100_000);
+        let p = pieces(&text, TX_TEXT_BYTES);
+        assert_eq!(p.concat(), text);
+        assert!(p
+            .iter()
+            .all(|x| x.len() <= TX_TEXT_BYTES && x.ends_with(' ')));
+    }
+
+    /// A flood of text for the index (every word new: the costliest kind) never keeps the
+    /// database's write lock from the API: audit records are written promptly meanwhile, and
+    /// the text is indexed in the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_index_never_starves_other_writers() {
+        let (store, dir) = store("starve").await;
+        session(&store, "flood-1", "mi-00000000000000001", 1_000).await;
+        let mut n: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..40 {
+            let mut text = String::with_capacity(256 * 1024);
+            while text.len() < 256 * 1024 {
+                n ^= n << 13;
+                n ^= n >> 7;
+                n ^= n << 17;
+                text.push_str(&format!("{n:x} "));
+            }
+            if i == 39 {
+                text.push_str("the-last-words ");
+            }
+            assert!(store.queue_recording_text("flood-1", vec![("o", f64::from(i), text)]));
+        }
+        let mut worst = std::time::Duration::ZERO;
+        for i in 0..30 {
+            let began = std::time::Instant::now();
+            store
+                .append_audit(&crate::store::audit::AuditEvent {
+                    event: "api".into(),
+                    action: format!("ssm:Test{i}"),
+                    decision: "Allow".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            worst = worst.max(began.elapsed());
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        }
+        assert!(
+            worst < std::time::Duration::from_secs(2),
+            "an audit record waited {worst:?} for the index"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+        while found(&store, "the-last-words").await.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flood was never indexed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     /// Figures for the issue note (run with `--ignored`): an hour of a busy shell (a 4 KiB
