@@ -37,6 +37,9 @@ pub enum StoreError {
     /// A sealed secret could not be opened (wrong master key?).
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// A file of the store (the search index's) could not be created.
+    #[error("database file: {0}")]
+    File(#[from] std::io::Error),
 }
 
 /// Handle on the database; cheap to clone.
@@ -52,6 +55,13 @@ pub struct Store {
     pub(crate) audit_head: std::sync::Arc<std::sync::Mutex<Option<audit::AuditHead>>>,
     /// The queue of recorded text waiting for the search index (started on first use).
     pub(crate) text_index: std::sync::Arc<std::sync::OnceLock<search::IndexQueue>>,
+    /// The search index's own database file (`search::SEARCH_FILE`), written only through
+    /// this one-connection pool: indexing holds that file's write lock, never the main one's.
+    pub(crate) search: SqlitePool,
+    /// Searches: the index's file with the database attached read-only as `db` (for the
+    /// sessions' rows). Never attached the other way round: a write transaction on a
+    /// connection locks every database attached to it.
+    pub(crate) search_read: SqlitePool,
     /// Events enqueued with the audit records they come from (webhook outbox, log stream).
     pub(crate) events: crate::events::Events,
 }
@@ -110,7 +120,22 @@ impl Store {
     /// Opens a database by URL (`sqlite://path` or `sqlite::memory:`), applies migrations, and
     /// seals any secret an older version stored in clear.
     pub async fn open(url: &str, key: crate::secrets::MasterKey) -> Result<Store, StoreError> {
-        let opts = SqliteConnectOptions::from_str(url)?
+        let opts = SqliteConnectOptions::from_str(url)?;
+        // The search index lives beside the database (a temporary file for an in-memory one).
+        let main_file = opts.get_filename().to_path_buf();
+        let main_db = main_file.clone();
+        let search_path = if main_file.as_os_str().is_empty()
+            || main_file.as_os_str() == ":memory:"
+            || url.contains("mode=memory")
+        {
+            std::env::temp_dir().join(format!("airlock-search-{}.db", uuid::Uuid::new_v4()))
+        } else {
+            let mut p = main_file.into_os_string();
+            p.push(search::SEARCH_SUFFIX);
+            std::path::PathBuf::from(p)
+        };
+        let search = search::open_index(&search_path).await?;
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -121,12 +146,15 @@ impl Store {
             .connect_with(opts)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
+        let search_read = search::open_reader(&search_path, &main_db).await?;
         let store = Store {
             pool,
             key,
             audit_lock: Default::default(),
             audit_head: Default::default(),
             text_index: Default::default(),
+            search,
+            search_read,
             events: Default::default(),
         };
         store.reseal_secrets().await?;

@@ -7,9 +7,89 @@
 //! `:` and parentheses are text to find, never query syntax, so a search can neither widen
 //! itself (`x" OR "y`, `*`), name columns (`session_id:…`) nor fail to parse.
 
-use sqlx::Row;
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
 
 use super::{Session, Store, StoreError};
+
+/// What the search index's file is called: the main database's name with this after it
+/// (`airlock.db.search`). It holds only derived text (rebuildable from the recordings), but the
+/// text is what sessions printed: it is private like the database.
+pub const SEARCH_SUFFIX: &str = ".search";
+
+/// Opens (creating) the search index's own database file, with its tables. A file of its own
+/// because SQLite has one write lock per file: a big merge of the full-text index (seconds,
+/// once it is large) would otherwise hold the lock every API call's audit record needs.
+/// Searches read it through [`open_reader`].
+pub(crate) async fn open_index(path: &Path) -> Result<SqlitePool, StoreError> {
+    crate::datadir::private_file(path)?;
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(30));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    sqlx::query(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS recording_text \
+         USING fts5(text, session_id UNINDEXED, kind UNINDEXED, t UNINDEXED)",
+    )
+    .execute(&pool)
+    .await?;
+    // The last, possibly unfinished word of each session's indexed text by kind: the next
+    // chunk's text is indexed with it in front, so a word cut by a flush is found whole.
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS recording_text_tail (session_id TEXT NOT NULL, \
+         kind TEXT NOT NULL, tail TEXT NOT NULL, PRIMARY KEY (session_id, kind)) WITHOUT ROWID",
+    )
+    .execute(&pool)
+    .await?;
+    Ok(pool)
+}
+
+/// Connections for searches: the index's file, with the main database (`main_db`) attached
+/// read-only as `db` so a search joins the sessions' rows in one statement. Reads in WAL mode
+/// take no lock that a writer waits for. An in-memory main database cannot be attached: its
+/// searches fail with a clear error.
+pub(crate) async fn open_reader(path: &Path, main_db: &Path) -> Result<SqlitePool, StoreError> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(Duration::from_secs(5));
+    let main: std::sync::Arc<str> = format!(
+        "file:{}?mode=ro",
+        main_db
+            .to_string_lossy()
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23")
+    )
+    .into();
+    let attach = !main_db.as_os_str().is_empty() && main_db.as_os_str() != ":memory:";
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .after_connect(move |conn, _| {
+            let main = main.clone();
+            Box::pin(async move {
+                if attach {
+                    sqlx::query("ATTACH DATABASE ? AS db")
+                        .bind(&*main)
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(opts)
+        .await?;
+    Ok(pool)
+}
 
 /// The longest word fragment carried from one chunk's text to the next (see the migration's
 /// `recording_text_tail`): longer "words" are hex dumps and base64, not what people search.
@@ -247,7 +327,7 @@ impl Store {
         }
         // IMMEDIATE: the transaction reads the tail, then writes; a deferred one would fail
         // with "database is locked" when another writer commits in between (WAL snapshot).
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.search.begin_with("BEGIN IMMEDIATE").await?;
         for (kind, t, text) in by_kind {
             let tail: Option<String> = sqlx::query_scalar(
                 "SELECT tail FROM recording_text_tail WHERE session_id = ? AND kind = ?",
@@ -298,7 +378,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut sql = String::from(
-            "SELECT * FROM sessions WHERE session_id IN \
+            "SELECT * FROM db.sessions WHERE session_id IN \
              (SELECT session_id FROM recording_text WHERE recording_text MATCH ?)",
         );
         if filter.target.is_some() {
@@ -315,7 +395,11 @@ impl Store {
         if let Some(s) = filter.since {
             q = q.bind(s);
         }
-        let rows = q.bind(limit).bind(offset).fetch_all(&self.pool).await?;
+        let rows = q
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.search_read)
+            .await?;
         Ok(rows.iter().map(Session::from_row).collect())
     }
 
@@ -338,7 +422,7 @@ impl Store {
         .bind(fts_phrase(text))
         .bind(session_id)
         .bind(max)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.search_read)
         .await?;
         rows.iter()
             .map(|r| {
@@ -606,6 +690,38 @@ mod tests {
             );
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+        store.pool.close().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// The index is a file of its own: a long index write (a big FTS5 merge) holding its
+    /// write lock does not hold the API's audit records; the file is private like the database.
+    #[tokio::test]
+    async fn a_long_index_write_does_not_hold_the_database() {
+        use std::os::unix::fs::PermissionsExt;
+        let (store, dir) = store("apart").await;
+        let mut merge = store.search.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        sqlx::query(
+            "INSERT INTO recording_text_tail (session_id, kind, tail) VALUES ('x', 'o', 'y')",
+        )
+        .execute(&mut *merge)
+        .await
+        .unwrap();
+        let began = std::time::Instant::now();
+        store
+            .append_audit(&crate::store::audit::AuditEvent {
+                event: "api".into(),
+                action: "ssm:Test".into(),
+                decision: "Allow".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(began.elapsed() < std::time::Duration::from_secs(1));
+        merge.rollback().await.unwrap();
+        let file = dir.join(format!("airlock.db{SEARCH_SUFFIX}"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
         store.pool.close().await;
         std::fs::remove_dir_all(dir).unwrap();
     }
