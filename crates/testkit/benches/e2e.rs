@@ -14,7 +14,8 @@
 //!
 //! `cargo bench -p airlock-testkit --bench e2e` prints one markdown table (progress and
 //! per-run figures go to stderr). `AIRLOCK_BENCH_MIB` sets the file size (256, kept in /tmp
-//! between runs); `AIRLOCK_BENCH_ONLY` picks parts (`cat,keys,setup,busy`);
+//! between runs); `AIRLOCK_BENCH_RUNS` the `cat` runs per subject (3);
+//! `AIRLOCK_BENCH_ONLY` picks parts (`cat,keys,setup,busy`);
 //! `AIRLOCK_BENCH_SSH_USER` the ssh login. Without `/usr/sbin/sshd` the OpenSSH column reads n/a.
 //!
 //! `AIRLOCK_BENCH_RECORDING=1` measures what session recording costs instead (issue 11): three
@@ -48,6 +49,7 @@ use airlock_testkit::{TempDir, TestServer, TestSession};
 const LINE: usize = 128;
 /// Runs of each `cat`; the median is reported.
 const CAT_RUNS: usize = 3;
+
 /// Keystrokes typed before measuring, then measured.
 const KEY_WARMUP: usize = 200;
 const KEY_SAMPLES: usize = 2000;
@@ -158,6 +160,8 @@ fn main() {
     // `cargo bench` passes `--bench`; criterion-style filters are not supported. Instead:
     // AIRLOCK_BENCH_MIB (file size, 256), AIRLOCK_BENCH_ONLY (any of cat,keys,setup,busy).
     let mib: u64 = env_or("AIRLOCK_BENCH_MIB", 256);
+    // AIRLOCK_BENCH_RUNS: `cat` runs per subject (3); more steady the medians on a busy machine.
+    let cat_runs: usize = env_or("AIRLOCK_BENCH_RUNS", CAT_RUNS).max(1);
     let only: String = env_or("AIRLOCK_BENCH_ONLY", "cat,keys,setup,busy".to_owned());
     let part = |p: &str| only.split(',').any(|o| o.trim() == p);
     let file = TestFile::ensure(mib << 20);
@@ -250,7 +254,12 @@ fn main() {
             None
         }
     };
-    let sshd_pid = sshd.as_ref().map(|s| s.child.id());
+    // The CPU columns count the peer's processes too: sshd's tree, or in recording mode the S3
+    // server (moto, Python), which shares the two cores with Airlock.
+    let sshd_pid = sshd
+        .as_ref()
+        .map(|s| s.child.id())
+        .or_else(|| moto.as_ref().map(|m| m._child.0.id()));
     let mut subjects: Vec<Box<dyn Subject + '_>> = airlock
         .iter()
         .map(|a| Box::new(*a) as Box<dyn Subject + '_>)
@@ -264,8 +273,8 @@ fn main() {
 
     let mut floor = Vec::new();
     if part("cat") {
-        eprintln!("throughput: {CAT_RUNS} × cat of {mib} MiB, each subject in turn");
-        for _ in 0..CAT_RUNS {
+        eprintln!("throughput: {cat_runs} × cat of {mib} MiB, each subject in turn");
+        for _ in 0..cat_runs {
             floor.push(measure_cpu(sshd_pid, || cat_local(&file.path)));
             for pty in [false, true] {
                 for (s, f) in subjects.iter().zip(figs.iter_mut()) {
@@ -404,7 +413,7 @@ fn main() {
 
     println!();
     println!(
-        "Loopback, one run: median of {CAT_RUNS} interleaved `cat` runs; {KEY_SAMPLES} keystrokes after \
+        "Loopback, one run: median of {cat_runs} interleaved `cat` runs; {KEY_SAMPLES} keystrokes after \
          {KEY_WARMUP} warm-up; median of {SETUP_RUNS} interleaved new sessions."
     );
     if let Some(floor) = median_run(&floor) {
@@ -418,7 +427,7 @@ fn main() {
     println!(
         "Airlock's server, agent and client share this process (one tokio runtime, {} workers); \
          OpenSSH is `ssh` + `sshd` (aes128-gcm@openssh.com), logged in as {}; Airlock's shells \
-         run as airlock-user. CPU time = this process + its reaped children + the sshd tree.",
+         run as airlock-user. CPU time = this process + its reaped children + the sshd tree (recording mode: + moto_server).",
         rt.metrics().num_workers(),
         ssh_user.as_deref().unwrap_or("n/a"),
     );
