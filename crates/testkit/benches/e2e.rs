@@ -53,6 +53,8 @@ const CAT_RUNS: usize = 3;
 /// Keystrokes typed before measuring, then measured.
 const KEY_WARMUP: usize = 200;
 const KEY_SAMPLES: usize = 2000;
+/// Rounds of keystroke samples, the subjects taking turns.
+const KEY_ROUNDS: usize = 4;
 /// Wall-clock cap of one keystroke series.
 const KEY_BUDGET: Duration = Duration::from_secs(30);
 /// New sessions timed (after one untimed).
@@ -295,21 +297,28 @@ fn main() {
     }
 
     if part("keys") {
-        eprintln!("keystroke round trip: {KEY_WARMUP} + {KEY_SAMPLES} bytes each");
-        for (s, f) in subjects.iter().zip(figs.iter_mut()) {
-            f.keys = s.keystrokes();
-            let q = |q| micros(percentile(&f.keys, q));
-            let slow = f.keys.iter().filter(|d| d.as_micros() > 1000).count();
-            eprintln!(
-                "  {:<20} p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0} µs; {slow} of {} over 1 ms",
-                s.name(),
-                q(0.5),
-                q(0.9),
-                q(0.99),
-                q(0.999),
-                q(1.0),
-                f.keys.len()
-            );
+        eprintln!(
+            "keystroke round trip: {KEY_ROUNDS} rounds of {KEY_WARMUP} + {KEY_SAMPLES} bytes, subjects in turn"
+        );
+        // Rounds interleave the subjects, so a burst of other load on the machine does not
+        // land on one subject's samples only.
+        for round in 0..KEY_ROUNDS {
+            for (s, f) in subjects.iter().zip(figs.iter_mut()) {
+                let keys = s.keystrokes();
+                let q = |q| micros(percentile(&keys, q));
+                let slow = keys.iter().filter(|d| d.as_micros() > 1000).count();
+                eprintln!(
+                    "  {round} {:<20} p50 {:.0} p90 {:.0} p99 {:.0} p99.9 {:.0} max {:.0} µs; {slow} of {} over 1 ms",
+                    s.name(),
+                    q(0.5),
+                    q(0.9),
+                    q(0.99),
+                    q(0.999),
+                    q(1.0),
+                    keys.len()
+                );
+                f.keys.extend(keys);
+            }
         }
     }
 
@@ -413,8 +422,8 @@ fn main() {
 
     println!();
     println!(
-        "Loopback, one run: median of {cat_runs} interleaved `cat` runs; {KEY_SAMPLES} keystrokes after \
-         {KEY_WARMUP} warm-up; median of {SETUP_RUNS} interleaved new sessions."
+        "Loopback, one run: median of {cat_runs} interleaved `cat` runs; {KEY_ROUNDS} interleaved rounds of \
+         {KEY_SAMPLES} keystrokes after {KEY_WARMUP} warm-up; median of {SETUP_RUNS} interleaved new sessions."
     );
     if let Some(floor) = median_run(&floor) {
         println!(
