@@ -12,6 +12,12 @@ use sha2::{Digest, Sha256};
 pub const CHUNK_TARGET_BYTES: usize = 256 * 1024;
 
 const CHUNK_DOMAIN: &[u8] = b"airlock-recording-chunk-v1";
+
+/// The chunk format the recorder writes. Version 1 chained the SHA-256 of each chunk's complete
+/// bytes; version 2 chains the SHA-256 of its header line, which holds the body's SHA-256 and is
+/// signed with the version: as tamper-evident, with one pass over the body instead of two.
+/// Readers accept both.
+pub const CHUNK_VERSION: u32 = 2;
 const MANIFEST_DOMAIN: &[u8] = b"airlock-recording-manifest-v1";
 
 /// The first line of every chunk: which session and position it is, what precedes it, what it
@@ -19,13 +25,13 @@ const MANIFEST_DOMAIN: &[u8] = b"airlock-recording-manifest-v1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkHeader {
-    /// Format version, 1.
+    /// Format version ([`CHUNK_VERSION`]; 1 is still read).
     pub v: u32,
     /// Session id.
     pub session: String,
     /// Position of this chunk, from 0.
     pub index: u64,
-    /// Hex SHA-256 of the previous chunk's complete bytes (64 zeros for chunk 0).
+    /// Hex [`chunk_hash`] of the previous chunk (64 zeros for chunk 0).
     pub prev: String,
     /// Hex SHA-256 of this chunk's bytes after the header line.
     pub body: String,
@@ -40,10 +46,14 @@ fn push_field(out: &mut Vec<u8>, field: &[u8]) {
 
 impl ChunkHeader {
     /// The canonical bytes the signature covers: a domain label then each field length-prefixed,
-    /// so no two different headers sign the same bytes.
-    pub fn signed_bytes(session: &str, index: u64, prev: &str, body: &str) -> Vec<u8> {
+    /// so no two different headers sign the same bytes. From version 2 the version is signed
+    /// too, so a header cannot be passed off as another version's.
+    pub fn signed_bytes(v: u32, session: &str, index: u64, prev: &str, body: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(64 + session.len() + 128);
         push_field(&mut out, CHUNK_DOMAIN);
+        if v >= 2 {
+            push_field(&mut out, &v.to_be_bytes());
+        }
         push_field(&mut out, session.as_bytes());
         push_field(&mut out, &index.to_be_bytes());
         push_field(&mut out, prev.as_bytes());
@@ -53,7 +63,7 @@ impl ChunkHeader {
 
     /// Whether the signature is valid under `key`.
     pub fn signature_ok(&self, key: &VerifyingKey) -> bool {
-        let msg = Self::signed_bytes(&self.session, self.index, &self.prev, &self.body);
+        let msg = Self::signed_bytes(self.v, &self.session, self.index, &self.prev, &self.body);
         sig_ok(key, &msg, &self.sig)
     }
 }
@@ -81,7 +91,7 @@ pub struct Manifest {
     pub chunks: u64,
     /// Hex SHA-256 of the last chunk (64 zeros when there is none).
     pub last: String,
-    /// Hex SHA-256 of each chunk's complete bytes, in index order.
+    /// Hex [`chunk_hash`] of each chunk, in index order.
     pub hashes: Vec<String>,
     /// When the session ended (RFC 3339, as the server formats it).
     pub ended: String,
@@ -303,23 +313,26 @@ impl Recorder {
         let prev = hex::encode(self.prev);
         let index = self.next_index;
         let sig = self.key.sign(&ChunkHeader::signed_bytes(
+            CHUNK_VERSION,
             &self.session,
             index,
             &prev,
             &body_hash,
         ));
         let header = ChunkHeader {
-            v: 1,
+            v: CHUNK_VERSION,
             session: self.session.clone(),
             index,
             prev,
             body: body_hash,
             sig: hex::encode(sig.to_bytes()),
         };
-        let mut bytes = serde_json::to_vec(&header).unwrap_or_default();
+        let head = serde_json::to_vec(&header).unwrap_or_default();
+        let hash: [u8; 32] = Sha256::digest(&head).into();
+        let mut bytes = Vec::with_capacity(head.len() + 1 + body.len());
+        bytes.extend_from_slice(&head);
         bytes.push(b'\n');
         bytes.extend_from_slice(body.as_bytes());
-        let hash: [u8; 32] = Sha256::digest(&bytes).into();
         self.prev = hash;
         self.hashes.push(hash);
         self.next_index += 1;
@@ -351,7 +364,7 @@ impl Recorder {
 pub(crate) fn check_chunk(bytes: &[u8], key: &VerifyingKey) -> Result<ChunkHeader, ChunkFault> {
     let (head, body) = crate::cast::split_chunk(0, bytes).map_err(|_| ChunkFault::Unreadable)?;
     let header: ChunkHeader = serde_json::from_str(head).map_err(|_| ChunkFault::Unreadable)?;
-    if header.v != 1 {
+    if !(1..=CHUNK_VERSION).contains(&header.v) {
         return Err(ChunkFault::Unreadable);
     }
     if !header.signature_ok(key) {
@@ -361,6 +374,21 @@ pub(crate) fn check_chunk(bytes: &[u8], key: &VerifyingKey) -> Result<ChunkHeade
         return Err(ChunkFault::BodyAltered);
     }
     Ok(header)
+}
+
+/// The hash that chains a chunk to the next and that the manifest lists: version 1, the SHA-256
+/// of the chunk's complete bytes; version 2, of its header line (which holds the body's hash).
+/// `v` is the chunk's header version, as [`check_chunk`] read it.
+pub fn chunk_hash(v: u32, bytes: &[u8]) -> [u8; 32] {
+    if v >= 2 {
+        let head = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes, |n| bytes.get(..n).unwrap_or(bytes));
+        Sha256::digest(head).into()
+    } else {
+        Sha256::digest(bytes).into()
+    }
 }
 
 /// Why a single chunk failed [`check_chunk`].
@@ -397,7 +425,7 @@ pub fn seal_stored(
         if h.session != session || h.index != *i || h.prev != hex::encode(prev) {
             break;
         }
-        let hash: [u8; 32] = Sha256::digest(bytes).into();
+        let hash = chunk_hash(h.v, bytes);
         hashes.push(hash);
         prev = hash;
     }
@@ -407,6 +435,80 @@ pub fn seal_stored(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A chunk as version 1 wrote it: complete-bytes hash chain, version not signed.
+    fn v1_chunk(
+        key: &SigningKey,
+        session: &str,
+        index: u64,
+        prev: &[u8; 32],
+        body: &str,
+    ) -> Vec<u8> {
+        let body_hash = hex::encode(Sha256::digest(body.as_bytes()));
+        let prev = hex::encode(prev);
+        let sig = key.sign(&ChunkHeader::signed_bytes(
+            1, session, index, &prev, &body_hash,
+        ));
+        let header = ChunkHeader {
+            v: 1,
+            session: session.into(),
+            index,
+            prev,
+            body: body_hash,
+            sig: hex::encode(sig.to_bytes()),
+        };
+        let mut bytes = serde_json::to_vec(&header).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes.extend_from_slice(body.as_bytes());
+        bytes
+    }
+
+    /// Recordings written before version 2 still verify; a version-2 chunk relabelled as
+    /// version 1 (to be hashed the other way) fails its signature.
+    #[test]
+    fn version_1_recordings_verify_and_versions_cannot_be_swapped() {
+        let seed = [7u8; 32];
+        let key = SigningKey::from_bytes(&seed);
+        let c0 = v1_chunk(&key, "s-1", 0, &[0; 32], "{\"version\":2}\n");
+        let h0: [u8; 32] = Sha256::digest(&c0).into();
+        assert_eq!(chunk_hash(1, &c0), h0);
+        let c1 = v1_chunk(&key, "s-1", 1, &h0, "[0.1,\"o\",\"x\"]\n");
+        let h1: [u8; 32] = Sha256::digest(&c1).into();
+        let m = Manifest::build(&key, "s-1", &[h0, h1], "now", "done", false);
+        let chunks = vec![(0, c0.clone()), (1, c1)];
+        let report = crate::verify(&chunks, Some(&m.to_bytes()), &public_key(&seed));
+        assert!(report.problems.is_empty() && report.sealed, "{report:?}");
+
+        // A version-2 chunk claiming to be version 1.
+        let mut rec = Recorder::new(
+            &Meta {
+                session: "s-2".into(),
+                target: "mi-1".into(),
+                owner: "a".into(),
+                document: "d".into(),
+                width: 80,
+                height: 24,
+                timestamp: 0,
+                term: "xterm".into(),
+            },
+            &seed,
+        );
+        rec.event(0.1, EventKind::Output, b"hello");
+        let c = rec.flush().unwrap_or_else(|| unreachable!());
+        assert!(check_chunk(&c.bytes, &key.verifying_key()).is_ok());
+        let text = String::from_utf8(c.bytes).unwrap_or_default();
+        assert!(text.starts_with("{\"v\":2,"), "{text}");
+        let relabelled = text.replacen("{\"v\":2,", "{\"v\":1,", 1);
+        assert_eq!(
+            check_chunk(relabelled.as_bytes(), &key.verifying_key()).err(),
+            Some(ChunkFault::BadSignature)
+        );
+        let unknown = text.replacen("{\"v\":2,", "{\"v\":3,", 1);
+        assert_eq!(
+            check_chunk(unknown.as_bytes(), &key.verifying_key()).err(),
+            Some(ChunkFault::Unreadable)
+        );
+    }
 
     #[test]
     fn utf8_split_across_frames_is_kept_whole() {

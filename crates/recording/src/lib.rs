@@ -14,7 +14,8 @@ mod verify;
 
 pub use cast::{export, parse_cast, Event, EventKind, Header, Meta};
 pub use chunk::{
-    public_key, seal_stored, Chunk, ChunkHeader, Manifest, Recorder, CHUNK_TARGET_BYTES,
+    chunk_hash, public_key, seal_stored, Chunk, ChunkHeader, Manifest, Recorder,
+    CHUNK_TARGET_BYTES, CHUNK_VERSION,
 };
 pub use transcript::transcript;
 pub use verify::{verify, Problem, Report};

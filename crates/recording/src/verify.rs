@@ -3,7 +3,7 @@
 
 use crate::chunk::{check_chunk, ChunkFault, Manifest};
 use ed25519_dalek::VerifyingKey;
-use sha2::{Digest, Sha256};
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -191,7 +191,7 @@ pub fn verify(chunks: &[(u64, Vec<u8>)], manifest: Option<&[u8]>, key: &[u8; 32]
                         found_at: stored,
                     });
                 } else {
-                    good.insert(stored, (Sha256::digest(bytes).into(), h.prev));
+                    good.insert(stored, (crate::chunk::chunk_hash(h.v, bytes), h.prev));
                 }
             }
         }

@@ -82,7 +82,10 @@ fn chain_links_each_chunk_to_the_previous() {
                 .unwrap(),
         )
         .unwrap();
-        assert_eq!(head["prev"], sha256_hex(&w[0].1));
+        // Version 2 chains the previous chunk's header line (which holds its body's hash).
+        assert_eq!(head["v"], 2);
+        let prev_head = w[0].1.split(|&b| b == b'\n').next().unwrap();
+        assert_eq!(head["prev"], sha256_hex(prev_head));
     }
     let head0: serde_json::Value = serde_json::from_str(
         std::str::from_utf8(&chunks[0].1)
