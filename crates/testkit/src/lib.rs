@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod aws;
 pub mod deployment;
+pub mod faults;
 
 use airlock_client::session::{Input, Output, SessionOptions};
 use airlock_client::{ApiClient, Outcome, Profile, StreamGrant};
