@@ -53,7 +53,12 @@ const BUF: usize = 16 * 1024;
 impl FaultProxy {
     /// Starts proxying a fresh loopback port to `upstream`.
     pub async fn start(upstream: SocketAddr) -> std::io::Result<FaultProxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(TcpListener::bind("127.0.0.1:0").await?, upstream)
+    }
+
+    /// Starts proxying what `listener` accepts to `upstream`: bind first when the upstream
+    /// must know the proxy's address before it starts (a server's public URL).
+    pub fn start_on(listener: TcpListener, upstream: SocketAddr) -> std::io::Result<FaultProxy> {
         let addr = listener.local_addr()?;
         let (link, _) = watch::channel(Link::default());
         let epoch = Arc::new(Mutex::new(CancellationToken::new()));

@@ -1,0 +1,80 @@
+//! Sessions under injected network faults (issue 13): a [`FaultProxy`] between the client and
+//! the gateway cuts and stalls the link while a shell prints a numbered sequence; the client
+//! resumes by itself and every line arrives exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_client::session::SessionOptions;
+use airlock_client::ApiClient;
+use airlock_testkit::faults::FaultProxy;
+use airlock_testkit::{TestServer, TestSession};
+
+/// The numbered lines `1..=n` each exactly once, in order, in `text`.
+fn numbered_once(text: &str, n: u32) -> Result<(), String> {
+    let nums: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("line-"))
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let want: Vec<u32> = (1..=n).collect();
+    if nums == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} lines, first {:?}",
+            nums.len(),
+            nums.iter().take(20).collect::<Vec<_>>()
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_shell_prints_every_line_once_through_three_cuts_of_the_clients_link() {
+    common::capture_logs();
+    // The server announces the proxy as its public URL, so the stream URLs it hands out
+    // (StartSession, ResumeSession) lead through the faults too.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let server = TestServer::start_with(|c| c.public_url = Some(public.clone())).await;
+    let agent = server.agent().await;
+    let upstream: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let proxy = Arc::new(FaultProxy::start_on(listener, upstream).unwrap());
+    let mut profile = server.admin.clone();
+    profile.endpoint = format!("http://{}", proxy.addr());
+    let api = ApiClient::new(profile).unwrap();
+    let opts = SessionOptions {
+        no_pty: true,
+        ..SessionOptions::default()
+    };
+    let mut s = TestSession::start(&api, &agent.instance_id, opts).await;
+    s.send("for i in $(seq 1 300); do echo line-$i; sleep 0.01; done; echo all-done-$((1+1))\n")
+        .await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        proxy.cut();
+    }
+    let text = s.expect("all-done-2", Duration::from_secs(60)).await;
+    numbered_once(&text, 300).unwrap();
+    assert_eq!(proxy.cuts(), 3);
+    // Each cut was a drop the client came back from with ResumeSession.
+    let resumes = server
+        .state()
+        .store
+        .list_audit(
+            &airlock_server::store::audit::AuditFilter {
+                action: Some("ssm:ResumeSession".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resumes.len(), 3, "{resumes:#?}");
+    s.send("exit\n").await;
+    s.finish(Duration::from_secs(20)).await;
+}
