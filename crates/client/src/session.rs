@@ -124,6 +124,11 @@ pub struct SessionOptions {
     pub mux_window: u32,
     /// Receives [`SessionEvent`]s (the handshake's outcome, flags).
     pub events: Option<mpsc::Sender<SessionEvent>>,
+    /// How often a WebSocket ping goes to the gateway (it answers with a pong).
+    pub keepalive: Duration,
+    /// A connection that has said nothing, not even a pong, for this long is taken for dead
+    /// (half-open: the network lost it without a reset) and resumed like a dropped one.
+    pub silence_limit: Duration,
 }
 
 impl Default for SessionOptions {
@@ -137,6 +142,8 @@ impl Default for SessionOptions {
             window: 64,
             mux_window: 0,
             events: None,
+            keepalive: Duration::from_secs(15),
+            silence_limit: Duration::from_secs(45),
         }
     }
 }
@@ -183,7 +190,8 @@ pub async fn run(
     let mut pending_ctl: std::collections::VecDeque<(PayloadType, Bytes)> = Default::default();
     let mut input_open = true;
     let mut last_size: Option<(u32, u32)> = None;
-    let mut keepalive = tokio::time::interval(Duration::from_secs(30));
+    let mut keepalive = tokio::time::interval(opts.keepalive.max(Duration::from_millis(10)));
+    let mut last_heard = Instant::now();
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
@@ -359,28 +367,40 @@ pub async fn run(
         let accepting =
             ready && input_open && pending.is_empty() && pending_ctl.is_empty() && ch.can_send();
         tokio::select! {
-            msg = ws.stream.next() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    tracing::trace!(len = b.len(), "frame received");
-                    if let Err(e) = ch.handle_bytes(b, Instant::now()) {
-                        tracing::debug!("dropping an undecodable frame: {e}");
+            msg = ws.stream.next() => {
+                if matches!(msg, Some(Ok(_))) {
+                    last_heard = Instant::now();
+                }
+                match msg {
+                    Some(Ok(Message::Binary(b))) => {
+                        tracing::trace!(len = b.len(), "frame received");
+                        if let Err(e) = ch.handle_bytes(b, Instant::now()) {
+                            tracing::debug!("dropping an undecodable frame: {e}");
+                        }
+                    }
+                    Some(Ok(Message::Text(t))) => {
+                        // The plugin parses text frames as messages too.
+                        let _ = ch.handle_bytes(Bytes::copy_from_slice(t.as_bytes()), Instant::now());
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                        if reason.is_empty() || reason == "Bye" {
+                            ws = SplitWs::new(resume(&grant, &client_id, &opts, &reason).await?);
+                            last_heard = Instant::now();
+                        } else {
+                            return Err(SessionError::Refused(reason));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        ws = SplitWs::new(resume(&grant, &client_id, &opts, &e.to_string()).await?);
+                        last_heard = Instant::now();
+                    }
+                    None => {
+                        ws = SplitWs::new(resume(&grant, &client_id, &opts, "connection closed").await?);
+                        last_heard = Instant::now();
                     }
                 }
-                Some(Ok(Message::Text(t))) => {
-                    // The plugin parses text frames as messages too.
-                    let _ = ch.handle_bytes(Bytes::copy_from_slice(t.as_bytes()), Instant::now());
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    if reason.is_empty() || reason == "Bye" {
-                        ws = SplitWs::new(resume(&grant, &client_id, &opts, &reason).await?);
-                    } else {
-                        return Err(SessionError::Refused(reason));
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => ws = SplitWs::new(resume(&grant, &client_id, &opts, &e.to_string()).await?),
-                None => ws = SplitWs::new(resume(&grant, &client_id, &opts, "connection closed").await?),
             },
             inp = input.recv(), if accepting => match inp {
                 Some(Input::Data(b)) => {
@@ -409,7 +429,16 @@ pub async fn run(
             },
             _ = sleep_until(deadline) => ch.handle_timeout(Instant::now()),
             _ = room(&ws.tx), if tx_blocked => {}
-            _ = keepalive.tick() => { let _ = ws.tx.try_send(Message::Ping(Bytes::from_static(b"keepalive"))); }
+            _ = keepalive.tick() => {
+                let silent = last_heard.elapsed();
+                if silent >= opts.silence_limit {
+                    let why = format!("no answer from the gateway for {} s (half-open connection)", silent.as_secs());
+                    ws = SplitWs::new(resume(&grant, &client_id, &opts, &why).await?);
+                    last_heard = Instant::now();
+                } else {
+                    let _ = ws.tx.try_send(Message::Ping(Bytes::from_static(b"keepalive")));
+                }
+            }
         }
     }
 }
@@ -451,7 +480,20 @@ async fn resume(
     let mut delay = Duration::from_millis(150);
     let mut last = String::new();
     for _ in 0..5 {
-        match api.resume_session(&grant.session_id).await {
+        // Bounded: a pooled API connection may sit on the same dead path as the data
+        // channel; dropping the attempt drops that connection, and the next one dials anew.
+        let attempt = tokio::time::timeout(
+            opts.silence_limit.max(Duration::from_secs(1)),
+            api.resume_session(&grant.session_id),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::api::ApiError::Transport {
+                endpoint: "ResumeSession".to_owned(),
+                message: "no answer".to_owned(),
+            })
+        });
+        match attempt {
             Ok(g) if g.token_value.is_empty() => {
                 return Err(SessionError::Lost("the session timed out".into()))
             }

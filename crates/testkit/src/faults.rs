@@ -43,6 +43,8 @@ pub struct FaultProxy {
     link: watch::Sender<Link>,
     /// Cancelled to cut; replaced by a fresh token for the connections after.
     epoch: Arc<Mutex<CancellationToken>>,
+    /// Cancelled to freeze the connections open now; replaced for the ones after.
+    frozen: Arc<Mutex<CancellationToken>>,
     stop: CancellationToken,
     cuts: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -62,11 +64,13 @@ impl FaultProxy {
         let addr = listener.local_addr()?;
         let (link, _) = watch::channel(Link::default());
         let epoch = Arc::new(Mutex::new(CancellationToken::new()));
+        let frozen = Arc::new(Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
         let proxy = FaultProxy {
             addr,
             link,
             epoch: epoch.clone(),
+            frozen: frozen.clone(),
             stop: stop.clone(),
             cuts: Arc::default(),
         };
@@ -88,6 +92,10 @@ impl FaultProxy {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .child_token();
+                let freeze = frozen
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .child_token();
                 let links = links.clone();
                 let stop = stop.clone();
                 tokio::spawn(async move {
@@ -99,8 +107,8 @@ impl FaultProxy {
                     let (ir, iw) = inbound.into_split();
                     let (or, ow) = outbound.into_split();
                     tokio::select! {
-                        _ = pump(ir, ow, links.clone()) => {}
-                        _ = pump(or, iw, links) => {}
+                        _ = pump(ir, ow, links.clone(), freeze.clone()) => {}
+                        _ = pump(or, iw, links, freeze) => {}
                         _ = cut.cancelled() => {}
                         _ = stop.cancelled() => {}
                     }
@@ -122,6 +130,15 @@ impl FaultProxy {
         epoch.cancel();
         *epoch = CancellationToken::new();
         self.cuts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Freezes every connection open now: from here on they carry nothing either way and are
+    /// never closed (a half-open link: the peer vanished without a FIN or RST, say a NAT
+    /// dropped its mapping). New connections pass as the link allows.
+    pub fn freeze(&self) {
+        let mut frozen = self.frozen.lock().unwrap_or_else(PoisonError::into_inner);
+        frozen.cancel();
+        *frozen = CancellationToken::new();
     }
 
     /// How many times [`FaultProxy::cut`] ran.
@@ -169,16 +186,28 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut links: watch::Receiver<Link>,
+    frozen: CancellationToken,
 ) {
     let mut buf = vec![0u8; BUF];
     loop {
+        if frozen.is_cancelled() {
+            // Held open, silent, until the connection is cut or the proxy dropped.
+            std::future::pending::<()>().await;
+        }
         // A stalled link reads nothing either: the sender's window fills, as on a real one.
         while links.borrow_and_update().stall {
             if links.changed().await.is_err() {
                 return;
             }
         }
-        let n = match from.read(&mut buf).await {
+        let read = tokio::select! {
+            r = from.read(&mut buf) => r,
+            _ = frozen.cancelled() => continue,
+        };
+        if frozen.is_cancelled() {
+            continue;
+        }
+        let n = match read {
             Ok(0) | Err(_) => {
                 let _ = to.shutdown().await;
                 return;
@@ -317,6 +346,18 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+
+        // Freeze: the open connection goes silent but stays open; a new one works.
+        proxy.set(Link::default());
+        proxy.freeze();
+        s.write_all(b"lost").await.unwrap();
+        let r = tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut b)).await;
+        assert!(
+            r.is_err(),
+            "a frozen connection passed bytes or closed: {r:?}"
+        );
+        let mut s2 = TcpStream::connect(proxy.addr()).await.unwrap();
+        assert_eq!(round_trip(&mut s2, b"fresh").await, b"fresh");
 
         // A schedule: a cut then a stall lifted later.
         proxy.set(Link::default());

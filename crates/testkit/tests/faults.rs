@@ -78,3 +78,42 @@ async fn a_shell_prints_every_line_once_through_three_cuts_of_the_clients_link()
     s.send("exit\n").await;
     s.finish(Duration::from_secs(20)).await;
 }
+
+/// A half-open link (the connection goes silent without a reset) is found by the client's
+/// keepalive deadline and resumed: the shell's lines still arrive, each once.
+#[tokio::test]
+async fn a_half_open_client_link_is_detected_and_resumed() {
+    common::capture_logs();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", listener.local_addr().unwrap());
+    let server = TestServer::start_with(|c| c.public_url = Some(public.clone())).await;
+    let agent = server.agent().await;
+    let upstream: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let proxy = Arc::new(FaultProxy::start_on(listener, upstream).unwrap());
+    let mut profile = server.admin.clone();
+    profile.endpoint = public;
+    let api = ApiClient::new(profile).unwrap();
+    let opts = SessionOptions {
+        no_pty: true,
+        keepalive: Duration::from_millis(200),
+        silence_limit: Duration::from_secs(1),
+        ..SessionOptions::default()
+    };
+    let mut s = TestSession::start(&api, &agent.instance_id, opts).await;
+    s.send("for i in $(seq 1 200); do echo line-$i; sleep 0.01; done; echo all-done-$((1+1))\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen_at = std::time::Instant::now();
+    proxy.freeze();
+    let text = s.expect("all-done-2", Duration::from_secs(60)).await;
+    assert!(
+        frozen_at.elapsed() < Duration::from_secs(20),
+        "{:?}\n{}",
+        frozen_at.elapsed(),
+        common::logs()
+    );
+    numbered_once(&text, 200).unwrap();
+    assert_eq!(proxy.cuts(), 0, "no connection was closed");
+    s.send("exit\n").await;
+    s.finish(Duration::from_secs(20)).await;
+}
