@@ -1335,3 +1335,84 @@ async fn session_log_on_stdout_has_only_json_lines() {
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
+
+/// A StartSession refused by a concurrency limit (not by policy) is a denial too: audited
+/// with decision Deny and delivered as `session.denied`, signed, naming who, where and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_refused_by_a_limit_becomes_session_denied() {
+    let server = TestServer::start_with(fast).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let mut receiver = Receiver::new(200);
+    receiver.up().await;
+    let (_, secret) = create(&api, &receiver.url(), json!(["session.denied"])).await;
+    let mut p = (*server.state().preferences.get()).clone();
+    p.max_sessions_per_user = Some(1);
+    server.state().preferences.set(p);
+
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo one-$((0+1))\n").await;
+    s.expect("one-1", T).await;
+    let refused = api
+        .call(
+            "AmazonSSM.StartSession",
+            &json!({ "Target": agent.instance_id }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(service_code(refused), "ResourceLimitExceededException");
+
+    let denied = eventually("session.denied delivered", T, || async {
+        let hits = receiver.hits();
+        hits.iter()
+            .find(|h| h.body.contains("io.airlock.session.denied"))
+            .cloned()
+    })
+    .await;
+    verify(&secret, &denied);
+    let ev: Value = serde_json::from_str(&denied.body).unwrap();
+    assert_eq!(ev["data"]["Action"], "ssm:StartSession", "{ev}");
+    assert_eq!(
+        ev["data"]["Principal"],
+        "arn:aws:iam::000000000000:user/admin"
+    );
+    assert_eq!(ev["data"]["Target"], agent.instance_id.as_str(), "{ev}");
+    let reason = ev["data"]["Reason"].as_str().unwrap();
+    assert!(
+        reason.contains("ResourceLimitExceededException")
+            && reason.contains("max_sessions_per_user is 1"),
+        "{reason}"
+    );
+    // On the audit trail as a Deny of StartSession.
+    let records = server
+        .state()
+        .store
+        .list_audit(
+            &airlock_server::store::audit::AuditFilter {
+                action: Some("ssm:StartSession".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event.decision == "Deny" && r.event.statement.contains("Session limit")),
+        "{records:#?}"
+    );
+    // Only the refusal was denied: the session that ran was not.
+    assert_eq!(
+        receiver
+            .hits()
+            .iter()
+            .filter(|h| h.body.contains("io.airlock.session.denied"))
+            .count(),
+        1
+    );
+    s.send("exit\n").await;
+    s.finish(T).await;
+    agent.stop().await;
+}
