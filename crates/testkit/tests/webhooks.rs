@@ -1416,3 +1416,54 @@ async fn a_session_refused_by_a_limit_becomes_session_denied() {
     s.finish(T).await;
     agent.stop().await;
 }
+
+/// The session log file rotated as logrotate does by default (`create`: renamed away, a new
+/// empty file at the path): the server's lines after the rotation go to the new file, the
+/// moved one keeps those before, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_log_file_follows_logrotate() {
+    let dir = airlock_testkit::TempDir::new();
+    let log = dir.0.join("sessions.jsonl");
+    let server = TestServer::start_with(|c| {
+        c.session_log = Some(airlock_server::events::SessionLog::File(log.clone()));
+    })
+    .await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let text = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    let id = s.grant.session_id.clone();
+    s.send("echo before-$((1+2))\n").await;
+    s.expect("before-3", T).await;
+    eventually("the line before the rotation", T, || async {
+        text(&log).contains("before-3").then_some(())
+    })
+    .await;
+
+    let rotated = dir.0.join("sessions.jsonl.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    std::fs::write(&log, b"").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.send("echo after-$((2+2))\n").await;
+    s.expect("after-4", T).await;
+    s.send("exit\n").await;
+    s.finish(T).await;
+    server.wait_history(&id).await;
+    eventually(
+        "the lines after the rotation in the new file",
+        T,
+        || async {
+            let now = text(&log);
+            (now.contains("after-4") && now.contains("session.ended")).then_some(())
+        },
+    )
+    .await;
+    let old = text(&rotated);
+    assert!(
+        old.contains("before-3") && old.contains("session.started"),
+        "{old}"
+    );
+    assert!(!old.contains("after-4"), "{old}");
+    assert!(!text(&log).contains("before-3"));
+    agent.stop().await;
+}
