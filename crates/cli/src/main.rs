@@ -163,6 +163,7 @@ pub struct ServerArgs {
     pub recording_spool_mb: u64,
     /// Write every recorded session event (output, and input where recorded) and every session
     /// change as JSON lines to FILE (appended, mode 0600), or to standard output with `-`.
+    /// A FILE moved away by logrotate is reopened at its path within a second.
     #[arg(long, value_name = "FILE|-", env = "AIRLOCK_SESSION_LOG")]
     pub session_log: Option<String>,
     /// Accept webhook URLs with plain http:// to hosts other than loopback (events and audit

@@ -180,8 +180,21 @@ impl Deployment {
     /// on the same address and data directory with the same arguments, and waits until the
     /// agent is back online: what a crash and a restart look like.
     pub async fn kill_and_restart_server(&mut self) {
+        self.kill_server().await;
+        self.restart_server().await;
+    }
+
+    /// Kills the server process with SIGKILL and waits until it is gone (the data directory
+    /// is then as the crash left it, for a test to look at or damage before
+    /// [`Deployment::restart_server`]).
+    pub async fn kill_server(&mut self) {
         self.server.start_kill().expect("SIGKILL the server");
         let _ = self.server.wait().await;
+    }
+
+    /// Starts the server again after [`Deployment::kill_server`], on the same address, data
+    /// directory and arguments, and waits until the agent is back online.
+    pub async fn restart_server(&mut self) {
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(self._dir.0.join("server.log"))

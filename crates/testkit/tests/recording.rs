@@ -489,3 +489,64 @@ async fn a_flood_of_text_never_starves_the_api() {
     )
     .await;
 }
+
+/// Search text survives `kill -9`: crash recovery indexes the text of the recording it seals
+/// again. The index is written from an in-memory queue, so a crash loses what the queue still
+/// held; the test makes that loss certain by deleting the session's indexed text while the
+/// server is down (as if none of it had been written), and recovery must index it anew, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_words_printed_before_kill_9_once_recovered() {
+    let mut d = airlock_testkit::deployment::Deployment::start(&[]).await;
+    let api = d.api();
+    let mut s = TestSession::start(&api, &d.instance_id, SessionOptions::default()).await;
+    s.send("echo zanzibar-$((20+22)) quokka\n").await;
+    s.expect("zanzibar-42 quokka", T).await;
+    let id = s.grant.session_id.clone();
+    eventually("the live recording has the output", T, || async {
+        let (chunks, _, _) = fetch(&api, &id).await;
+        (!chunks.is_empty() && output(&events(&chunks).1).contains("zanzibar-42")).then_some(())
+    })
+    .await;
+    d.kill_server().await;
+    drop(s);
+    {
+        // The search index is its own file beside the database.
+        let db = format!(
+            "sqlite://{}",
+            d.data_dir.join("airlock.db.search").display()
+        );
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM recording_text WHERE session_id = ?")
+            .bind(&id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("DELETE FROM recording_text_tail WHERE session_id = ?")
+            .bind(&id)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::Connection::close(conn).await.unwrap();
+    }
+    d.restart_server().await;
+    let api = d.api();
+    sealed(&api, &id).await;
+    let found = eventually("the words found again", T, || async {
+        let out = api
+            .call(
+                "Airlock.SearchSessions",
+                &json!({ "Text": "zanzibar-42 quokka" }),
+            )
+            .await
+            .unwrap();
+        (out["Results"][0]["SessionId"] == id.as_str()).then_some(out)
+    })
+    .await;
+    assert_eq!(found["Results"].as_array().unwrap().len(), 1, "{found}");
+    // Indexed once: the phrase is printed once (the echoed command line has `$((20+22))`).
+    let matches = found["Results"][0]["Matches"].as_array().unwrap();
+    assert_eq!(matches.len(), 1, "{found}");
+    d.assert_no_panic();
+}

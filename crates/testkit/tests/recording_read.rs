@@ -848,3 +848,65 @@ async fn search_finds_typed_and_printed_words_of_a_real_session_but_not_for_othe
     assert_eq!(denied.code, 1);
     assert!(denied.stderr.contains("AccessDenied"), "{}", denied.stderr);
 }
+
+/// Recordings over TLS end to end: a server with TLS on (its generated certificate), a shell
+/// recorded over wss, and the recording read back by the `airlock` binary over https
+/// (trusting that certificate): export, log and replay give what the client saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_made_and_read_over_tls() {
+    let d = airlock_testkit::deployment::Deployment::start(&[]).await;
+    assert!(d.url.starts_with("https://"), "{}", d.url);
+    let api = d.api();
+    let mut s = TestSession::start(&api, &d.instance_id, SessionOptions::default()).await;
+    assert!(
+        s.grant.stream_url.starts_with("wss://"),
+        "{}",
+        s.grant.stream_url
+    );
+    s.send("echo over-tls-$((6*7)); echo second-line\n").await;
+    s.expect("second-line", T).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.send("exit\n").await;
+    let id = s.grant.session_id.clone();
+    let (_, seen) = s.finish(T).await;
+    eventually("the recording sealed", T, || async {
+        let rec = api.fetch_recording(&id).await.ok()?;
+        (rec.manifest.is_some() && !rec.live).then_some(())
+    })
+    .await;
+
+    let export = airlock(&d.admin, &["sessions", "recording", "export", &id]).await;
+    assert_eq!(export.code, 0, "{}", export.stderr);
+    let (_, evs) = airlock_recording::parse_cast(&export.stdout).unwrap();
+    let printed: String = evs
+        .iter()
+        .filter(|e| e.kind == airlock_recording::EventKind::Output)
+        .map(|e| e.data.as_str())
+        .collect();
+    assert_eq!(printed, seen, "the export is what the client saw");
+    let log = airlock(&d.admin, &["sessions", "log", &id]).await;
+    assert_eq!(log.code, 0, "{}", log.stderr);
+    assert!(
+        log.stdout.contains("over-tls-42\nsecond-line\n"),
+        "{}",
+        log.stdout
+    );
+    let replay = airlock(
+        &d.admin,
+        &[
+            "sessions",
+            "replay",
+            &id,
+            "--speed",
+            "50",
+            "--idle-cap",
+            "0.2",
+        ],
+    )
+    .await;
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    assert_eq!(replay.stdout, seen);
+    let verify = airlock(&d.admin, &["sessions", "recording", "verify", &id]).await;
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    d.assert_no_panic();
+}

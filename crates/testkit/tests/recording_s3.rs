@@ -137,6 +137,15 @@ impl Cut {
 }
 
 async fn server(endpoint_port: u16, policy: FailurePolicy, spool_max: u64) -> TestServer {
+    server_with(endpoint_port, policy, spool_max, |_| {}).await
+}
+
+async fn server_with(
+    endpoint_port: u16,
+    policy: FailurePolicy,
+    spool_max: u64,
+    adjust: impl FnOnce(&mut airlock_server::ServerConfig),
+) -> TestServer {
     // The standard variables, as an operator sets them (moto accepts any key).
     std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
     std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
@@ -145,6 +154,7 @@ async fn server(endpoint_port: u16, policy: FailurePolicy, spool_max: u64) -> Te
         c.recording.s3_region = Some("us-east-1".into());
         c.recording.spool_max_bytes = spool_max;
         c.recording.store_timeout = Duration::from_secs(2);
+        adjust(c);
     })
     .await;
     let mut p = (*server.state().preferences.get()).clone();
@@ -464,4 +474,276 @@ async fn fail_open_with_a_full_spool_goes_on_and_the_recording_says_what_was_los
     );
     let row = server.state().store.recording(&id).await.unwrap().unwrap();
     assert!(row.note.contains("recording spool full"), "{}", row.note);
+}
+
+/// The session log stream's lines of one kind.
+fn log_lines(path: &std::path::Path, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["kind"] == kind)
+        .collect()
+}
+
+/// Under FailClosed, ResumeSession of a recorded session is refused while the store is down,
+/// as StartSession is: the same clear error, a Deny on the audit trail and `session.denied`.
+/// The session is not lost: it goes on, and is resumed once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_resume_while_s3_is_down_and_keeps_the_session() {
+    common::capture_logs();
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let cut = Cut::start(moto.port).await;
+    let dir = airlock_testkit::TempDir::new();
+    let log = dir.0.join("sessions.jsonl");
+    let server = server_with(cut.port, FailurePolicy::FailClosed, 64 * 1024 * 1024, |c| {
+        c.session_log = Some(airlock_server::events::SessionLog::File(log.clone()));
+    })
+    .await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo before-$((2+5))\n").await;
+    s.expect("before-7", T).await;
+    let id = s.grant.session_id.clone();
+
+    cut.down();
+    // Past the store's last sign of life, so the check asks it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let e = api
+        .call("AmazonSSM.ResumeSession", &json!({ "SessionId": id }))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("RecordingUnavailableException"), "{e}");
+    assert!(
+        e.contains("FailClosed") && e.contains(&format!("s3://{BUCKET}/{PREFIX}")),
+        "{e}"
+    );
+    let refused_start = api
+        .start_session(&json!({ "Target": agent.instance_id }))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused_start.contains("RecordingUnavailableException"),
+        "{refused_start}"
+    );
+    // Both refusals are denials on the trail and in the event stream.
+    let denied = eventually("session.denied lines", T, || async {
+        let l = log_lines(&log, "session.denied");
+        (l.len() >= 2).then_some(l)
+    })
+    .await;
+    let resume = denied
+        .iter()
+        .find(|l| l["data"]["Action"] == "ssm:ResumeSession")
+        .unwrap_or_else(|| panic!("{denied:#?}"));
+    assert_eq!(resume["session_id"], id.as_str(), "{resume}");
+    assert_eq!(resume["target"], agent.instance_id.as_str(), "{resume}");
+    assert!(
+        resume["data"]["Reason"]
+            .as_str()
+            .unwrap()
+            .contains("RecordingUnavailableException"),
+        "{resume}"
+    );
+    let start = denied
+        .iter()
+        .find(|l| l["data"]["Action"] == "ssm:StartSession")
+        .unwrap_or_else(|| panic!("{denied:#?}"));
+    assert_eq!(start["target"], agent.instance_id.as_str(), "{start}");
+    let records = server
+        .state()
+        .store
+        .list_audit(
+            &airlock_server::store::audit::AuditFilter {
+                action: Some("ssm:ResumeSession".into()),
+                decision: Some("Deny".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1, "{records:#?}");
+
+    // The session was not lost: it runs on (spooled), and is resumed once the store is back.
+    s.send("echo during-$((3+5))\n").await;
+    s.expect("during-8", T).await;
+    assert!(server.session("Active", &id).await.is_some());
+    cut.up();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    api.call("AmazonSSM.ResumeSession", &json!({ "SessionId": id }))
+        .await
+        .expect("ResumeSession once the store is back");
+    s.send("echo after-$((4+5))\n").await;
+    s.expect("after-9", T).await;
+    s.send("exit\n").await;
+    let (_, seen) = s.finish(T).await;
+    let recorded = sealed_output(&api, &id).await;
+    assert_eq!(recorded, seen);
+    assert!(recorded.contains("during-8") && recorded.contains("after-9"));
+}
+
+/// FailOpen with the store down: the recording is read from the local spool (live, and after
+/// the session ended) so replay, log and export work while S3 is down; once the store is back
+/// and the spool uploaded, the same chunks are read from S3, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recording_waiting_in_the_spool_is_read_while_s3_is_down() {
+    common::capture_logs();
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let cut = Cut::start(moto.port).await;
+    let server = server(cut.port, FailurePolicy::FailOpen, 64 * 1024 * 1024).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    cut.down();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo spooled-$((3*3))\n").await;
+    s.expect("spooled-9", T).await;
+    let id = s.grant.session_id.clone();
+    let spool = server.dir.0.join("server/recording-spool").join(&id);
+    // Live: what was printed is readable while every chunk waits locally.
+    let live = eventually("the live recording read from the spool", T, || async {
+        let rec = api.fetch_recording(&id).await.ok()?;
+        let (_, evs) = rec.events().ok()?;
+        let text: String = evs.iter().map(|e| e.data.as_str()).collect();
+        text.contains("spooled-9").then_some(rec)
+    })
+    .await;
+    assert!(live.live && live.manifest.is_none());
+    assert!(spool.exists(), "the chunks wait in the spool");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.send("echo second-$((4*4))\n").await;
+    s.expect("second-16", T).await;
+    s.send("exit\n").await;
+    let (_, seen) = s.finish(T).await;
+    server.wait_history(&id).await;
+
+    // Ended, the store still down: the whole recording is read from the spool.
+    let (chunks, manifest, out) = eventually("the ended recording from the spool", T, || async {
+        let r = read_all(&api, &id).await;
+        let bodies: Vec<Vec<u8>> = r.0.iter().map(|(_, b)| b.clone()).collect();
+        let cast = airlock_recording::export(&bodies).ok()?;
+        let (_, evs) = airlock_recording::parse_cast(&cast).ok()?;
+        let text: String = evs
+            .iter()
+            .filter(|e| e.kind == EventKind::Output)
+            .map(|e| e.data.as_str())
+            .collect();
+        (r.2["Live"] == false && text == seen).then_some(r)
+    })
+    .await;
+    assert_eq!(out["Sealed"], false);
+    assert!(manifest.is_none());
+    let indices: Vec<u64> = chunks.iter().map(|(i, _)| *i).collect();
+    assert_eq!(
+        indices,
+        (0..indices.len() as u64).collect::<Vec<_>>(),
+        "every chunk once, in order"
+    );
+    assert!(indices.len() >= 2, "{indices:?}");
+    assert!(!moto.keys().await.contains(&id), "nothing reached S3 yet");
+
+    // Back: uploaded and sealed; the chunks are the same, each once.
+    cut.up();
+    let recorded = sealed_output(&api, &id).await;
+    assert_eq!(recorded, seen);
+    let (after, _, _) = read_all(&api, &id).await;
+    assert_eq!(after, chunks, "the same chunks, each once, now from S3");
+    assert!(!spool.exists());
+}
+
+/// The spool's bound holds across a restart: what a killed server left spooled counts
+/// against `--recording-spool-mb` at the next start, so new sessions cannot spool another
+/// full bound on top of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spool_bound_holds_across_a_restart() {
+    let Some(moto) = Moto::start().await else {
+        return;
+    };
+    let cut = Cut::start(moto.port).await;
+    std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+    std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+    let endpoint = format!("http://127.0.0.1:{}", cut.port);
+    let location = format!("s3://{BUCKET}/{PREFIX}");
+    const BOUND: u64 = 1024 * 1024;
+    let mut d = airlock_testkit::deployment::Deployment::start(&[
+        "--recordings",
+        &location,
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-region",
+        "us-east-1",
+        "--recording-spool-mb",
+        "1",
+    ])
+    .await;
+    let spool = d.data_dir.join("recording-spool");
+    let spooled = || -> u64 {
+        let Ok(dirs) = std::fs::read_dir(&spool) else {
+            return 0;
+        };
+        dirs.flatten()
+            .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+            .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    let full = |d: &airlock_testkit::deployment::Deployment| {
+        d.server_log().matches("recording spool full").count()
+    };
+    cut.down();
+    let flood = "head -c 1200000 /dev/urandom | base64 -w 100; echo flood-$((5+5))\n";
+    // The recorder exists after its first flush (until then output waits uncut for the
+    // terminal's size): from there on the flood is cut into chunks of the target size.
+    async fn ready(s: &mut TestSession) {
+        s.send("echo ready-$((1+1))\n").await;
+        s.expect("ready-2", T).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+
+    let api = d.api();
+    let mut s = TestSession::start(&api, &d.instance_id, SessionOptions::default()).await;
+    ready(&mut s).await;
+    s.send(flood).await;
+    s.expect("flood-10", Duration::from_secs(120)).await;
+    let t0 = Instant::now();
+    while full(&d) == 0 {
+        assert!(
+            t0.elapsed() < T,
+            "the spool never filled: {} bytes spooled; server log:\n{}",
+            spooled(),
+            d.server_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let before = spooled();
+    assert!(
+        before > BOUND / 2 && before <= BOUND,
+        "{before} bytes spooled"
+    );
+
+    d.kill_and_restart_server().await;
+    drop(s);
+    let full_before = full(&d);
+    let api = d.api();
+    let mut s = TestSession::start(&api, &d.instance_id, SessionOptions::default()).await;
+    ready(&mut s).await;
+    s.send(flood).await;
+    s.expect("flood-10", Duration::from_secs(120)).await;
+    eventually("the spool full again", T, || async {
+        (full(&d) > full_before).then_some(())
+    })
+    .await;
+    let after = spooled();
+    assert!(
+        after <= BOUND,
+        "{after} bytes spooled across the restart, bound {BOUND}"
+    );
+    d.assert_no_panic();
 }

@@ -1335,3 +1335,135 @@ async fn session_log_on_stdout_has_only_json_lines() {
     child.start_kill().unwrap();
     let _ = child.wait().await;
 }
+
+/// A StartSession refused by a concurrency limit (not by policy) is a denial too: audited
+/// with decision Deny and delivered as `session.denied`, signed, naming who, where and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_refused_by_a_limit_becomes_session_denied() {
+    let server = TestServer::start_with(fast).await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let mut receiver = Receiver::new(200);
+    receiver.up().await;
+    let (_, secret) = create(&api, &receiver.url(), json!(["session.denied"])).await;
+    let mut p = (*server.state().preferences.get()).clone();
+    p.max_sessions_per_user = Some(1);
+    server.state().preferences.set(p);
+
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    s.send("echo one-$((0+1))\n").await;
+    s.expect("one-1", T).await;
+    let refused = api
+        .call(
+            "AmazonSSM.StartSession",
+            &json!({ "Target": agent.instance_id }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(service_code(refused), "ResourceLimitExceededException");
+
+    let denied = eventually("session.denied delivered", T, || async {
+        let hits = receiver.hits();
+        hits.iter()
+            .find(|h| h.body.contains("io.airlock.session.denied"))
+            .cloned()
+    })
+    .await;
+    verify(&secret, &denied);
+    let ev: Value = serde_json::from_str(&denied.body).unwrap();
+    assert_eq!(ev["data"]["Action"], "ssm:StartSession", "{ev}");
+    assert_eq!(
+        ev["data"]["Principal"],
+        "arn:aws:iam::000000000000:user/admin"
+    );
+    assert_eq!(ev["data"]["Target"], agent.instance_id.as_str(), "{ev}");
+    let reason = ev["data"]["Reason"].as_str().unwrap();
+    assert!(
+        reason.contains("ResourceLimitExceededException")
+            && reason.contains("max_sessions_per_user is 1"),
+        "{reason}"
+    );
+    // On the audit trail as a Deny of StartSession.
+    let records = server
+        .state()
+        .store
+        .list_audit(
+            &airlock_server::store::audit::AuditFilter {
+                action: Some("ssm:StartSession".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event.decision == "Deny" && r.event.statement.contains("Session limit")),
+        "{records:#?}"
+    );
+    // Only the refusal was denied: the session that ran was not.
+    assert_eq!(
+        receiver
+            .hits()
+            .iter()
+            .filter(|h| h.body.contains("io.airlock.session.denied"))
+            .count(),
+        1
+    );
+    s.send("exit\n").await;
+    s.finish(T).await;
+    agent.stop().await;
+}
+
+/// The session log file rotated as logrotate does by default (`create`: renamed away, a new
+/// empty file at the path): the server's lines after the rotation go to the new file, the
+/// moved one keeps those before, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_log_file_follows_logrotate() {
+    let dir = airlock_testkit::TempDir::new();
+    let log = dir.0.join("sessions.jsonl");
+    let server = TestServer::start_with(|c| {
+        c.session_log = Some(airlock_server::events::SessionLog::File(log.clone()));
+    })
+    .await;
+    let agent = server.agent().await;
+    let api = server.api();
+    let text = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut s = TestSession::start(&api, &agent.instance_id, SessionOptions::default()).await;
+    let id = s.grant.session_id.clone();
+    s.send("echo before-$((1+2))\n").await;
+    s.expect("before-3", T).await;
+    eventually("the line before the rotation", T, || async {
+        text(&log).contains("before-3").then_some(())
+    })
+    .await;
+
+    let rotated = dir.0.join("sessions.jsonl.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    std::fs::write(&log, b"").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.send("echo after-$((2+2))\n").await;
+    s.expect("after-4", T).await;
+    s.send("exit\n").await;
+    s.finish(T).await;
+    server.wait_history(&id).await;
+    eventually(
+        "the lines after the rotation in the new file",
+        T,
+        || async {
+            let now = text(&log);
+            (now.contains("after-4") && now.contains("session.ended")).then_some(())
+        },
+    )
+    .await;
+    let old = text(&rotated);
+    assert!(
+        old.contains("before-3") && old.contains("session.started"),
+        "{old}"
+    );
+    assert!(!old.contains("after-4"), "{old}");
+    assert!(!text(&log).contains("before-3"));
+    agent.stop().await;
+}

@@ -118,6 +118,29 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     }
 }
 
+/// One chunk's bytes: from where it waits for the store when it does, else (or when its spool
+/// file was uploaded and removed meanwhile) from the store; `None` when neither has it.
+async fn chunk_bytes(
+    objects: &crate::recording::objects::Objects,
+    id: &str,
+    index: u64,
+    local: Option<&crate::recording::Local>,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    match local {
+        Some(crate::recording::Local::Mem(b)) => return Ok(Some(b.to_vec())),
+        Some(crate::recording::Local::File(path)) => match tokio::fs::read(path).await {
+            Ok(b) => return Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unavailable(format!("spool {}: {e}", path.display()))),
+        },
+        None => {}
+    }
+    objects
+        .get(id, &crate::recording::objects::chunk_name(index))
+        .await
+        .map_err(unavailable)
+}
+
 /// GetSessionRecording: `{SessionId, FromChunk?, MaxChunks?}` → `{SessionId, Recorded, Live,
 /// Sealed, Recovered, Chunks:[{Index, Data}], Manifest, PublicKey, NextChunk}`. `NextChunk` is
 /// the index to ask for next: set while more chunks are stored, and always while the session
@@ -144,7 +167,25 @@ pub async fn get(
         .recordings
         .objects(&row.location)
         .map_err(unavailable)?;
-    let indices = objects.list_chunks(&id).await.map_err(unavailable)?;
+    // Chunks still waiting for the store (the store is down or behind: in the uploader's
+    // queue or the spool) are served from where they wait, so a recording can be read while
+    // its store is down. Looked at before the store is listed: a chunk uploaded in between is
+    // then in the store's list, and one in both places is served once.
+    let local = state.recordings.local_chunks(&id).await;
+    let indices: Vec<u64> = match objects.list_chunks(&id).await {
+        Ok(stored) => {
+            let mut all: std::collections::BTreeSet<u64> = stored.into_iter().collect();
+            all.extend(local.keys().copied());
+            all.into_iter().collect()
+        }
+        // The store does not answer. Chunks are uploaded in order, so every chunk it holds
+        // comes before the first one waiting here: from there on the local ones are all
+        // there is; before it, only the store knows.
+        Err(e) => match local.keys().next() {
+            Some(&first) if from >= first => local.keys().copied().collect(),
+            _ => return Err(unavailable(e)),
+        },
+    };
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut chunks = Vec::new();
     let mut bytes = 0usize;
@@ -154,11 +195,7 @@ pub async fn get(
             next = Some(i);
             break;
         }
-        let Some(data) = objects
-            .get(&id, &crate::recording::objects::chunk_name(i))
-            .await
-            .map_err(unavailable)?
-        else {
+        let Some(data) = chunk_bytes(&objects, &id, i, local.get(&i)).await? else {
             continue;
         };
         if bytes + data.len() > PAGE_BYTES && !chunks.is_empty() {

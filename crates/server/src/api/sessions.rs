@@ -209,11 +209,40 @@ fn required<'a>(v: &'a Option<String>, member: &str) -> Result<&'a str, ApiError
     })
 }
 
+/// Writes the audit record of a session refused after policy allowed the call: a concurrency
+/// limit reached, or the recording store down under FailClosed. Decision `Deny` on the session
+/// action (`ssm:StartSession` on the target, `ssm:ResumeSession` on the session), so the
+/// refusal is on the trail next to the call's `Allow` and becomes `session.denied` exactly as
+/// a policy refusal does (`events::cloud::is_denial`), written with its record in one
+/// transaction. Without the record the call fails as any unaudited decision does.
+async fn audit_refusal(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    resource: String,
+    target: &str,
+    refusal: &ApiError,
+) -> Result<(), ApiError> {
+    let event = crate::store::audit::AuditEvent {
+        event: "api".into(),
+        principal: caller.principal.arn.clone(),
+        source_ip: caller.source_ip.to_string(),
+        action: action.to_owned(),
+        resource,
+        decision: "Deny".into(),
+        statement: format!("{}: {}", refusal.code, refusal.message),
+        request_id: caller.request_id.clone(),
+        user_agent: caller.user_agent.clone(),
+        detail: json!({ "Target": target, "Refusal": refusal.code }).to_string(),
+    };
+    crate::authz::record_for(state, caller, &event).await
+}
+
 /// Records a new session under the concurrency limits in force (`max_sessions_per_user`,
 /// `max_sessions_per_target`), refusing with `ResourceLimitExceededException` (SSM's code
 /// for a quota reached) naming the limit and how many sessions are open. The check and the
 /// insert are one statement, and starts are serialised while a limit is set, so two starts
-/// cannot both take the last place.
+/// cannot both take the last place. A refusal is audited as a denial ([`audit_refusal`]).
 async fn create_within_limits(
     state: &AppState,
     caller: &Caller,
@@ -241,7 +270,17 @@ async fn create_within_limits(
             session.target
         ),
     };
-    Err(ApiError::client("ResourceLimitExceededException", message))
+    let refusal = ApiError::client("ResourceLimitExceededException", message);
+    audit_refusal(
+        state,
+        caller,
+        "ssm:StartSession",
+        instance_arn(state, &session.target),
+        &session.target,
+        &refusal,
+    )
+    .await?;
+    Err(refusal)
 }
 
 /// StartSession: checks the target, records the session, asks the agent to open its side and
@@ -371,7 +410,18 @@ pub async fn start(
         .recordings
         .plan(&state.preferences.get(), &session_type);
     if let Some(plan) = &recording {
-        state.recordings.admit(plan).await?;
+        if let Err(refusal) = state.recordings.admit(plan).await {
+            audit_refusal(
+                state,
+                caller,
+                "ssm:StartSession",
+                instance_arn(state, target),
+                target,
+                &refusal,
+            )
+            .await?;
+            return Err(refusal);
+        }
     }
     create_within_limits(state, caller, &session).await?;
     state
@@ -530,6 +580,24 @@ pub async fn resume(
             "DoesNotExistException",
             format!("Session {id} does not exist or has ended."),
         ));
+    }
+    // A recorded session under FailClosed is taken up again only while its store can be
+    // written, as a new one is started only then. The refusal ends nothing: the session waits,
+    // Disconnected, and is resumed once the store is back.
+    if let Some(plan) = state.recordings.plan_of(&id) {
+        if let Err(refusal) = state.recordings.admit(&plan).await {
+            let target = session.as_ref().map(|s| s.target.as_str()).unwrap_or("");
+            audit_refusal(
+                state,
+                caller,
+                "ssm:ResumeSession",
+                session_arn(state, &id),
+                target,
+                &refusal,
+            )
+            .await?;
+            return Err(refusal);
+        }
     }
     let token = state
         .hub

@@ -6,10 +6,20 @@
 //! Callers never wait: lines go through a bounded queue to one writer task, and a full queue
 //! drops the line and counts it; the writer then writes a `{"kind":"dropped","count":N}` line,
 //! so a gap is visible in the stream itself.
+//!
+//! Rotation: a file is reopened when its path names another file than the one being written
+//! (checked, before writing, at most once a second: one `stat`). That follows logrotate's
+//! default `create` mode (the file is renamed away and a new one created at the path: lines
+//! go to the new file from the next check on, the moved file keeps what came before) without
+//! a signal or a `postrotate` script. When nothing is at the path (`nocreate`), the file is
+//! created again at the check after the one that found it missing, which leaves logrotate's
+//! own `create` the time to go first. `copytruncate` needs nothing: the file is opened to
+//! append.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -21,6 +31,9 @@ use super::cloud::CloudEvent;
 
 /// Lines waiting for the writer before new ones are dropped.
 pub const QUEUE: usize = 16_384;
+
+/// How often, at most, the writer looks whether its file was rotated away.
+pub const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
 /// Where the log stream goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,31 +132,113 @@ pub(crate) async fn open(
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> std::io::Result<LogStream> {
-    let out: Box<dyn AsyncWrite + Send + Unpin> = match target {
-        SessionLog::Stdout => Box::new(tokio::io::stdout()),
+    let sink = match target {
+        SessionLog::Stdout => Sink::new(Box::new(tokio::io::stdout()), None),
         SessionLog::File(path) => {
-            let file = tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-                .await?;
-            Box::new(file)
+            let (file, id) = open_file(path).await?;
+            Sink::new(
+                Box::new(file),
+                Some(Rotation {
+                    path: path.clone(),
+                    id,
+                    checked: Instant::now(),
+                    missing: false,
+                }),
+            )
         }
     };
     let (tx, rx) = mpsc::channel(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
-    tracker.spawn(write(out, rx, dropped.clone(), shutdown));
+    tracker.spawn(write(sink, rx, dropped.clone(), shutdown));
     Ok(LogStream { tx, dropped })
 }
 
+/// Opens (creating, mode 0600: it holds what sessions printed) the file to append to, and
+/// says which file it is (device, inode).
+async fn open_file(path: &Path) -> std::io::Result<(tokio::fs::File, (u64, u64))> {
+    use std::os::unix::fs::MetadataExt;
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    let m = file.metadata().await?;
+    Ok((file, (m.dev(), m.ino())))
+}
+
+/// What the writer knows of its file, to notice a rotation.
+struct Rotation {
+    path: PathBuf,
+    /// (device, inode) of the file being written.
+    id: (u64, u64),
+    checked: Instant,
+    /// The last check found nothing at the path.
+    missing: bool,
+}
+
+/// Where the writer writes: standard output, or a file it reopens after a rotation.
+struct Sink {
+    out: tokio::io::BufWriter<Box<dyn AsyncWrite + Send + Unpin>>,
+    rotation: Option<Rotation>,
+}
+
+impl Sink {
+    fn new(out: Box<dyn AsyncWrite + Send + Unpin>, rotation: Option<Rotation>) -> Sink {
+        Sink {
+            out: tokio::io::BufWriter::new(out),
+            rotation,
+        }
+    }
+
+    /// Reopens the file when its path now names another file (or, checked twice, none).
+    async fn follow_rotation(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(r) = self.rotation.as_mut() else {
+            return;
+        };
+        if r.checked.elapsed() < ROTATION_CHECK {
+            return;
+        }
+        r.checked = Instant::now();
+        match tokio::fs::metadata(&r.path).await {
+            Ok(m) if (m.dev(), m.ino()) == r.id => {
+                r.missing = false;
+                return;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !r.missing => {
+                r.missing = true;
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return,
+        }
+        // What was written so far belongs to the file that was moved away.
+        if let Err(e) = self.out.flush().await {
+            tracing::error!("the session log stream cannot be written: {e}");
+        }
+        match open_file(&r.path).await {
+            Ok((file, id)) => {
+                self.out = tokio::io::BufWriter::new(Box::new(file));
+                r.id = id;
+                r.missing = false;
+                tracing::info!(path = %r.path.display(), "session log stream reopened after a rotation");
+            }
+            Err(e) => tracing::error!(
+                path = %r.path.display(),
+                "the rotated session log stream cannot be reopened: {e}"
+            ),
+        }
+    }
+}
+
 async fn write(
-    out: Box<dyn AsyncWrite + Send + Unpin>,
+    mut sink: Sink,
     mut rx: mpsc::Receiver<String>,
     dropped: Arc<AtomicU64>,
     shutdown: CancellationToken,
 ) {
-    let mut out = tokio::io::BufWriter::new(out);
     let mut reported = 0u64;
     let mut failed = false;
     loop {
@@ -166,7 +261,8 @@ async fn write(
             reported = lost;
             batch.push(note.to_string());
         }
-        if let Err(e) = write_batch(&mut out, &batch).await {
+        sink.follow_rotation().await;
+        if let Err(e) = write_batch(&mut sink.out, &batch).await {
             if !failed {
                 tracing::error!("the session log stream cannot be written: {e}");
                 failed = true;
@@ -180,7 +276,7 @@ async fn write(
     while let Ok(l) = rx.try_recv() {
         rest.push(l);
     }
-    if let Err(e) = write_batch(&mut out, &rest).await {
+    if let Err(e) = write_batch(&mut sink.out, &rest).await {
         tracing::error!("the session log stream cannot be written: {e}");
     }
 }
@@ -198,7 +294,7 @@ async fn write_batch(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     fn io<'a>(data: &'a str) -> SessionIo<'a> {
@@ -262,6 +358,79 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// logrotate's default `create` (rename, then a new file at the path) and `nocreate`
+    /// (rename only): lines after the next check go to the file at the path, the moved file
+    /// keeps what came before, nothing is lost or written twice.
+    #[tokio::test]
+    async fn a_rotated_file_is_reopened() {
+        let dir = std::env::temp_dir().join(format!(
+            "airlock-log-rotate-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("session.log");
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let log = open(&SessionLog::File(path.clone()), shutdown.clone(), &tracker)
+            .await
+            .unwrap();
+        let lines_of = |p: &std::path::Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v["data"].as_str().unwrap().to_owned()
+                })
+                .collect()
+        };
+        async fn until(what: &str, mut ok: impl FnMut() -> bool) {
+            for _ in 0..100 {
+                if ok() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("{what}");
+        }
+        log.io(&io("before"));
+        until("the first line written", || lines_of(&path) == ["before"]).await;
+
+        // `create`: moved away, a new empty file made at the path at once.
+        let first = dir.join("session.log.1");
+        std::fs::rename(&path, &first).unwrap();
+        std::fs::write(&path, b"").unwrap();
+        tokio::time::sleep(ROTATION_CHECK + std::time::Duration::from_millis(100)).await;
+        log.io(&io("after-create"));
+        until("the line in the new file", || {
+            lines_of(&path) == ["after-create"]
+        })
+        .await;
+        assert_eq!(lines_of(&first), ["before"]);
+
+        // `nocreate`: moved away and nothing made; the writer creates the file itself, at
+        // the check after the one that found it missing.
+        let second = dir.join("session.log.2");
+        std::fs::rename(&path, &second).unwrap();
+        tokio::time::sleep(ROTATION_CHECK + std::time::Duration::from_millis(100)).await;
+        log.io(&io("while-missing"));
+        tokio::time::sleep(ROTATION_CHECK + std::time::Duration::from_millis(100)).await;
+        log.io(&io("after-nocreate"));
+        until("the file made again", || {
+            lines_of(&path) == ["after-nocreate"]
+        })
+        .await;
+        assert_eq!(lines_of(&second), ["after-create", "while-missing"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_full_queue_drops_and_counts_without_blocking() {
         let (tx, mut rx) = mpsc::channel(2);
@@ -281,7 +450,12 @@ mod tests {
         let (tx2, rx2) = mpsc::channel(4);
         let dropped = Arc::new(AtomicU64::new(5));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(write(Box::new(out_w), rx2, dropped, shutdown.clone()));
+        let task = tokio::spawn(write(
+            Sink::new(Box::new(out_w), None),
+            rx2,
+            dropped,
+            shutdown.clone(),
+        ));
         tx2.send("{}".into()).await.unwrap();
         drop(tx2);
         task.await.unwrap();

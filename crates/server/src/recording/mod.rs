@@ -93,7 +93,10 @@ pub struct Recordings {
     data_dir: PathBuf,
     seed: [u8; 32],
     public_key: [u8; 32],
-    active: Mutex<HashMap<String, task::Handle>>,
+    active: Mutex<HashMap<String, (task::Handle, Plan)>>,
+    /// Uploaders' queues of sessions whose recording is not sealed yet (live, or ended with
+    /// chunks still waiting for the store): GetSessionRecording reads what waits there.
+    pending: Mutex<HashMap<String, Arc<task::Outbox>>>,
     stores: Mutex<HashMap<String, Arc<Objects>>>,
     health: Mutex<HashMap<String, (Arc<AtomicBool>, Instant)>>,
     spool: Arc<task::SpoolBudget>,
@@ -113,10 +116,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Recordings {
-    /// The registry, signing with `seed` (from the master key).
+    /// The registry, signing with `seed` (from the master key). The spool budget starts from
+    /// what a previous run left spooled on disk (crash recovery uploads it later), so that
+    /// `spool_max_bytes` bounds the spool across restarts, not per run.
     pub fn new(config: RecordingConfig, data_dir: PathBuf, seed: [u8; 32]) -> Recordings {
+        let already = spooled_bytes(&data_dir.join("recording-spool"));
+        if already > 0 {
+            tracing::info!(
+                bytes = already,
+                bound = config.spool_max_bytes,
+                "recording spool left by the previous run counted against the bound"
+            );
+        }
         let spool = Arc::new(task::SpoolBudget {
-            used: AtomicU64::new(0),
+            used: AtomicU64::new(already),
             max: config.spool_max_bytes,
         });
         Recordings {
@@ -125,6 +138,7 @@ impl Recordings {
             data_dir,
             seed,
             active: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             stores: Mutex::new(HashMap::new()),
             health: Mutex::new(HashMap::new()),
             spool,
@@ -257,7 +271,7 @@ impl Recordings {
             term: "xterm-256color".to_owned(),
         };
         let (healthy, _) = self.health_of(&plan.url);
-        let handle = task::spawn(task::Setup {
+        let (handle, outbox) = task::spawn(task::Setup {
             state: state.clone(),
             meta,
             seed: self.seed,
@@ -271,13 +285,20 @@ impl Recordings {
             owner_arn: session.owner.clone(),
             healthy,
         });
-        lock(&self.active).insert(session.session_id.clone(), handle);
+        lock(&self.pending).insert(session.session_id.clone(), outbox);
+        lock(&self.active).insert(session.session_id.clone(), (handle, plan));
         Ok(())
     }
 
     /// The relay's handle on a live recording (`None`: the session is not recorded).
     pub fn handle(&self, session_id: &str) -> Option<task::Handle> {
-        lock(&self.active).get(session_id).cloned()
+        lock(&self.active).get(session_id).map(|(h, _)| h.clone())
+    }
+
+    /// How a live session is recorded, as decided at its start (`None`: not recorded).
+    /// ResumeSession checks the store with it under the session's own failure policy.
+    pub fn plan_of(&self, session_id: &str) -> Option<Plan> {
+        lock(&self.active).get(session_id).map(|(_, p)| p.clone())
     }
 
     /// The session ended: its recorder finishes and seals (asynchronously). Returns once the
@@ -285,10 +306,40 @@ impl Recordings {
     /// in the log stream before its end is announced), or after two seconds at most.
     pub async fn end(&self, session_id: &str, reason: &str) {
         let handle = lock(&self.active).remove(session_id);
-        if let Some(h) = handle {
+        if let Some((h, _)) = handle {
             let taken = h.end(reason.to_owned());
             let _ = tokio::time::timeout(Duration::from_secs(2), taken).await;
         }
+    }
+
+    /// The uploader of `session_id` stopped (sealed, or the server stops): its queue is no
+    /// longer a place to read chunks from.
+    pub(crate) fn uploaded(&self, session_id: &str) {
+        lock(&self.pending).remove(session_id);
+    }
+
+    /// Chunks of a recording that are not in the store yet, by index: those its uploader still
+    /// holds (in memory or spooled) and any spool file on disk (one a previous run left, which
+    /// crash recovery has not uploaded yet). Read before the store is listed, so that a chunk
+    /// uploaded in between is found in the store: upload removes the local copy only after the
+    /// store has it.
+    pub async fn local_chunks(&self, session_id: &str) -> std::collections::BTreeMap<u64, Local> {
+        let mut out = std::collections::BTreeMap::new();
+        let outbox = lock(&self.pending).get(session_id).cloned();
+        if let Some(outbox) = outbox {
+            for (i, local) in outbox.waiting_chunks() {
+                out.insert(i, local);
+            }
+        }
+        if let Ok(mut dir) = tokio::fs::read_dir(self.spool_dir(session_id)).await {
+            while let Ok(Some(e)) = dir.next_entry().await {
+                let name = e.file_name();
+                if let Some(i) = name.to_str().and_then(objects::parse_chunk_name) {
+                    out.entry(i).or_insert(Local::File(e.path()));
+                }
+            }
+        }
+        out
     }
 
     /// The signing seed (crash recovery signs manifests with it).
@@ -300,6 +351,37 @@ impl Recordings {
     pub(crate) fn spool(&self) -> &Arc<task::SpoolBudget> {
         &self.spool
     }
+}
+
+/// A chunk not in the store yet: its bytes in the uploader's memory, or its spool file (which
+/// may be gone by the time it is read: then it is in the store).
+#[derive(Clone, Debug)]
+pub enum Local {
+    /// Held in memory by the uploader.
+    Mem(bytes::Bytes),
+    /// A spool file.
+    File(PathBuf),
+}
+
+/// Bytes of every file under the spool directory (one directory per session).
+fn spooled_bytes(spool: &std::path::Path) -> u64 {
+    let Ok(sessions) = std::fs::read_dir(spool) else {
+        return 0;
+    };
+    let mut total = 0u64;
+    for dir in sessions.flatten() {
+        let Ok(files) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            if let Ok(m) = f.metadata() {
+                if m.is_file() {
+                    total = total.saturating_add(m.len());
+                }
+            }
+        }
+    }
+    total
 }
 
 fn absolute(p: &std::path::Path) -> PathBuf {

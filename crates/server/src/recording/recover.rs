@@ -2,7 +2,9 @@
 //! mid-session) are completed on start. Spooled chunks are uploaded first; a spooled manifest
 //! (the session ended but the store was down) is uploaded as it is; otherwise the stored chunks'
 //! valid prefix is sealed with a manifest marked `recovered: true`. A store that is down is
-//! retried until it answers or the server stops.
+//! retried until it answers or the server stops. Once sealed, the recording's text is indexed
+//! for search again from its stored chunks: the previous run may have died with chunks' text
+//! still queued for the index (`Store::queue_recording_text` is in memory).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,11 +31,14 @@ pub fn spawn(state: Arc<AppState>) {
             let mut left = Vec::new();
             for row in pending {
                 match recover_one(&state, &row).await {
-                    Ok(chunks) => tracing::info!(
-                        session_id = row.session_id,
-                        chunks,
-                        "recording sealed by crash recovery"
-                    ),
+                    Ok(chunks) => {
+                        tracing::info!(
+                            session_id = row.session_id,
+                            chunks,
+                            "recording sealed by crash recovery"
+                        );
+                        reindex(&state, &row).await;
+                    }
                     Err(e) => {
                         tracing::warn!(
                             session_id = row.session_id,
@@ -142,4 +147,63 @@ pub async fn recover_one(state: &AppState, row: &RecordingRow) -> Result<u64, Re
         .await
         .map_err(|e| RecordingError::Store(e.to_string()))?;
     Ok(manifest.chunks)
+}
+
+/// Indexes a recovered recording's text for search again, chunk by chunk in order (a word cut
+/// between two chunks is joined as when it was recorded): the session's old rows are dropped
+/// first, since which of its chunks the crashed run indexed is unknown. Best effort: a chunk
+/// that cannot be read or parsed is left out and said in the log; the recording is unaffected.
+async fn reindex(state: &AppState, row: &RecordingRow) {
+    let id = &row.session_id;
+    let result = async {
+        let objects = state.recordings.objects(&row.location)?;
+        let indices = objects.list_chunks(id).await?;
+        state
+            .store
+            .forget_recording_text(id)
+            .await
+            .map_err(|e| RecordingError::Store(e.to_string()))?;
+        for i in indices {
+            let Some(bytes) = objects.get(id, &super::objects::chunk_name(i)).await? else {
+                continue;
+            };
+            let body = match airlock_recording::export(&[bytes]) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(session_id = id, chunk = i, "not indexed: {e}");
+                    continue;
+                }
+            };
+            // Chunk 0 starts with the asciicast header line; the others are events only and
+            // parse behind a stand-in header.
+            let text = if i == 0 {
+                body
+            } else {
+                format!("{{\"version\":2,\"width\":80,\"height\":24}}\n{body}")
+            };
+            let events = match airlock_recording::parse_cast(&text) {
+                Ok((_, events)) => events,
+                Err(e) => {
+                    tracing::warn!(session_id = id, chunk = i, "not indexed: {e}");
+                    continue;
+                }
+            };
+            let rows = crate::store::search::index_rows(&events);
+            // The index queue is bounded; recovery is in no hurry, so it waits for room.
+            let mut tries = 0;
+            while !state.store.queue_recording_text(id, rows.clone()) {
+                tries += 1;
+                if tries > 100 {
+                    tracing::warn!(session_id = id, chunk = i, "not indexed: queue full");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok::<_, RecordingError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(session_id = id, "recording text not indexed again: {e}");
+    }
 }

@@ -208,8 +208,9 @@ impl SpoolBudget {
     }
 }
 
-/// Spawns the recorder and uploader of one session; returns the relay's handle.
-pub fn spawn(setup: Setup) -> Handle {
+/// Spawns the recorder and uploader of one session; returns the relay's handle and the
+/// uploader's queue (readers serve chunks from it until the store has them).
+pub fn spawn(setup: Setup) -> (Handle, Arc<Outbox>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = Handle {
         tx,
@@ -230,8 +231,8 @@ pub fn spawn(setup: Setup) -> Handle {
     let tasks = setup.state.tasks.clone();
     let setup = Arc::new(setup);
     tasks.spawn(upload_loop(setup.clone(), outbox.clone()));
-    tasks.spawn(record_loop(setup, handle.clone(), rx, outbox));
-    handle
+    tasks.spawn(record_loop(setup, handle.clone(), rx, outbox.clone()));
+    (handle, outbox)
 }
 
 /// A chunk or the manifest waiting for the store: in memory, or in a spool file.
@@ -317,6 +318,21 @@ impl Outbox {
         self.lock().push_back(Item { name, data, seal });
         self.notify.notify_one();
         Ok(())
+    }
+
+    /// The chunks waiting for the store, by index (the manifest is not a chunk): what a reader
+    /// of the recording is served while the store does not have them yet.
+    pub(crate) fn waiting_chunks(&self) -> Vec<(u64, super::Local)> {
+        self.lock()
+            .iter()
+            .filter_map(|it| {
+                let i = super::objects::parse_chunk_name(&it.name)?;
+                Some(match &it.data {
+                    Data::Mem(b) => (i, super::Local::Mem(b.clone())),
+                    Data::File(p, _) => (i, super::Local::File(p.clone())),
+                })
+            })
+            .collect()
     }
 
     /// Moves every in-memory item to the spool (the store is failing, or the server stops),
@@ -765,6 +781,11 @@ async fn record_loop(
 }
 
 async fn upload_loop(setup: Arc<Setup>, outbox: Arc<Outbox>) {
+    upload(&setup, &outbox).await;
+    setup.state.recordings.uploaded(&setup.meta.session);
+}
+
+async fn upload(setup: &Setup, outbox: &Outbox) {
     let session = setup.meta.session.clone();
     let mut backoff = Duration::from_millis(250);
     let mut stored_bytes: u64 = 0;

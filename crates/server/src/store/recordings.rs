@@ -123,4 +123,21 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Drops a session's text from the search index (`store::search`), its word tails too, so
+    /// that crash recovery can index the whole recording again from its stored chunks without
+    /// indexing any of it twice: what the crashed run had queued but not written is unknown.
+    pub async fn forget_recording_text(&self, session_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.search.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("DELETE FROM recording_text WHERE session_id = ?")
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM recording_text_tail WHERE session_id = ?")
+            .bind(session_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
