@@ -32,11 +32,15 @@ fn numbered_once(text: &str, n: u32) -> Result<(), String> {
     }
 }
 
-#[tokio::test]
-async fn a_shell_prints_every_line_once_through_three_cuts_of_the_clients_link() {
-    common::capture_logs();
-    // The server announces the proxy as its public URL, so the stream URLs it hands out
-    // (StartSession, ResumeSession) lead through the faults too.
+/// A server, an agent, and an admin API client whose every connection (API calls and the
+/// data channels of the stream URLs the server hands out, its public URL being the proxy's)
+/// passes through a [`FaultProxy`].
+async fn behind_proxy() -> (
+    TestServer,
+    airlock_testkit::TestAgent,
+    Arc<FaultProxy>,
+    ApiClient,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = format!("http://{}", listener.local_addr().unwrap());
     let server = TestServer::start_with(|c| c.public_url = Some(public.clone())).await;
@@ -44,8 +48,15 @@ async fn a_shell_prints_every_line_once_through_three_cuts_of_the_clients_link()
     let upstream: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
     let proxy = Arc::new(FaultProxy::start_on(listener, upstream).unwrap());
     let mut profile = server.admin.clone();
-    profile.endpoint = format!("http://{}", proxy.addr());
+    profile.endpoint = public;
     let api = ApiClient::new(profile).unwrap();
+    (server, agent, proxy, api)
+}
+
+#[tokio::test]
+async fn a_shell_prints_every_line_once_through_three_cuts_of_the_clients_link() {
+    common::capture_logs();
+    let (server, agent, proxy, api) = behind_proxy().await;
     let opts = SessionOptions {
         no_pty: true,
         ..SessionOptions::default()
@@ -84,15 +95,7 @@ async fn a_shell_prints_every_line_once_through_three_cuts_of_the_clients_link()
 #[tokio::test]
 async fn a_half_open_client_link_is_detected_and_resumed() {
     common::capture_logs();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let public = format!("http://{}", listener.local_addr().unwrap());
-    let server = TestServer::start_with(|c| c.public_url = Some(public.clone())).await;
-    let agent = server.agent().await;
-    let upstream: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
-    let proxy = Arc::new(FaultProxy::start_on(listener, upstream).unwrap());
-    let mut profile = server.admin.clone();
-    profile.endpoint = public;
-    let api = ApiClient::new(profile).unwrap();
+    let (_server, agent, proxy, api) = behind_proxy().await;
     let opts = SessionOptions {
         no_pty: true,
         keepalive: Duration::from_millis(200),
